@@ -1,0 +1,22 @@
+"""Synthetic mixture of 3 linear tasks (FedEM paper, section 5 / appendix): 300 clients, d=150."""
+
+
+def get_config() -> dict:
+    return dict(
+        dataset="synthetic",
+        model="linear",
+        n_clients=300,
+        dim=150,
+        synthetic_components=3,
+        alpha=0.4,
+        noise_std=0.1,
+        n_test_per_client=5000,
+        n_learners=3,
+        n_rounds=200,
+        local_epochs=1,
+        batch_size=128,
+        lr=0.03,
+        lr_scheduler="multi_step",
+        optimizer="sgd",
+        drop_last=False,
+    )

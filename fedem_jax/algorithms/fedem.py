@@ -1,0 +1,157 @@
+"""Centralized FedEM (Marfoq et al., "Federated Multi-Task Learning under a Mixture of
+Distributions", NeurIPS 2021, Algorithm 1). FedAvg is the ``n_learners == 1`` case.
+
+``make_fedem(...)`` returns pure ``init``, ``round`` and ``evaluate`` functions:
+
+- ``init(data) -> FedEMState``
+- ``round(state, train_split) -> (state, metrics)``: client sampling, E-step, ``pi`` update,
+  local epochs of every learner on every sampled client, and the server aggregation; compiled
+  once with ``jax.jit``.
+- ``evaluate(state, split) -> per-client (correct, loss_sum, count)`` of the mixture prediction.
+
+Randomness: the round key is ``fold_in(fold_in(seed, 1), round)``; client sampling uses
+``fold_in(round_key, 0)`` and client ``c``'s shuffles ``fold_in(fold_in(round_key, 1), c)``, so
+results do not depend on the client layout or chunk size. All learners of a client see the
+same batches, so there are no per-learner keys.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from fedem_jax.core import aggregation, mixture
+from fedem_jax.core.local import LocalTrainer
+from fedem_jax.core.tasks import Task
+from fedem_jax.data.federated import ClientSplit
+from fedem_jax.models import init_stacked_params
+
+
+@flax.struct.dataclass
+class ClientState:
+    """Per-client state, leading axis ``[C]``."""
+
+    pi: jax.Array  # [C, M] mixture weights
+    opt_state: object  # optimizer state, leaves [C, M, ...] (SGD momentum survives rounds)
+    epochs_done: jax.Array  # [C] local epochs done: the clock of the lr schedule
+
+
+@flax.struct.dataclass
+class FedEMState:
+    params: object  # global components, leaves [M, ...]
+    clients: ClientState
+    round: jax.Array  # scalar int32: rounds completed
+
+
+class FedEM(NamedTuple):
+    init: object
+    round: object
+    evaluate: object
+
+
+def n_sampled_clients(n_clients: int, sampling_rate: float) -> int:
+    """Exactly ``max(1, round(rate * C))`` clients take part in each round."""
+    return max(1, min(n_clients, int(round(sampling_rate * n_clients))))
+
+
+def make_fedem(
+    model,
+    task: Task,
+    trainer: LocalTrainer,
+    *,
+    n_learners: int,
+    sampling_rate: float,
+    eval_chunk: int,
+    seed: int,
+) -> FedEM:
+    """Build FedEM's pure functions; all arguments are static (closed over)."""
+    base_key = jax.random.PRNGKey(seed)
+
+    def init(data) -> FedEMState:
+        n_clients = data.n_clients
+        params = init_stacked_params(
+            model, jax.random.fold_in(base_key, 0), data.train.x[:1], n_learners
+        )
+        one_client = trainer.direction.init(params)
+        opt_state = jax.tree.map(lambda a: jnp.repeat(a[None], n_clients, axis=0), one_client)
+        clients = ClientState(
+            pi=jnp.full((n_clients, n_learners), 1.0 / n_learners, jnp.float32),
+            opt_state=opt_state,
+            epochs_done=jnp.zeros((n_clients,), jnp.int32),
+        )
+        return FedEMState(params=params, clients=clients, round=jnp.zeros((), jnp.int32))
+
+    def per_sample_map(fn, arrays):
+        """``fn`` on each sample, batched ``eval_chunk`` at a time over all clients' samples."""
+        return jax.lax.map(fn, arrays, batch_size=eval_chunk)
+
+    def all_sample_losses(params, split: ClientSplit) -> jax.Array:
+        """``[M, N]`` per-sample loss of every component (E-step input, paper eq. (4))."""
+        losses = per_sample_map(
+            lambda xy: trainer.learner_losses(params, xy[0][None], xy[1][None])[:, 0],
+            (split.x, split.y),
+        )
+        return losses.T
+
+    def round_fn(state: FedEMState, train: ClientSplit):
+        round_key = jax.random.fold_in(jax.random.fold_in(base_key, 1), state.round)
+        n_clients = train.counts.shape[0]
+        chosen = jax.random.permutation(jax.random.fold_in(round_key, 0), n_clients)
+        n_take = n_sampled_clients(n_clients, sampling_rate)
+        participates = jnp.zeros((n_clients,), bool).at[chosen[:n_take]].set(True)
+
+        # E-step with the broadcast parameters; all clients share them, so this is one large
+        # batched forward pass over every client's samples.
+        losses = all_sample_losses(state.params, train)
+        log_pi = jnp.log(state.clients.pi)[train.client_id].T  # [M, N]
+        q = mixture.e_step(log_pi, losses)
+        pi_estimate = mixture.update_pi_all_clients(q, train.client_id, train.counts)
+        pi = jnp.where(participates[:, None], pi_estimate, state.clients.pi)
+
+        p = aggregation.client_weights(train.counts)
+        delta_sum, opt_state, epochs_done = trainer.train_clients(
+            state.params,
+            state.clients.opt_state,
+            state.clients.epochs_done,
+            q,
+            participates,
+            p,
+            jax.random.fold_in(round_key, 1),
+            train,
+        )
+        params = aggregation.apply_delta(state.params, delta_sum)
+        nll = mixture.mixture_nll_from_losses(log_pi, losses)
+        metrics = {
+            # Mixture NLL on train of the parameters this round started from.
+            "train_nll_start": jnp.mean(nll),
+            "n_participants": participates.sum(),
+        }
+        new_state = FedEMState(
+            params=params,
+            clients=ClientState(pi=pi, opt_state=opt_state, epochs_done=epochs_done),
+            round=state.round + 1,
+        )
+        return new_state, metrics
+
+    def evaluate(state: FedEMState, split: ClientSplit):
+        """Per-client ``(correct, loss_sum, count)`` of ``p = sum_m pi_m p_theta_m`` (eq. (2))."""
+
+        def one_sample(args):
+            x, y, client = args
+            logits = trainer.learner_logits(state.params, x[None])  # [M, 1, out]
+            probs = mixture.mixture_probs(state.clients.pi[client], task.class_probs(logits))
+            correct = (jnp.argmax(probs[0]) == y).astype(jnp.float32)
+            return correct, mixture.clamped_nll(probs, y[None])[0]
+
+        correct, nll = per_sample_map(one_sample, (split.x, split.y, split.client_id))
+        n_clients = split.counts.shape[0]
+        return {
+            "correct": jax.ops.segment_sum(correct, split.client_id, n_clients),
+            "loss_sum": jax.ops.segment_sum(nll, split.client_id, n_clients),
+            "count": split.counts,
+        }
+
+    return FedEM(init=init, round=round_fn, evaluate=evaluate)

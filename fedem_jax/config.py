@@ -1,0 +1,208 @@
+"""Experiment configuration: one frozen dataclass, its command-line parser, and validation.
+
+Resolution order: dataclass defaults < ``configs/<dataset>.py`` (the paper's hyperparameters)
+< flags given on the command line. Every invalid value raises :class:`ConfigError` with a one-line
+message naming the flag and its allowed range; ``main`` turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+from typing import Any
+
+DATASETS = ("synthetic", "cifar10")
+METHODS = ("FedEM", "FedAvg")
+MODELS = ("linear", "cifar10_cnn")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULERS = ("constant", "sqrt", "linear", "cosine", "multi_step")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the message is printed without a traceback."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every knob of one experiment. Help strings double as CLI documentation."""
+
+    dataset: str = dataclasses.field(default="synthetic", metadata={"help": "dataset name"})
+    method: str = dataclasses.field(default="FedEM", metadata={"help": "FL method"})
+    model: str = dataclasses.field(default="", metadata={"help": "model (default: per dataset)"})
+    n_learners: int = dataclasses.field(
+        default=3, metadata={"help": "mixture components M (FedAvg: 1)"}
+    )
+    n_rounds: int = dataclasses.field(default=200, metadata={"help": "communication rounds"})
+    local_epochs: int = dataclasses.field(default=1, metadata={"help": "local epochs per round"})
+    batch_size: int = dataclasses.field(default=128, metadata={"help": "local minibatch size"})
+    lr: float = dataclasses.field(default=0.03, metadata={"help": "learning rate"})
+    lr_scheduler: str = dataclasses.field(
+        default="multi_step", metadata={"help": "schedule, stepped once per local epoch"}
+    )
+    optimizer: str = dataclasses.field(default="sgd", metadata={"help": "local optimizer"})
+    momentum: float = dataclasses.field(default=0.9, metadata={"help": "SGD momentum"})
+    weight_decay: float = dataclasses.field(default=5e-4, metadata={"help": "L2 weight decay"})
+    sampling_rate: float = dataclasses.field(
+        default=1.0, metadata={"help": "fraction of clients sampled per round, in (0, 1]"}
+    )
+    log_freq: int = dataclasses.field(default=5, metadata={"help": "evaluate every N rounds"})
+    seed: int = dataclasses.field(default=1234, metadata={"help": "training seed"})
+    data_seed: int = dataclasses.field(
+        default=12345, metadata={"help": "seed of the data generation and client split"}
+    )
+    workdir: str = dataclasses.field(
+        default="runs/default", metadata={"help": "output folder (metrics, summary)"}
+    )
+    data_dir: str = dataclasses.field(
+        default="", metadata={"help": "TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"}
+    )
+    drop_last: bool = dataclasses.field(
+        default=False, metadata={"help": "drop each client's last incomplete batch (reference: images)"}
+    )
+    test_frac: float = dataclasses.field(
+        default=0.2, metadata={"help": "per-client test fraction of real datasets"}
+    )
+    # Dataset-specific settings (ignored where they do not apply).
+    n_clients: int = dataclasses.field(default=300, metadata={"help": "number of clients"})
+    alpha: float = dataclasses.field(default=0.4, metadata={"help": "Dirichlet concentration"})
+    dim: int = dataclasses.field(default=150, metadata={"help": "synthetic: input dimension"})
+    synthetic_components: int = dataclasses.field(
+        default=3, metadata={"help": "synthetic: true number of mixture components"}
+    )
+    noise_std: float = dataclasses.field(default=0.1, metadata={"help": "synthetic: label noise"})
+    n_test_per_client: int = dataclasses.field(
+        default=5000, metadata={"help": "synthetic: test samples per client"}
+    )
+    max_samples: int = dataclasses.field(
+        default=0, metadata={"help": "use only the first N pooled samples (0: all; for quick runs)"}
+    )
+    # Execution layout (results do not depend on it up to float rounding).
+    client_chunk: int = dataclasses.field(
+        default=-1,
+        metadata={"help": "clients trained together: 0 vmap all, 1 sequential, k chunks (-1 auto)"},
+    )
+    learner_vmap: int = dataclasses.field(
+        default=-1, metadata={"help": "1 vmap the M learners, 0 loop over them (-1 auto)"}
+    )
+    eval_chunk: int = dataclasses.field(
+        default=1024, metadata={"help": "samples per forward pass in E-step and evaluation"}
+    )
+    quiet: bool = dataclasses.field(default=False, metadata={"help": "no progress bar"})
+
+
+def dataset_defaults(dataset: str) -> dict[str, Any]:
+    """The paper's hyperparameters for ``dataset`` from ``configs/<dataset>.py``."""
+    if dataset not in DATASETS:
+        raise ConfigError(f"--dataset: unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+    module = importlib.import_module(f"fedem_jax.configs.{dataset}")
+    return module.get_config()
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # noqa: D401 - argparse hook
+        raise ConfigError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI parser; every flag defaults to ``None`` so that unset flags are detectable."""
+    parser = _Parser(
+        prog="python -m fedem_jax.main",
+        description="Federated multi-task learning under a mixture of distributions (FedEM).",
+    )
+    for field in dataclasses.fields(Config):
+        arg_type = {"int": int, "float": float, "str": str, "bool": _parse_bool}[field.type]
+        flag_kwargs = {"nargs": "?", "const": True} if field.type == "bool" else {}
+        parser.add_argument(
+            f"--{field.name}",
+            type=arg_type,
+            default=None,
+            **flag_kwargs,
+            help=f"{field.metadata.get('help', '')} (default: {field.default!r})",
+        )
+    return parser
+
+
+def resolve(argv: list[str] | None = None) -> Config:
+    """Parse ``argv``, apply dataset defaults under the explicit flags, and validate."""
+    args = vars(build_parser().parse_args(argv))
+    explicit = {k: v for k, v in args.items() if v is not None}
+    dataset = explicit.get("dataset", Config.dataset)
+    values = {**dataset_defaults(dataset), **explicit}
+    if values.get("method") == "FedAvg" and "n_learners" not in explicit:
+        values["n_learners"] = 1
+    return validate(Config(**values))
+
+
+def validate(cfg: Config) -> Config:
+    """Check every field; raise :class:`ConfigError` naming the flag and its allowed range."""
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    def one_of(name: str, value: str, valid: tuple[str, ...]) -> None:
+        check(value in valid, f"--{name}: unknown value {value!r}; valid: {', '.join(valid)}")
+
+    one_of("dataset", cfg.dataset, DATASETS)
+    one_of("method", cfg.method, METHODS)
+    if cfg.model:
+        one_of("model", cfg.model, MODELS)
+    one_of("optimizer", cfg.optimizer, OPTIMIZERS)
+    one_of("lr_scheduler", cfg.lr_scheduler, SCHEDULERS)
+    check(cfg.n_learners >= 1, f"--n_learners must be >= 1, got {cfg.n_learners}")
+    check(
+        cfg.method != "FedAvg" or cfg.n_learners == 1,
+        f"--n_learners must be 1 for FedAvg, got {cfg.n_learners}",
+    )
+    check(cfg.n_rounds >= 1, f"--n_rounds must be >= 1, got {cfg.n_rounds}")
+    check(cfg.local_epochs >= 1, f"--local_epochs must be >= 1, got {cfg.local_epochs}")
+    check(cfg.batch_size >= 1, f"--batch_size must be >= 1, got {cfg.batch_size}")
+    check(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")
+    check(0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}")
+    check(cfg.weight_decay >= 0, f"--weight_decay must be >= 0, got {cfg.weight_decay}")
+    check(
+        0 < cfg.sampling_rate <= 1, f"--sampling_rate must be in (0, 1], got {cfg.sampling_rate}"
+    )
+    check(cfg.log_freq >= 1, f"--log_freq must be >= 1, got {cfg.log_freq}")
+    check(0 < cfg.test_frac < 1, f"--test_frac must be in (0, 1), got {cfg.test_frac}")
+    check(cfg.n_clients >= 1, f"--n_clients must be >= 1, got {cfg.n_clients}")
+    check(cfg.alpha > 0, f"--alpha must be > 0, got {cfg.alpha}")
+    check(cfg.dim >= 1, f"--dim must be >= 1, got {cfg.dim}")
+    check(
+        cfg.synthetic_components >= 1,
+        f"--synthetic_components must be >= 1, got {cfg.synthetic_components}",
+    )
+    check(cfg.noise_std >= 0, f"--noise_std must be >= 0, got {cfg.noise_std}")
+    check(
+        cfg.n_test_per_client >= 1,
+        f"--n_test_per_client must be >= 1, got {cfg.n_test_per_client}",
+    )
+    check(cfg.max_samples >= 0, f"--max_samples must be >= 0, got {cfg.max_samples}")
+    check(cfg.client_chunk >= -1, f"--client_chunk must be >= -1, got {cfg.client_chunk}")
+    check(cfg.learner_vmap in (-1, 0, 1), f"--learner_vmap must be -1, 0 or 1, got {cfg.learner_vmap}")
+    check(cfg.eval_chunk >= 1, f"--eval_chunk must be >= 1, got {cfg.eval_chunk}")
+    _check_workdir(cfg.workdir)
+    return cfg
+
+
+def _check_workdir(workdir: str) -> None:
+    """Fail early if ``workdir`` cannot be created or written."""
+    if not workdir:
+        raise ConfigError("--workdir must not be empty")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--workdir: cannot create {workdir!r} ({err.strerror})") from None
+    if not os.access(workdir, os.W_OK):
+        raise ConfigError(f"--workdir: {workdir!r} is not writable")

@@ -1,0 +1,176 @@
+"""Local training of every learner on every client, as one traced computation.
+
+The M-step for the components of FedEM (Marfoq et al., NeurIPS 2021, Algorithm 1, lines 6-9):
+each participating client starts every component from the global ``theta_m`` and runs
+``local_epochs`` epochs of minibatch SGD on ``(1/|B|) sum_{i in B} q[m, i] l_m(i)``; all
+components see the same shuffled batches.
+
+Client data are stored flat (see :mod:`fedem_jax.data.federated`). Each client runs the same
+static number of steps per epoch, ``ceil(max_count / batch_size)``; steps past the end of a
+client's data are *masked*: they return the state untouched, bit for bit. When the client axis
+runs sequentially this is a ``lax.cond``, which also skips the computation. Under ``vmap`` a cond
+with a batched predicate would become a ``select`` that broadcasts every closed-over operand
+(the whole dataset!) over the client axis, so there the step is computed and discarded with
+``jnp.where``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from fedem_jax.core import aggregation, mixture
+from fedem_jax.core.optim import sgd_like_step
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalTrainer:
+    """Static settings of local training; closed over by the jitted round."""
+
+    apply_fn: Callable  # (params_of_one_learner, x[B, ...]) -> logits [B, out]
+    per_sample_loss: Callable  # (logits, labels) -> [B]
+    direction: object  # optax.GradientTransformation: gradients -> update direction
+    schedule: Callable  # epochs already done -> learning rate
+    batch_size: int
+    local_epochs: int
+    drop_last: bool
+    learner_vmap: bool
+    client_chunk: int  # 0: vmap all clients, 1: sequential, k: chunks of k
+
+    @property
+    def clients_vmapped(self) -> bool:
+        return self.client_chunk != 1
+
+    def masked(self, active, fn, state):
+        """``fn(state)`` if ``active`` else ``state``, exactly (see module docstring)."""
+        if not self.clients_vmapped:
+            return jax.lax.cond(active, fn, lambda st: st, state)
+        new = fn(state)
+        return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state)
+
+    # ----------------------------------------------------------------------------- one batch
+    def learner_logits(self, params, x) -> jax.Array:
+        """Outputs of every learner on one batch: ``[M, B, out]``."""
+        if self.learner_vmap:
+            return jax.vmap(self.apply_fn, in_axes=(0, None))(params, x)
+        return jax.lax.map(lambda p: self.apply_fn(p, x), params)
+
+    def learner_losses(self, params, x, y) -> jax.Array:
+        """Per-sample loss of every learner on one batch: ``[M, B]``."""
+        return jax.vmap(self.per_sample_loss, in_axes=(0, None))(self.learner_logits(params, x), y)
+
+    def batch_grads(self, params, x, y, q, mask):
+        """Gradient of ``weighted_batch_loss`` with respect to the stacked ``[M, ...]`` params."""
+
+        def one_learner_loss(p, q_m):
+            losses = self.per_sample_loss(self.apply_fn(p, x), y)
+            return mixture.weighted_batch_loss(losses[None], q_m[None], mask)
+
+        grad_one = jax.grad(one_learner_loss)
+        if self.learner_vmap:
+            return jax.vmap(grad_one)(params, q)
+        return jax.lax.map(lambda args: grad_one(*args), (params, q))
+
+    # ----------------------------------------------------------------------------- one client
+    def client_update(
+        self, global_params, opt_state, epochs_done, weights, offset, count, key, data
+    ):
+        """``local_epochs`` epochs on one client. Returns ``(params, opt_state, epochs_done)``.
+
+        Args:
+          weights: ``[M, N]`` per-sample weights of all samples (FedEM: responsibilities ``q``);
+            this client's columns are ``offset .. offset + count``.
+          data: the flat train :class:`ClientSplit`.
+        """
+        batch = self.batch_size
+        n_steps = max(1, math.ceil(data.max_count / batch))
+        n_slots = n_steps * batch
+
+        def epoch(carry, e):
+            params, opt, t = carry
+            # Valid positions first, in random order; padded positions last.
+            scores = jax.random.uniform(jax.random.fold_in(key, e), (n_slots,))
+            order = jnp.argsort(jnp.where(jnp.arange(n_slots) < count, scores, 2.0))
+            lr = self.schedule(t)
+
+            def step(state, s):
+                slots = s * batch + jnp.arange(batch)
+                mask = slots < count
+                active = (s + 1) * batch <= count if self.drop_last else s * batch < count
+
+                def do_step(state):
+                    params, opt = state
+                    idx = offset + jnp.minimum(order[slots], count - 1)
+                    grads = self.batch_grads(
+                        params, data.x[idx], data.y[idx], weights[:, idx], mask
+                    )
+                    return sgd_like_step(params, opt, grads, lr, self.direction)
+
+                return self.masked(active, do_step, state), None
+
+            (params, opt), _ = jax.lax.scan(step, (params, opt), jnp.arange(n_steps))
+            return (params, opt, t + 1), None
+
+        (params, opt, t), _ = jax.lax.scan(
+            epoch, (global_params, opt_state, epochs_done), jnp.arange(self.local_epochs)
+        )
+        return params, opt, t
+
+    # ----------------------------------------------------------------------------- all clients
+    def train_clients(self, global_params, opt_states, epochs_done, sample_weights, participates,
+                      agg_weights, key, data):
+        """Local updates of all participating clients, then their weighted delta sum.
+
+        Clients are processed in chunks (``client_chunk``) inside a ``lax.scan`` whose carry
+        accumulates ``sum_t p_t (theta^t - theta)``, so per-client parameters are never all
+        materialised. Non-participating clients keep their state and contribute nothing.
+
+        Returns ``(delta_sum, opt_states, epochs_done)``.
+        """
+        n_clients = participates.shape[0]
+        chunk = n_clients if self.client_chunk == 0 else min(self.client_chunk, n_clients)
+        n_chunks = math.ceil(n_clients / chunk)
+        chunk_ids = jnp.arange(n_chunks * chunk, dtype=jnp.int32).reshape(n_chunks, chunk)
+
+        def one_client(opt, t, offset, count, client, take_part):
+            client_key = jax.random.fold_in(key, client)
+
+            def train(state):
+                return self.client_update(
+                    *state, sample_weights, offset, count, client_key, data
+                )
+
+            # Not taking part: parameters stay global (weight 0), optimizer state is kept.
+            return self.masked(take_part, train, (global_params, opt, t))
+
+        def body(carry, ids):
+            delta_sum, opt_all, t_all = carry
+            valid = ids < n_clients
+            safe = jnp.minimum(ids, n_clients - 1)
+            take = lambda tree: jax.tree.map(lambda a: a[safe], tree)  # noqa: E731
+            args = (take(opt_all), t_all[safe], data.offsets[safe], data.counts[safe], safe,
+                    participates[safe] & valid)
+            if chunk == 1:
+                squeezed = jax.tree.map(lambda a: a[0], args)
+                outs = jax.tree.map(lambda a: a[None], one_client(*squeezed))
+            else:
+                outs = jax.vmap(one_client)(*args)
+            params_c, opt_c, t_c = outs
+            w = jnp.where(valid & participates[safe], agg_weights[safe], 0.0)
+            delta_sum = jax.tree.map(
+                jnp.add, delta_sum, aggregation.weighted_delta_sum(global_params, params_c, w)
+            )
+            write = jnp.where(valid, ids, n_clients)  # out of range -> dropped
+            opt_all = jax.tree.map(lambda a, n: a.at[write].set(n, mode="drop"), opt_all, opt_c)
+            t_all = t_all.at[write].set(t_c, mode="drop")
+            return (delta_sum, opt_all, t_all), None
+
+        zeros = jax.tree.map(jnp.zeros_like, global_params)
+        (delta_sum, opt_states, epochs_done), _ = jax.lax.scan(
+            body, (zeros, opt_states, epochs_done), chunk_ids
+        )
+        return delta_sum, opt_states, epochs_done

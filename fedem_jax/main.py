@@ -1,0 +1,45 @@
+"""Command line: ``python -m fedem_jax.main --dataset synthetic --method FedEM ...``.
+
+Thin by design: parse and validate the flags, run the experiment, print the summary. User errors
+(bad flags, missing data, divergence) exit non-zero with a one-line message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fedem_jax.config import ConfigError, resolve
+
+    try:
+        cfg = resolve(argv)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    from fedem_jax.data import DataError
+    from fedem_jax.train import DivergenceError, run
+
+    log = (lambda *_: None) if cfg.quiet else print
+    try:
+        summary = run(cfg, log=log)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except DivergenceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    print(
+        f"{summary['method']} on {summary['dataset']}, {summary['n_rounds']} rounds: "
+        f"test accuracy {summary['test_accuracy']:.4f} "
+        f"(bottom 10% {summary['test_accuracy_bottom10']:.4f}), "
+        f"train accuracy {summary['train_accuracy']:.4f}, "
+        f"{summary['seconds_per_round']:.3f} s/round, compile {summary['compile_seconds']:.1f} s "
+        f"-> {cfg.workdir}/summary.json"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
