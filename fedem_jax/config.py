@@ -31,9 +31,7 @@ class Config:
     dataset: str = dataclasses.field(default="synthetic", metadata={"help": "dataset name"})
     method: str = dataclasses.field(default="FedEM", metadata={"help": "FL method"})
     model: str = dataclasses.field(default="", metadata={"help": "model (default: per dataset)"})
-    n_learners: int = dataclasses.field(
-        default=3, metadata={"help": "mixture components M (FedAvg: 1)"}
-    )
+    n_learners: int = dataclasses.field(default=3, metadata={"help": "mixture components M (FedAvg: 1)"})
     n_rounds: int = dataclasses.field(default=200, metadata={"help": "communication rounds"})
     local_epochs: int = dataclasses.field(default=1, metadata={"help": "local epochs per round"})
     batch_size: int = dataclasses.field(default=128, metadata={"help": "local minibatch size"})
@@ -171,9 +169,7 @@ def validate(cfg: Config) -> Config:
     check(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")
     check(0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}")
     check(cfg.weight_decay >= 0, f"--weight_decay must be >= 0, got {cfg.weight_decay}")
-    check(
-        0 < cfg.sampling_rate <= 1, f"--sampling_rate must be in (0, 1], got {cfg.sampling_rate}"
-    )
+    check(0 < cfg.sampling_rate <= 1, f"--sampling_rate must be in (0, 1], got {cfg.sampling_rate}")
     check(cfg.log_freq >= 1, f"--log_freq must be >= 1, got {cfg.log_freq}")
     check(0 < cfg.test_frac < 1, f"--test_frac must be in (0, 1), got {cfg.test_frac}")
     check(cfg.n_clients >= 1, f"--n_clients must be >= 1, got {cfg.n_clients}")

@@ -143,8 +143,7 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
             train_nll = float(round_metrics["train_nll_start"])
             if not math.isfinite(train_nll):
                 raise DivergenceError(
-                    f"training loss became {train_nll} at round {r + 1}; try a lower --lr "
-                    f"(now {cfg.lr})"
+                    f"training loss became {train_nll} at round {r + 1}; try a lower --lr (now {cfg.lr})"
                 )
             if (r + 1) % cfg.log_freq == 0 or r + 1 == cfg.n_rounds:
                 t_eval = time.perf_counter()

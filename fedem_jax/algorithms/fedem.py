@@ -72,9 +72,7 @@ def make_fedem(
 
     def init(data) -> FedEMState:
         n_clients = data.n_clients
-        params = init_stacked_params(
-            model, jax.random.fold_in(base_key, 0), data.train.x[:1], n_learners
-        )
+        params = init_stacked_params(model, jax.random.fold_in(base_key, 0), data.train.x[:1], n_learners)
         one_client = trainer.direction.init(params)
         opt_state = jax.tree.map(lambda a: jnp.repeat(a[None], n_clients, axis=0), one_client)
         clients = ClientState(

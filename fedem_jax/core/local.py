@@ -76,9 +76,7 @@ class LocalTrainer:
         return jax.lax.map(lambda args: grad_one(*args), (params, q))
 
     # ----------------------------------------------------------------------------- one client
-    def client_update(
-        self, global_params, opt_state, epochs_done, weights, offset, count, key, data
-    ):
+    def client_update(self, global_params, opt_state, epochs_done, weights, offset, count, key, data):
         """``local_epochs`` epochs on one client. Returns ``(params, opt_state, epochs_done)``.
 
         Args:
@@ -105,9 +103,7 @@ class LocalTrainer:
                 def do_step(state):
                     params, opt = state
                     idx = offset + jnp.minimum(order[slots], count - 1)
-                    grads = self.batch_grads(
-                        params, data.x[idx], data.y[idx], weights[:, idx], mask
-                    )
+                    grads = self.batch_grads(params, data.x[idx], data.y[idx], weights[:, idx], mask)
                     return sgd_like_step(params, opt, grads, lr, self.direction)
 
                 return self.masked(active, do_step, state), None
@@ -121,8 +117,9 @@ class LocalTrainer:
         return params, opt, t
 
     # ----------------------------------------------------------------------------- all clients
-    def train_clients(self, global_params, opt_states, epochs_done, sample_weights, participates,
-                      agg_weights, key, data):
+    def train_clients(
+        self, global_params, opt_states, epochs_done, sample_weights, participates, agg_weights, key, data
+    ):
         """Local updates of all participating clients, then their weighted delta sum.
 
         Clients are processed in chunks (``client_chunk``) inside a ``lax.scan`` whose carry
@@ -140,9 +137,7 @@ class LocalTrainer:
             client_key = jax.random.fold_in(key, client)
 
             def train(state):
-                return self.client_update(
-                    *state, sample_weights, offset, count, client_key, data
-                )
+                return self.client_update(*state, sample_weights, offset, count, client_key, data)
 
             # Not taking part: parameters stay global (weight 0), optimizer state is kept.
             return self.masked(take_part, train, (global_params, opt, t))
@@ -152,8 +147,14 @@ class LocalTrainer:
             valid = ids < n_clients
             safe = jnp.minimum(ids, n_clients - 1)
             take = lambda tree: jax.tree.map(lambda a: a[safe], tree)  # noqa: E731
-            args = (take(opt_all), t_all[safe], data.offsets[safe], data.counts[safe], safe,
-                    participates[safe] & valid)
+            args = (
+                take(opt_all),
+                t_all[safe],
+                data.offsets[safe],
+                data.counts[safe],
+                safe,
+                participates[safe] & valid,
+            )
             if chunk == 1:
                 squeezed = jax.tree.map(lambda a: a[0], args)
                 outs = jax.tree.map(lambda a: a[None], one_client(*squeezed))

@@ -44,9 +44,7 @@ def update_pi(responsibilities: jax.Array, sample_mask: jax.Array) -> jax.Array:
     return (responsibilities * mask).sum(axis=1) / jnp.maximum(mask.sum(), 1.0)
 
 
-def update_pi_all_clients(
-    responsibilities: jax.Array, client_id: jax.Array, counts: jax.Array
-) -> jax.Array:
+def update_pi_all_clients(responsibilities: jax.Array, client_id: jax.Array, counts: jax.Array) -> jax.Array:
     """:func:`update_pi` for every client at once, on samples stored flat and sorted by client.
 
     Args:

@@ -28,7 +28,7 @@ def resolve_data_dir(data_dir: str) -> str:
 def how_to_prepare(name: str, data_dir: str) -> str:
     return (
         f"TFDS dataset {name!r} was not found in {data_dir}. Prepare it on a machine with internet:\n"
-        f"  python -c \"import tensorflow_datasets as tfds; "
+        f'  python -c "import tensorflow_datasets as tfds; '
         f"tfds.builder('{name}', data_dir='DIR').download_and_prepare()\"\n"
         f"then copy DIR here and pass --data_dir DIR (or set TFDS_DATA_DIR=DIR)."
     )
