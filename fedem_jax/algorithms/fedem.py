@@ -125,7 +125,7 @@ def make_fedem(
         metrics = {
             # Mixture NLL on train of the parameters this round started from.
             "train_nll_start": jnp.mean(nll),
-            "n_participants": participates.sum(),
+            "participants": participates,
         }
         new_state = FedEMState(
             params=params,

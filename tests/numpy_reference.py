@@ -1,0 +1,76 @@
+"""A tiny NumPy transcription of FedEM's formulas (FEDEM_SPEC.md sections 2-3), used as ground truth.
+
+Written independently of the JAX code: plain loops, float64, no shared helpers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def bce_with_logits(z, y):
+    """-[y log s(z) + (1 - y) log(1 - s(z))]."""
+    return np.logaddexp(0.0, z) - y * z
+
+
+def softmax_ce(logits, y):
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return -log_probs[np.arange(len(y)), y]
+
+
+def e_step(pi, losses):
+    """q[m, i] = pi_m exp(-l_m(i)) / sum_k pi_k exp(-l_k(i))."""
+    unnorm = pi[:, None] * np.exp(-losses)
+    return unnorm / unnorm.sum(axis=0, keepdims=True)
+
+
+def weighted_batch_loss(losses, q):
+    return (q * losses).sum() / losses.shape[1]
+
+
+def linear_fedem_round(W, b, pis, momenta, xs, ys, lr, momentum, weight_decay, epochs, participants):
+    """One FedEM round for M linear binary learners, full-batch local steps (batch >= n_t).
+
+    Args:
+      W: [M, d], b: [M] global components.
+      pis: [C, M]; momenta: list per client of (buf_W [M, d], buf_b [M]) or None.
+      xs, ys: per-client arrays.
+      participants: [C] booleans.
+    Returns new (W, b, pis, momenta).
+    """
+    n = np.array([len(y) for y in ys], dtype=np.float64)
+    p = n / n.sum()
+    new_W, new_b = W.copy(), b.copy()
+    new_pis, new_momenta = pis.copy(), list(momenta)
+    for c, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        if not participants[c]:
+            continue
+        losses = np.stack([bce_with_logits(x @ W[m] + b[m], y) for m in range(len(W))])
+        q = e_step(pis[c], losses)
+        new_pis[c] = q.mean(axis=1)
+        Wc, bc = W.copy(), b.copy()
+        buf_W, buf_b = momenta[c] if momenta[c] is not None else (None, None)
+        for _ in range(epochs):
+            grad_W = np.zeros_like(Wc)
+            grad_b = np.zeros_like(bc)
+            for m in range(len(W)):
+                residual = sigmoid(x @ Wc[m] + bc[m]) - y
+                grad_W[m] = (q[m] * residual) @ x / len(y)
+                grad_b[m] = (q[m] * residual).sum() / len(y)
+            grad_W += weight_decay * Wc  # decay before momentum, as torch.optim.SGD
+            grad_b += weight_decay * bc
+            if momentum > 0:
+                buf_W = grad_W if buf_W is None else momentum * buf_W + grad_W
+                buf_b = grad_b if buf_b is None else momentum * buf_b + grad_b
+                grad_W, grad_b = buf_W, buf_b
+            Wc = Wc - lr * grad_W
+            bc = bc - lr * grad_b
+        new_momenta[c] = (buf_W, buf_b)
+        new_W += p[c] * (Wc - W)
+        new_b += p[c] * (bc - b)
+    return new_W, new_b, new_pis, new_momenta
