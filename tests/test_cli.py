@@ -1,0 +1,95 @@
+"""The command line end to end: outputs, validation errors, and FedEM learning on synthetic data."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fedem_jax.main import main
+
+SMALL = ["--n_clients", "24", "--dim", "20", "--n_test_per_client", "200", "--quiet"]
+
+
+def _run(tmp_path, name, *flags):
+    workdir = tmp_path / name
+    rc = main([*SMALL, "--workdir", str(workdir), *flags])
+    assert rc == 0
+    return workdir, json.loads((workdir / "summary.json").read_text())
+
+
+def test_outputs_and_exact_round_count(tmp_path):
+    workdir, summary = _run(tmp_path, "run", "--n_rounds", "3", "--log_freq", "2")
+    for key in ("dataset", "method", "n_rounds", "test_accuracy", "test_accuracy_bottom10", "train_accuracy"):
+        assert key in summary
+    assert summary["n_rounds"] == 3
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    assert summary["seconds_per_round"] > 0
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [2, 3]  # every log_freq rounds and the last; exactly 3 rounds
+    assert json.loads((workdir / "config.json").read_text())["n_rounds"] == 3
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    def metrics(name):
+        workdir, _ = _run(tmp_path, name, "--n_rounds", "4", "--log_freq", "2", "--sampling_rate", "0.5")
+        rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
+
+    assert metrics("a") == metrics("b")
+
+
+def test_fedem_learns_and_beats_fedavg(tmp_path):
+    flags = ["--n_rounds", "40", "--log_freq", "40"]
+    _, fedem = _run(tmp_path, "fedem", *flags)
+    _, fedavg = _run(tmp_path, "fedavg", "--method", "FedAvg", *flags)
+    assert fedavg["n_learners"] == 1
+    assert fedem["test_accuracy"] > 0.75
+    assert fedem["test_accuracy"] > fedavg["test_accuracy"] + 0.05
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--n_learners", "0"], "--n_learners must be >= 1"),
+        (["--sampling_rate", "0"], "--sampling_rate must be in (0, 1]"),
+        (["--sampling_rate", "1.5"], "--sampling_rate must be in (0, 1]"),
+        (["--lr", "-1"], "--lr must be > 0"),
+        (["--batch_size", "0"], "--batch_size must be >= 1"),
+        (["--method", "FedFoo"], "--method: unknown value 'FedFoo'; valid: FedEM, FedAvg"),
+        (["--dataset", "mnist"], "--dataset: unknown dataset 'mnist'; valid: synthetic, cifar10"),
+        (["--model", "resnet"], "--model: unknown value 'resnet'"),
+        (["--optimizer", "rmsprop"], "--optimizer: unknown value 'rmsprop'"),
+        (["--lr_scheduler", "step"], "--lr_scheduler: unknown value 'step'"),
+        (["--method", "FedAvg", "--n_learners", "3"], "--n_learners must be 1 for FedAvg"),
+        (["--n_rounds", "x"], "argument --n_rounds: invalid int value: 'x'"),
+        (["--test_frac", "1"], "--test_frac must be in (0, 1)"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, flags, message):
+    rc = main([*flags, "--workdir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_unwritable_workdir(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    rc = main(["--workdir", str(blocker / "sub")])
+    assert rc == 2
+    assert "--workdir: cannot create" in capsys.readouterr().err
+
+
+def test_divergence_is_reported_with_round(tmp_path, capsys):
+    rc = main(
+        [*SMALL, "--workdir", str(tmp_path / "w"), "--lr", "1e30", "--n_rounds", "5", "--log_freq", "1"]
+    )
+    err = capsys.readouterr().err
+    assert rc == 3
+    assert "at round" in err and "lower --lr" in err
+
+
+def test_fedavg_defaults_to_one_learner(tmp_path):
+    _, summary = _run(tmp_path, "avg", "--method", "FedAvg", "--n_rounds", "1")
+    assert summary["n_learners"] == 1 and np.isfinite(summary["test_loss"])
