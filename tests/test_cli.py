@@ -39,7 +39,7 @@ def test_same_seed_gives_identical_metrics(tmp_path):
 
 
 def test_fedem_learns_and_beats_fedavg(tmp_path):
-    flags = ["--n_rounds", "40", "--log_freq", "40"]
+    flags = ["--n_rounds", "150", "--log_freq", "150", "--lr_scheduler", "constant"]
     _, fedem = _run(tmp_path, "fedem", *flags)
     _, fedavg = _run(tmp_path, "fedavg", "--method", "FedAvg", *flags)
     assert fedavg["n_learners"] == 1

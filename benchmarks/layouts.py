@@ -1,0 +1,98 @@
+"""Seconds per FedEM round for each layout of the client and learner axes, side by side.
+
+    python benchmarks/layouts.py --dataset synthetic
+    python benchmarks/layouts.py --dataset cifar10 --data_dir ../shared/data/tensorflow_datasets \
+        --extra --n_clients 10 --max_samples 3000
+
+Every layout runs in this one process on the same data; compile time is reported separately and
+every timing is wrapped in ``jax.block_until_ready``. Writes
+``benchmarks/results/layouts_<dataset>.json`` and prints a table with ratios to the fastest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import jax
+
+from fedem_jax.config import resolve
+from fedem_jax.data import load_dataset
+from fedem_jax.train import build
+
+LAYOUTS = {
+    "clients vmap, learners vmap": ("0", "1"),
+    "clients vmap, learners sequential": ("0", "0"),
+    "clients sequential, learners vmap": ("1", "1"),
+    "clients sequential, learners sequential": ("1", "0"),
+    "clients chunks of 4, learners sequential": ("4", "0"),
+}
+
+
+def time_layout(base_flags: list[str], client_chunk: str, learner_vmap: str, rounds: int, data):
+    cfg = resolve([*base_flags, "--client_chunk", client_chunk, "--learner_vmap", learner_vmap])
+    _, algo, _ = build(cfg, data)
+    state = algo.init(data)
+    t0 = time.perf_counter()
+    compiled = jax.jit(algo.round, donate_argnums=0).lower(state, data.train).compile()
+    compile_s = time.perf_counter() - t0
+    state, _ = compiled(state, data.train)  # warm-up round
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, data.train)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - t0)
+    return {"compile_seconds": compile_s, "seconds_per_round": statistics.median(times), "rounds": rounds}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--data_dir", default="")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--layouts", default="", help="comma-separated subset of layout names")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more fedem_jax flags")
+    args = parser.parse_args()
+    base = ["--dataset", args.dataset, "--workdir", "/tmp/fedem_jax_bench", "--quiet", *args.extra]
+    if args.data_dir:
+        base += ["--data_dir", args.data_dir]
+    data = load_dataset(resolve(base))
+    print(data.summary())
+    chosen = [name for name in LAYOUTS if not args.layouts or name in args.layouts.split(",")]
+    results = {}
+    for name in chosen:
+        results[name] = time_layout(base, *LAYOUTS[name], args.rounds, data)
+        print(
+            f"{name:45s} {results[name]['seconds_per_round']:8.3f} s/round "
+            f"(compile {results[name]['compile_seconds']:.1f} s)",
+            flush=True,
+        )
+    fastest = min(r["seconds_per_round"] for r in results.values())
+    print("\n| layout | s/round | x fastest | compile s |\n|---|---|---|---|")
+    for name, r in results.items():
+        print(
+            f"| {name} | {r['seconds_per_round']:.4f} | {r['seconds_per_round'] / fastest:.2f} "
+            f"| {r['compile_seconds']:.1f} |"
+        )
+    out = {
+        "command": "python benchmarks/layouts.py " + " ".join(os.sys.argv[1:]),
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+        "jax": jax.__version__,
+        "data": data.summary(),
+        "results": results,
+    }
+    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
+    path = os.path.join(os.path.dirname(__file__), "results", f"layouts_{args.dataset}.json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
