@@ -17,6 +17,7 @@ DATASETS = ("synthetic", "cifar10")
 METHODS = ("FedEM", "FedAvg")
 MODELS = ("linear", "cifar10_cnn")
 OPTIMIZERS = ("sgd", "adam")
+CONV_IMPLS = ("xla", "matmul")
 SCHEDULERS = ("constant", "sqrt", "linear", "cosine", "multi_step")
 
 
@@ -83,6 +84,9 @@ class Config:
     )
     learner_vmap: int = dataclasses.field(
         default=-1, metadata={"help": "1 vmap the M learners, 0 loop over them (-1 auto)"}
+    )
+    conv_impl: str = dataclasses.field(
+        default="", metadata={"help": "convolution for training: xla or matmul (default: matmul on CPU)"}
     )
     eval_chunk: int = dataclasses.field(
         default=1024, metadata={"help": "samples per forward pass in E-step and evaluation"}
@@ -157,6 +161,8 @@ def validate(cfg: Config) -> Config:
     if cfg.model:
         one_of("model", cfg.model, MODELS)
     one_of("optimizer", cfg.optimizer, OPTIMIZERS)
+    if cfg.conv_impl:
+        one_of("conv_impl", cfg.conv_impl, CONV_IMPLS)
     one_of("lr_scheduler", cfg.lr_scheduler, SCHEDULERS)
     check(cfg.n_learners >= 1, f"--n_learners must be >= 1, got {cfg.n_learners}")
     check(

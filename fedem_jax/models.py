@@ -17,6 +17,44 @@ class LinearModel(nn.Module):
         return nn.Dense(self.output_dim)(x.reshape((x.shape[0], -1)))
 
 
+def conv_as_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """VALID stride-1 convolution, NHWC x HWIO -> NHWC, as shifted slices + one matmul (im2col).
+
+    Same result as ``lax.conv_general_dilated`` up to float rounding. XLA:CPU runs the gradient
+    of its native convolution about 15x slower inside a ``lax.scan`` body than outside
+    (jax-ml/jax#12868); slices, concatenation and ``dot`` have no such cliff, and their gradients
+    are slices, pads and matmuls. See README, "Convolutions on CPU".
+    """
+    kh, kw, cin, cout = kernel.shape
+    batch, height, width, _ = x.shape
+    out_h, out_w = height - kh + 1, width - kw + 1
+    columns = [x[:, i : i + out_h, j : j + out_w, :] for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(columns, axis=-1).reshape(batch * out_h * out_w, kh * kw * cin)
+    out = jnp.dot(patches, kernel.reshape(kh * kw * cin, cout))
+    return out.reshape(batch, out_h, out_w, cout)
+
+
+class Conv(nn.Module):
+    """VALID stride-1 ``nn.Conv`` look-alike (same parameter names and shapes) with a choice of
+    implementation: ``"xla"`` (``lax`` convolution, best on GPU) or ``"matmul"`` (best on CPU)."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x):
+        shape = (*self.kernel_size, x.shape[-1], self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        if self.impl == "matmul":
+            return conv_as_matmul(x, kernel) + bias
+        out = jax.lax.conv_general_dilated(
+            x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return out + bias
+
+
 class CIFAR10CNN(nn.Module):
     """conv 3->32 k5, maxpool 2, conv 32->64 k5, maxpool 2, FC 1600->2048, FC 2048->10.
 
@@ -24,12 +62,13 @@ class CIFAR10CNN(nn.Module):
     """
 
     output_dim: int = 10
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x):
-        x = nn.Conv(32, (5, 5), padding="VALID")(x)
+        x = Conv(32, (5, 5), impl=self.conv_impl)(x)
         x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
-        x = nn.Conv(64, (5, 5), padding="VALID")(x)
+        x = Conv(64, (5, 5), impl=self.conv_impl)(x)
         x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(2048)(x))
@@ -39,10 +78,20 @@ class CIFAR10CNN(nn.Module):
 MODELS = {"linear": LinearModel, "cifar10_cnn": CIFAR10CNN}
 
 
-def build_model(name: str, output_dim: int) -> nn.Module:
+CONV_IMPLS = ("xla", "matmul")
+
+
+def default_conv_impl() -> str:
+    """``matmul`` on CPU (see :func:`conv_as_matmul`), XLA's convolution elsewhere."""
+    return "matmul" if jax.default_backend() == "cpu" else "xla"
+
+
+def build_model(name: str, output_dim: int, conv_impl: str = "") -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
-    return MODELS[name](output_dim=output_dim)
+    if name == "linear":
+        return LinearModel(output_dim=output_dim)
+    return MODELS[name](output_dim=output_dim, conv_impl=conv_impl or default_conv_impl())
 
 
 def init_stacked_params(model: nn.Module, key: jax.Array, sample_input: jax.Array, n_learners: int):

@@ -34,15 +34,15 @@ class DivergenceError(RuntimeError):
 def resolve_layout(cfg: Config, model_name: str) -> tuple[int, bool]:
     """``(client_chunk, learner_vmap)``; ``-1`` picks the measured per-backend default.
 
-    On CPU, vmapping convolutions over stacked weights is slower than a loop (README, design),
-    so conv nets run clients and learners sequentially; the linear model vmaps both. On GPU/TPU
-    everything is vmapped.
+    Measured on CPU (``benchmarks/layouts.py``, README): a sequential client loop wins for every
+    model, because it really skips the masked steps of small clients; learners are vmapped for
+    the linear model and looped for conv nets. On GPU/TPU everything is vmapped.
     """
     on_cpu = jax.default_backend() == "cpu"
     small_model = model_name == "linear"
     client_chunk = cfg.client_chunk
     if client_chunk == -1:
-        client_chunk = 1 if (on_cpu and not small_model) else 0
+        client_chunk = 1 if on_cpu else 0
     learner_vmap = cfg.learner_vmap
     if learner_vmap == -1:
         learner_vmap = 0 if (on_cpu and not small_model) else 1
@@ -52,10 +52,14 @@ def resolve_layout(cfg: Config, model_name: str) -> tuple[int, bool]:
 def build(cfg: Config, data: FederatedData):
     """Model and algorithm for ``cfg`` on ``data``: ``(model, algorithm, layout)``."""
     model_name = cfg.model or ("linear" if cfg.dataset == "synthetic" else "cifar10_cnn")
-    model = build_model(model_name, data.task.output_dim)
+    model = build_model(model_name, data.task.output_dim, cfg.conv_impl)
+    # Forward-only passes (E-step, evaluation) use XLA's convolution, the fastest there on
+    # every backend; the parameters of both implementations are the same pytree.
+    forward_model = build_model(model_name, data.task.output_dim, "xla")
     client_chunk, learner_vmap = resolve_layout(cfg, model_name)
     trainer = LocalTrainer(
         apply_fn=lambda params, x: model.apply({"params": params}, x),
+        forward_fn=lambda params, x: forward_model.apply({"params": params}, x),
         per_sample_loss=data.task.per_sample_loss,
         direction=make_direction(cfg.optimizer, cfg.momentum, cfg.weight_decay),
         schedule=lr_schedule(cfg.lr_scheduler, cfg.lr, cfg.n_rounds),
@@ -76,6 +80,7 @@ def build(cfg: Config, data: FederatedData):
     )
     layout = {
         "model": model_name,
+        "conv_impl": getattr(model, "conv_impl", None),
         "client_chunk": client_chunk,
         "learner_vmap": learner_vmap,
     }

@@ -46,3 +46,28 @@ def test_cifar10_model_has_spec_parameter_count():
     assert count_params(params) == 3_353_034
     linear = build_model("linear", 1).init(jax.random.PRNGKey(0), jnp.zeros((1, 150)))["params"]
     assert count_params(linear) == 151
+
+
+def test_matmul_convolution_matches_xla_convolution_and_its_gradient():
+    import chex
+    import jax
+    import jax.numpy as jnp
+
+    from fedem_jax.models import build_model
+
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
+    y = jnp.arange(4) % 10
+    xla = build_model("cifar10_cnn", 10, conv_impl="xla")
+    matmul = build_model("cifar10_cnn", 10, conv_impl="matmul")
+    params = xla.init(jax.random.PRNGKey(0), x[:1])["params"]
+    chex.assert_trees_all_equal_shapes(params, matmul.init(jax.random.PRNGKey(0), x[:1])["params"])
+
+    def loss(model):
+        return lambda p: -jax.nn.log_softmax(model.apply({"params": p}, x))[jnp.arange(4), y].mean()
+
+    chex.assert_trees_all_close(
+        xla.apply({"params": params}, x), matmul.apply({"params": params}, x), rtol=1e-4, atol=1e-5
+    )
+    chex.assert_trees_all_close(
+        jax.grad(loss(xla))(params), jax.grad(loss(matmul))(params), rtol=1e-3, atol=1e-6
+    )

@@ -114,6 +114,7 @@ def test_absent_client_state_is_bit_identical(tmp_path, client_chunk):
 def test_masked_helper_returns_old_state_exactly(client_chunk):
     trainer = LocalTrainer(
         apply_fn=None,
+        forward_fn=None,
         per_sample_loss=None,
         direction=make_direction("sgd"),
         schedule=lr_schedule("constant", 0.1, 1),

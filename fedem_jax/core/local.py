@@ -31,7 +31,8 @@ from fedem_jax.core.optim import sgd_like_step
 class LocalTrainer:
     """Static settings of local training; closed over by the jitted round."""
 
-    apply_fn: Callable  # (params_of_one_learner, x[B, ...]) -> logits [B, out]
+    apply_fn: Callable  # (params_of_one_learner, x[B, ...]) -> logits [B, out], for training
+    forward_fn: Callable  # the same function, implemented for forward-only passes
     per_sample_loss: Callable  # (logits, labels) -> [B]
     direction: object  # optax.GradientTransformation: gradients -> update direction
     schedule: Callable  # epochs already done -> learning rate
@@ -56,8 +57,8 @@ class LocalTrainer:
     def learner_logits(self, params, x) -> jax.Array:
         """Outputs of every learner on one batch: ``[M, B, out]``."""
         if self.learner_vmap:
-            return jax.vmap(self.apply_fn, in_axes=(0, None))(params, x)
-        return jax.lax.map(lambda p: self.apply_fn(p, x), params)
+            return jax.vmap(self.forward_fn, in_axes=(0, None))(params, x)
+        return jax.lax.map(lambda p: self.forward_fn(p, x), params)
 
     def learner_losses(self, params, x, y) -> jax.Array:
         """Per-sample loss of every learner on one batch: ``[M, B]``."""
