@@ -91,6 +91,12 @@ class Config:
     eval_chunk: int = dataclasses.field(
         default=1024, metadata={"help": "samples per forward pass in E-step and evaluation"}
     )
+    checkpoint_every: int = dataclasses.field(
+        default=10, metadata={"help": "save a checkpoint every N rounds and at the end (0: never)"}
+    )
+    tensorboard: bool = dataclasses.field(
+        default=True, metadata={"help": "write TensorBoard event files to WORKDIR/tb"}
+    )
     quiet: bool = dataclasses.field(default=False, metadata={"help": "no progress bar"})
 
 
@@ -193,6 +199,7 @@ def validate(cfg: Config) -> Config:
     check(cfg.max_samples >= 0, f"--max_samples must be >= 0, got {cfg.max_samples}")
     check(cfg.client_chunk >= -1, f"--client_chunk must be >= -1, got {cfg.client_chunk}")
     check(cfg.learner_vmap in (-1, 0, 1), f"--learner_vmap must be -1, 0 or 1, got {cfg.learner_vmap}")
+    check(cfg.checkpoint_every >= 0, f"--checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
     check(cfg.eval_chunk >= 1, f"--eval_chunk must be >= 1, got {cfg.eval_chunk}")
     _check_workdir(cfg.workdir)
     return cfg

@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     log = (lambda *_: None) if cfg.quiet else print
     try:
         summary = run(cfg, log=log)
+    except ConfigError as err:  # found once the workdir's checkpoint is read
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

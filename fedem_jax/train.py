@@ -3,15 +3,13 @@
 A library, not a script: ``run(config)`` returns the summary dict and writes into
 ``config.workdir``:
 
-- ``config.json``   the resolved configuration;
-- ``metrics.jsonl`` one JSON object per evaluated round;
-- ``summary.json``  final metrics and timings.
+``config.json``, ``metrics.jsonl``, TensorBoard events, ``clients.csv``, ``summary.json`` (see
+:mod:`fedem_jax.outputs`) and ``checkpoints/`` (see :mod:`fedem_jax.checkpoint`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -19,8 +17,10 @@ import time
 import jax
 import numpy as np
 
+from fedem_jax import outputs
 from fedem_jax.algorithms.fedem import make_fedem
-from fedem_jax.config import Config
+from fedem_jax.checkpoint import Checkpointer, check_compatible
+from fedem_jax.config import Config, ConfigError
 from fedem_jax.core.local import LocalTrainer
 from fedem_jax.core.optim import lr_schedule, make_direction
 from fedem_jax.data import FederatedData, load_dataset
@@ -100,24 +100,30 @@ def summarize_eval(stats: dict) -> dict:
     }
 
 
-def _evaluate(algorithm, eval_fn, state, data: FederatedData) -> dict:
-    out = {}
-    for split_name, split in (("train", data.train), ("test", data.test)):
-        for key, value in summarize_eval(eval_fn(state, split)).items():
-            out[f"{split_name}_{key}"] = value
-    return out
+def evaluate_both(eval_fn, state, data: FederatedData) -> tuple[dict, dict]:
+    """Per-client stats on train and test (host numpy)."""
+    return (
+        jax.tree.map(np.asarray, eval_fn(state, data.train)),
+        jax.tree.map(np.asarray, eval_fn(state, data.test)),
+    )
 
 
 def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
-    """Train ``cfg`` end to end; returns the summary (also written to ``summary.json``)."""
-    os.makedirs(cfg.workdir, exist_ok=True)
-    with open(os.path.join(cfg.workdir, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=2)
+    """Train ``cfg`` end to end, resuming from ``workdir/checkpoints`` if a checkpoint is there.
 
+    Returns the summary (also written to ``summary.json``).
+    """
     start = time.perf_counter()
+    os.makedirs(cfg.workdir, exist_ok=True)
+    checkpointer = Checkpointer(cfg.workdir) if cfg.checkpoint_every > 0 else None
+    resume_round = checkpointer.latest_round() if checkpointer else None
+    if resume_round is not None:
+        check_compatible(checkpointer.restore_record(resume_round)["config"], cfg)
+    outputs.write_config(cfg.workdir, cfg)
+
     data = data if data is not None else load_dataset(cfg)
     data_seconds = time.perf_counter() - start
-    model, algorithm, layout = build(cfg, data)
+    _, algorithm, layout = build(cfg, data)
     state = algorithm.init(data)
     n_params = count_params(state.params) // cfg.n_learners
     log(data.summary())
@@ -128,6 +134,18 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
         f"{'vmap' if layout['learner_vmap'] else 'sequential'}"
     )
 
+    history: list[dict] = []
+    round_seconds: list[float] = []
+    if resume_round is not None:
+        if resume_round > cfg.n_rounds:
+            raise ConfigError(
+                f"--n_rounds {cfg.n_rounds} is below the checkpoint's round {resume_round} in "
+                f"{checkpointer.directory}"
+            )
+        state, record = checkpointer.restore(resume_round, state)
+        history, round_seconds = record["history"], record["round_seconds"]
+        log(f"resumed from round {resume_round} ({checkpointer.directory})")
+
     round_jit = jax.jit(algorithm.round, donate_argnums=0)
     eval_jit = jax.jit(algorithm.evaluate)
     t0 = time.perf_counter()
@@ -135,44 +153,52 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
     compile_seconds = time.perf_counter() - t0
     log(f"compiled the round in {compile_seconds:.1f}s")
 
-    metrics_path = os.path.join(cfg.workdir, "metrics.jsonl")
-    history: list[dict] = []
-    round_seconds: list[float] = []
-    progress = _progress(cfg)
-    with open(metrics_path, "w") as metrics_file:
-        for r in range(cfg.n_rounds):
+    first_round = int(state.round)
+    writer = outputs.MetricsWriter(cfg.workdir, history, first_round, tensorboard=cfg.tensorboard)
+    progress = _progress(cfg, first_round)
+    last_good = resume_round
+    try:
+        for r in range(first_round, cfg.n_rounds):
             t0 = time.perf_counter()
             state, round_metrics = round_compiled(state, data.train)
             round_metrics = jax.block_until_ready(round_metrics)
             round_seconds.append(time.perf_counter() - t0)
-            train_nll = float(round_metrics["train_nll_start"])
-            if not math.isfinite(train_nll):
-                raise DivergenceError(
-                    f"training loss became {train_nll} at round {r + 1}; try a lower --lr (now {cfg.lr})"
-                )
-            if (r + 1) % cfg.log_freq == 0 or r + 1 == cfg.n_rounds:
-                t_eval = time.perf_counter()
-                row = {"round": r + 1, **_evaluate(algorithm, eval_jit, state, data)}
-                row["seconds_per_round"] = float(np.mean(round_seconds[-cfg.log_freq :]))
-                row["eval_seconds"] = time.perf_counter() - t_eval
+            finite = bool(round_metrics["params_finite"]) and math.isfinite(round_metrics["train_nll_start"])
+            _check_finite(finite, r + 1, cfg, checkpointer, last_good)
+            done = r + 1
+            if done % cfg.log_freq == 0 or done == cfg.n_rounds:
+                row = _evaluation_row(eval_jit, state, data, done, round_seconds[-cfg.log_freq :])
+                finite = math.isfinite(row["train_loss"] + row["test_loss"])
+                _check_finite(finite, done, cfg, checkpointer, last_good)
                 history.append(row)
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
+                writer.write(row)
                 if progress is not None:
-                    progress.set_postfix(
-                        test_acc=f"{row['test_accuracy']:.4f}", s_per_round=f"{round_seconds[-1]:.3f}"
-                    )
-                if not math.isfinite(row["test_loss"]) or not math.isfinite(row["train_loss"]):
-                    raise DivergenceError(
-                        f"evaluation loss became non-finite at round {r + 1}; try a lower --lr"
-                    )
+                    progress.set_postfix(test_acc=f"{row['test_accuracy']:.4f}")
+            if checkpointer and (done % cfg.checkpoint_every == 0 or done == cfg.n_rounds):
+                record = {
+                    "config": dataclasses.asdict(cfg),
+                    "history": history,
+                    "round_seconds": round_seconds,
+                }
+                checkpointer.save(done, state, record)
+                last_good = done
             if progress is not None:
+                progress.set_postfix(
+                    test_acc=f"{history[-1]['test_accuracy']:.4f}" if history else "-",
+                    s_per_round=f"{round_seconds[-1]:.3f}",
+                )
                 progress.update(1)
-    if progress is not None:
-        progress.close()
+    finally:
+        writer.close()
+        if progress is not None:
+            progress.close()
+        if checkpointer:
+            checkpointer.close()
 
-    final = history[-1]
+    train_stats, test_stats = evaluate_both(eval_jit, state, data)
+    outputs.write_clients_csv(cfg.workdir, train_stats, test_stats, np.asarray(state.clients.pi))
     steady = round_seconds[1:] if len(round_seconds) > 1 else round_seconds
+    final = history[-1]
     summary = {
         "dataset": cfg.dataset,
         "method": cfg.method,
@@ -180,25 +206,50 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
         "n_learners": cfg.n_learners,
         "n_clients": data.n_clients,
         "n_rounds": cfg.n_rounds,
-        **{k: v for k, v in final.items() if k not in ("round", "seconds_per_round")},
-        "seconds_per_round": float(np.mean(steady)),
+        **{k: v for k, v in final.items() if k not in ("round", *outputs.TIMING_KEYS)},
+        "seconds_per_round": float(np.mean(steady)) if steady else 0.0,
         "compile_seconds": compile_seconds,
         "data_seconds": data_seconds,
         "total_seconds": time.perf_counter() - start,
         "layout": layout,
     }
-    with open(os.path.join(cfg.workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    outputs.write_json(cfg.workdir, "summary.json", summary)
     return summary
+
+
+def _evaluation_row(eval_fn, state, data, done: int, recent_seconds: list[float]) -> dict:
+    t0 = time.perf_counter()
+    train_stats, test_stats = evaluate_both(eval_fn, state, data)
+    row = {"round": done}
+    for prefix, stats in (("train", train_stats), ("test", test_stats)):
+        row.update({f"{prefix}_{k}": v for k, v in summarize_eval(stats).items()})
+    row["pi_entropy"] = outputs.mean_entropy(state.clients.pi)
+    row["seconds_per_round"] = float(np.mean(recent_seconds))
+    row["eval_seconds"] = time.perf_counter() - t0
+    return row
+
+
+def _check_finite(finite: bool, round_done: int, cfg: Config, checkpointer, last_good) -> None:
+    """Stop a diverged run; the checkpoints on disk were all saved from finite states."""
+    if finite:
+        return
+    kept = (
+        f"; the last good checkpoint (round {last_good}) is kept in {checkpointer.directory}"
+        if checkpointer and last_good
+        else ""
+    )
+    raise DivergenceError(
+        f"the loss became non-finite at round {round_done}; try a lower --lr (now {cfg.lr}){kept}"
+    )
 
 
 def _layout_name(client_chunk: int) -> str:
     return {0: "vmap", 1: "sequential"}.get(client_chunk, f"chunks of {client_chunk}")
 
 
-def _progress(cfg: Config):
+def _progress(cfg: Config, first_round: int):
     if cfg.quiet:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=cfg.n_rounds, desc="rounds", unit="round", dynamic_ncols=True)
+    return tqdm(total=cfg.n_rounds, initial=first_round, desc="rounds", unit="round", dynamic_ncols=True)

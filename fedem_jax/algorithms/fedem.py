@@ -125,6 +125,8 @@ def make_fedem(
         metrics = {
             # Mixture NLL on train of the parameters this round started from.
             "train_nll_start": jnp.mean(nll),
+            # Whether the new global parameters are all finite (checked before checkpointing).
+            "params_finite": jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)])),
             "participants": participates,
         }
         new_state = FedEMState(

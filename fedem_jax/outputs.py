@@ -1,0 +1,88 @@
+"""What a run writes into its workdir, in formats a person or a script can read and plot.
+
+- ``config.json``   the resolved configuration;
+- ``metrics.jsonl`` one JSON object per evaluated round;
+- ``tb/``           TensorBoard event files with the same scalars (tensorboardX: no TensorFlow);
+- ``clients.csv``   per-client sample counts, accuracies and mixture weights, at the end;
+- ``summary.json``  the final evaluation and timings.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+TIMING_KEYS = ("seconds_per_round", "eval_seconds")
+
+
+class MetricsWriter:
+    """Appends evaluated rounds to ``metrics.jsonl`` and TensorBoard.
+
+    On resume the rows up to the checkpoint are rewritten first, so the file never holds rows of
+    rounds that the resumed run will compute again.
+    """
+
+    def __init__(self, workdir: str, previous_rows: list[dict], start_round: int, tensorboard: bool = True):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        with open(self.path, "w") as f:
+            for row in previous_rows:
+                f.write(json.dumps(row) + "\n")
+        self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_round + 1)
+
+    def write(self, row: dict) -> None:
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in row.items():
+                if key != "round" and isinstance(value, float | int):
+                    self._tb.add_scalar(key.replace("_", "/", 1), value, row["round"])
+            self._tb.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def write_config(workdir: str, cfg) -> None:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=2)
+
+
+def write_json(workdir: str, name: str, payload: dict) -> None:
+    with open(os.path.join(workdir, name), "w") as f:
+        json.dump(payload, f, indent=2)
+
+
+def write_clients_csv(workdir: str, train_stats: dict, test_stats: dict, pi: np.ndarray) -> None:
+    """One row per client: counts, train/test accuracy and its mixture weights ``pi``."""
+    pi = np.asarray(pi)
+    with open(os.path.join(workdir, "clients.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["client", "n_train", "n_test", "train_accuracy", "test_accuracy"]
+            + [f"pi_{m}" for m in range(pi.shape[1])]
+        )
+        for c in range(pi.shape[0]):
+            n_train, n_test = int(train_stats["count"][c]), int(test_stats["count"][c])
+            writer.writerow(
+                [c, n_train, n_test]
+                + [f"{float(train_stats['correct'][c]) / max(n_train, 1):.6f}"]
+                + [f"{float(test_stats['correct'][c]) / max(n_test, 1):.6f}"]
+                + [f"{p:.6f}" for p in pi[c]]
+            )
+
+
+def mean_entropy(pi: np.ndarray) -> float:
+    """Mean over clients of ``-sum_m pi_m log pi_m`` (0: one component; log M: uniform)."""
+    pi = np.asarray(pi, np.float64)
+    return float(np.mean(-np.sum(np.where(pi > 0, pi * np.log(np.maximum(pi, 1e-300)), 0.0), axis=1)))
