@@ -63,6 +63,18 @@ class Config:
     test_frac: float = dataclasses.field(
         default=0.2, metadata={"help": "per-client test fraction of real datasets"}
     )
+    val_frac: float = dataclasses.field(
+        default=0.0, metadata={"help": "fraction of each client's train split held out for validation"}
+    )
+    validation: bool = dataclasses.field(
+        default=False, metadata={"help": "evaluate on the validation split instead of test"}
+    )
+    test_clients_frac: float = dataclasses.field(
+        default=0.0, metadata={"help": "fraction of clients held out of training (unseen clients)"}
+    )
+    unseen_em_iters: int = dataclasses.field(
+        default=500, metadata={"help": "max EM iterations fitting an unseen client's pi"}
+    )
     # Dataset-specific settings (ignored where they do not apply).
     n_clients: int = dataclasses.field(default=300, metadata={"help": "number of clients"})
     alpha: float = dataclasses.field(default=0.4, metadata={"help": "Dirichlet concentration"})
@@ -184,6 +196,13 @@ def validate(cfg: Config) -> Config:
     check(0 < cfg.sampling_rate <= 1, f"--sampling_rate must be in (0, 1], got {cfg.sampling_rate}")
     check(cfg.log_freq >= 1, f"--log_freq must be >= 1, got {cfg.log_freq}")
     check(0 < cfg.test_frac < 1, f"--test_frac must be in (0, 1), got {cfg.test_frac}")
+    check(0 <= cfg.val_frac < 1, f"--val_frac must be in [0, 1), got {cfg.val_frac}")
+    check(
+        0 <= cfg.test_clients_frac < 1,
+        f"--test_clients_frac must be in [0, 1), got {cfg.test_clients_frac}",
+    )
+    check(not cfg.validation or cfg.val_frac > 0, "--validation needs --val_frac in (0, 1), e.g. 0.25")
+    check(cfg.unseen_em_iters >= 1, f"--unseen_em_iters must be >= 1, got {cfg.unseen_em_iters}")
     check(cfg.n_clients >= 1, f"--n_clients must be >= 1, got {cfg.n_clients}")
     check(cfg.alpha > 0, f"--alpha must be > 0, got {cfg.alpha}")
     check(cfg.dim >= 1, f"--dim must be >= 1, got {cfg.dim}")

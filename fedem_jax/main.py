@@ -33,10 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     except DivergenceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    split = "val" if cfg.validation else "test"
+    unseen = (
+        f"unseen clients {summary['unseen_test_accuracy']:.4f}, " if "unseen_test_accuracy" in summary else ""
+    )
     print(
         f"{summary['method']} on {summary['dataset']}, {summary['n_rounds']} rounds: "
-        f"test accuracy {summary['test_accuracy']:.4f} "
-        f"(bottom 10% {summary['test_accuracy_bottom10']:.4f}), "
+        f"{split} accuracy {summary[split + '_accuracy']:.4f} "
+        f"(bottom 10% {summary[split + '_accuracy_bottom10']:.4f}), {unseen}"
         f"train accuracy {summary['train_accuracy']:.4f}, "
         f"{summary['seconds_per_round']:.3f} s/round, compile {summary['compile_seconds']:.1f} s "
         f"-> {cfg.workdir}/summary.json"

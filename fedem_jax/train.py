@@ -100,11 +100,16 @@ def summarize_eval(stats: dict) -> dict:
     }
 
 
-def evaluate_both(eval_fn, state, data: FederatedData) -> tuple[dict, dict]:
-    """Per-client stats on train and test (host numpy)."""
+def eval_split(cfg: Config, data: FederatedData):
+    """``(name, split)`` that evaluation reports on: the test split, or val with --validation."""
+    return ("val", data.val) if cfg.validation else ("test", data.test)
+
+
+def evaluate_both(eval_fn, state, data: FederatedData, cfg: Config) -> tuple[dict, dict]:
+    """Per-client stats on train and on the evaluation split (host numpy)."""
     return (
         jax.tree.map(np.asarray, eval_fn(state, data.train)),
-        jax.tree.map(np.asarray, eval_fn(state, data.test)),
+        jax.tree.map(np.asarray, eval_fn(state, eval_split(cfg, data)[1])),
     )
 
 
@@ -148,6 +153,7 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
 
     round_jit = jax.jit(algorithm.round, donate_argnums=0)
     eval_jit = jax.jit(algorithm.evaluate)
+    unseen_jit = jax.jit(algorithm.evaluate_unseen, static_argnums=3)
     t0 = time.perf_counter()
     round_compiled = round_jit.lower(state, data.train).compile()
     compile_seconds = time.perf_counter() - t0
@@ -167,13 +173,13 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
             _check_finite(finite, r + 1, cfg, checkpointer, last_good)
             done = r + 1
             if done % cfg.log_freq == 0 or done == cfg.n_rounds:
-                row = _evaluation_row(eval_jit, state, data, done, round_seconds[-cfg.log_freq :])
-                finite = math.isfinite(row["train_loss"] + row["test_loss"])
+                row = _evaluation_row(
+                    eval_jit, unseen_jit, state, data, cfg, done, round_seconds[-cfg.log_freq :]
+                )
+                finite = math.isfinite(row["train_loss"] + row[f"{eval_split(cfg, data)[0]}_loss"])
                 _check_finite(finite, done, cfg, checkpointer, last_good)
                 history.append(row)
                 writer.write(row)
-                if progress is not None:
-                    progress.set_postfix(test_acc=f"{row['test_accuracy']:.4f}")
             if checkpointer and (done % cfg.checkpoint_every == 0 or done == cfg.n_rounds):
                 record = {
                     "config": dataclasses.asdict(cfg),
@@ -184,7 +190,7 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
                 last_good = done
             if progress is not None:
                 progress.set_postfix(
-                    test_acc=f"{history[-1]['test_accuracy']:.4f}" if history else "-",
+                    acc=f"{history[-1][eval_split(cfg, data)[0] + '_accuracy']:.4f}" if history else "-",
                     s_per_round=f"{round_seconds[-1]:.3f}",
                 )
                 progress.update(1)
@@ -195,7 +201,7 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
         if checkpointer:
             checkpointer.close()
 
-    train_stats, test_stats = evaluate_both(eval_jit, state, data)
+    train_stats, test_stats = evaluate_both(eval_jit, state, data, cfg)
     outputs.write_clients_csv(cfg.workdir, train_stats, test_stats, np.asarray(state.clients.pi))
     steady = round_seconds[1:] if len(round_seconds) > 1 else round_seconds
     final = history[-1]
@@ -205,6 +211,7 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
         "model": layout["model"],
         "n_learners": cfg.n_learners,
         "n_clients": data.n_clients,
+        "n_unseen_clients": data.n_unseen,
         "n_rounds": cfg.n_rounds,
         **{k: v for k, v in final.items() if k not in ("round", *outputs.TIMING_KEYS)},
         "seconds_per_round": float(np.mean(steady)) if steady else 0.0,
@@ -217,11 +224,15 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
     return summary
 
 
-def _evaluation_row(eval_fn, state, data, done: int, recent_seconds: list[float]) -> dict:
+def _evaluation_row(eval_fn, unseen_fn, state, data, cfg, done: int, recent_seconds: list[float]) -> dict:
     t0 = time.perf_counter()
-    train_stats, test_stats = evaluate_both(eval_fn, state, data)
+    train_stats, test_stats = evaluate_both(eval_fn, state, data, cfg)
     row = {"round": done}
-    for prefix, stats in (("train", train_stats), ("test", test_stats)):
+    parts = [("train", train_stats), (eval_split(cfg, data)[0], test_stats)]
+    if data.n_unseen:
+        unseen_stats, _ = unseen_fn(state, data.unseen_train, data.unseen_test, cfg.unseen_em_iters)
+        parts.append(("unseen_test", jax.tree.map(np.asarray, unseen_stats)))
+    for prefix, stats in parts:
         row.update({f"{prefix}_{k}": v for k, v in summarize_eval(stats).items()})
     row["pi_entropy"] = outputs.mean_entropy(state.clients.pi)
     row["seconds_per_round"] = float(np.mean(recent_seconds))

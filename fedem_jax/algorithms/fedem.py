@@ -50,6 +50,7 @@ class FedEM(NamedTuple):
     init: object
     round: object
     evaluate: object
+    evaluate_unseen: object
 
 
 def n_sampled_clients(n_clients: int, sampling_rate: float) -> int:
@@ -136,13 +137,13 @@ def make_fedem(
         )
         return new_state, metrics
 
-    def evaluate(state: FedEMState, split: ClientSplit):
+    def evaluate_mixture(params, pi, split: ClientSplit):
         """Per-client ``(correct, loss_sum, count)`` of ``p = sum_m pi_m p_theta_m`` (eq. (2))."""
 
         def one_sample(args):
             x, y, client = args
-            logits = trainer.learner_logits(state.params, x[None])  # [M, 1, out]
-            probs = mixture.mixture_probs(state.clients.pi[client], task.class_probs(logits))
+            logits = trainer.learner_logits(params, x[None])  # [M, 1, out]
+            probs = mixture.mixture_probs(pi[client], task.class_probs(logits))
             correct = (jnp.argmax(probs[0]) == y).astype(jnp.float32)
             return correct, mixture.clamped_nll(probs, y[None])[0]
 
@@ -154,4 +155,39 @@ def make_fedem(
             "count": split.counts,
         }
 
-    return FedEM(init=init, round=round_fn, evaluate=evaluate)
+    def evaluate(state: FedEMState, split: ClientSplit):
+        """Training clients, each with its own ``pi``."""
+        return evaluate_mixture(state.params, state.clients.pi, split)
+
+    def fit_pi(params, split: ClientSplit, max_iters: int, tol: float = 1e-6) -> jax.Array:
+        """EM on ``pi`` alone, components frozen, iterated to convergence (``max |dpi| < tol``).
+
+        The paper's adaptation of FedEM to clients unseen at training time (section 3.3); the
+        reference does a single EM step per evaluation.
+        """
+        losses = all_sample_losses(params, split)
+        n_clients = split.counts.shape[0]
+
+        def keep_going(carry):
+            it, _, change = carry
+            return (it < max_iters) & (change > tol)
+
+        def em_step(carry):
+            it, pi, _ = carry
+            q = mixture.e_step(jnp.log(pi)[split.client_id].T, losses)
+            new_pi = mixture.update_pi_all_clients(q, split.client_id, split.counts)
+            return it + 1, new_pi, jnp.max(jnp.abs(new_pi - pi))
+
+        start = jnp.full((n_clients, n_learners), 1.0 / n_learners, jnp.float32)
+        _, pi, _ = jax.lax.while_loop(keep_going, em_step, (0, start, jnp.inf))
+        return pi
+
+    def evaluate_unseen(state: FedEMState, train: ClientSplit, test: ClientSplit, max_iters: int = 500):
+        """Clients held out of training: fit ``pi`` on their train split, evaluate on test.
+
+        Returns ``(stats, pi)``.
+        """
+        pi = fit_pi(state.params, train, max_iters)
+        return evaluate_mixture(state.params, pi, test), pi
+
+    return FedEM(init=init, round=round_fn, evaluate=evaluate, evaluate_unseen=evaluate_unseen)

@@ -44,16 +44,27 @@ class ClientSplit:
 
 @dataclasses.dataclass(frozen=True)
 class FederatedData:
-    """Train and test splits of the same clients, plus the prediction task."""
+    """Train and test splits of the training clients, plus the prediction task.
+
+    Optional parts: ``val`` (a validation split of the training clients) and ``unseen_train`` /
+    ``unseen_test`` (clients held out of training, which only fit their mixture weights).
+    """
 
     name: str
     train: ClientSplit
     test: ClientSplit
     task: Task
+    val: ClientSplit | None = None
+    unseen_train: ClientSplit | None = None
+    unseen_test: ClientSplit | None = None
 
     @property
     def n_clients(self) -> int:
         return self.train.n_clients
+
+    @property
+    def n_unseen(self) -> int:
+        return 0 if self.unseen_train is None else self.unseen_train.n_clients
 
     def summary(self) -> str:
         """One line: clients, samples per client (min / median / max), classes per client."""
@@ -61,10 +72,12 @@ class FederatedData:
         y = np.asarray(self.train.y)
         ids = np.asarray(self.train.client_id)
         classes = [len(np.unique(y[ids == c])) for c in range(self.n_clients)]
+        unseen = f" + {self.n_unseen} unseen" if self.n_unseen else ""
+        val = f" / {self.val.n_samples} val" if self.val is not None else ""
         return (
-            f"{self.name}: {self.n_clients} clients, "
+            f"{self.name}: {self.n_clients} clients{unseen}, "
             f"{int(counts.sum())} samples ({self.train.n_samples} train / "
-            f"{self.test.n_samples} test), per client min/median/max "
+            f"{self.test.n_samples} test{val}), per client min/median/max "
             f"{int(counts.min())}/{int(np.median(counts))}/{int(counts.max())}, "
             f"train classes per client min/median/max "
             f"{min(classes)}/{int(np.median(classes))}/{max(classes)}"
@@ -111,3 +124,59 @@ def train_test_split(
         test.append(np.sort(shuffled[:n_test]))
         train.append(np.sort(shuffled[n_test:]))
     return train, test, dropped
+
+
+def assemble(
+    name: str,
+    task: Task,
+    train: tuple[list[np.ndarray], list[np.ndarray]],
+    test: tuple[list[np.ndarray], list[np.ndarray]],
+    *,
+    val_frac: float = 0.0,
+    unseen_frac: float = 0.0,
+    rng: np.random.Generator,
+) -> FederatedData:
+    """Per-client arrays -> :class:`FederatedData`, with optional validation and unseen clients.
+
+    - ``val_frac``: fraction of each client's *training* samples moved to a validation split
+      (0.25 turns the 80/20 train/test split into 60/20/20, spec section 5).
+    - ``unseen_frac``: fraction of clients held out of training (at least one client trains).
+    """
+    train_xs, train_ys = list(train[0]), list(train[1])
+    test_xs, test_ys = list(test[0]), list(test[1])
+    n_clients = len(train_xs)
+    n_unseen = min(int(np.floor(unseen_frac * n_clients)), n_clients - 1)
+    unseen = set(rng.permutation(n_clients)[:n_unseen].tolist())
+    seen = [c for c in range(n_clients) if c not in unseen]
+    held = sorted(unseen)
+
+    val = None
+    if val_frac > 0:
+        val_xs, val_ys = [], []
+        for c in seen:
+            n = len(train_ys[c])
+            n_val = int(round(val_frac * n))
+            if n_val < 1 or n_val >= n:
+                raise DataError(
+                    f"--val_frac {val_frac}: client {c} has {n} training samples, too few to hold out a "
+                    f"validation part; lower --val_frac or use fewer clients"
+                )
+            order = rng.permutation(n)
+            val_xs.append(train_xs[c][np.sort(order[:n_val])])
+            val_ys.append(train_ys[c][np.sort(order[:n_val])])
+            keep = np.sort(order[n_val:])
+            train_xs[c], train_ys[c] = train_xs[c][keep], train_ys[c][keep]
+        val = build_split(val_xs, val_ys)
+
+    def pick(arrays, clients):
+        return [arrays[c] for c in clients]
+
+    return FederatedData(
+        name=name,
+        train=build_split(pick(train_xs, seen), pick(train_ys, seen)),
+        test=build_split(pick(test_xs, seen), pick(test_ys, seen)),
+        task=task,
+        val=val,
+        unseen_train=build_split(pick(train_xs, held), pick(train_ys, held)) if held else None,
+        unseen_test=build_split(pick(test_xs, held), pick(test_ys, held)) if held else None,
+    )

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 
 from fedem_jax.core.tasks import Task
-from fedem_jax.data.federated import DataError, FederatedData, build_split, train_test_split
+from fedem_jax.data.federated import DataError, FederatedData, assemble, train_test_split
 from fedem_jax.data.partition import label_group_dirichlet
 from fedem_jax.data.synthetic import generate_synthetic
 from fedem_jax.data.tfds_source import CIFAR10_MEAN, CIFAR10_STD, load_pooled, normalize_images
@@ -33,11 +33,14 @@ def _cifar10(cfg) -> FederatedData:
     if not train_idx:
         raise DataError("cifar10: no client has enough samples; lower --n_clients")
     x = normalize_images(images, CIFAR10_MEAN, CIFAR10_STD)
-    return FederatedData(
-        name="cifar10",
-        train=build_split([x[i] for i in train_idx], [labels[i] for i in train_idx]),
-        test=build_split([x[i] for i in test_idx], [labels[i] for i in test_idx]),
-        task=Task(num_classes=10),
+    return assemble(
+        "cifar10",
+        Task(num_classes=10),
+        ([x[i] for i in train_idx], [labels[i] for i in train_idx]),
+        ([x[i] for i in test_idx], [labels[i] for i in test_idx]),
+        val_frac=cfg.val_frac,
+        unseen_frac=cfg.test_clients_frac,
+        rng=rng,
     )
 
 
@@ -52,6 +55,8 @@ def load_dataset(cfg) -> FederatedData:
             noise_std=cfg.noise_std,
             n_test_per_client=cfg.n_test_per_client,
             seed=cfg.data_seed,
+            val_frac=cfg.val_frac,
+            unseen_frac=cfg.test_clients_frac,
         )
         return data
     if cfg.dataset == "cifar10":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedem_jax.core.tasks import BINARY
-from fedem_jax.data.federated import FederatedData, build_split
+from fedem_jax.data.federated import FederatedData, assemble
 
 MIN_SAMPLES, MAX_SAMPLES = 50, 1000
 
@@ -36,8 +36,13 @@ def generate_synthetic(
     noise_std: float = 0.1,
     n_test_per_client: int = 5000,
     seed: int = 12345,
+    val_frac: float = 0.0,
+    unseen_frac: float = 0.0,
 ) -> tuple[FederatedData, dict]:
-    """Returns the dataset and the ground truth ``{"thetas", "pis", "train_components"}``."""
+    """Returns the dataset and the ground truth ``{"thetas", "pis", "train_components"}``.
+
+    Ground truth is indexed by the generated client order, before any client is held out.
+    """
     rng = np.random.default_rng(seed)
     thetas = rng.uniform(-1.0, 1.0, size=(n_components, dim))
     pis = rng.dirichlet(alpha * np.ones(n_components), size=n_clients)
@@ -51,11 +56,14 @@ def generate_synthetic(
         x, y, _ = _draw_samples(rng, n_test_per_client, pis[t], thetas, noise_std)
         test_x.append(x)
         test_y.append(y)
-    data = FederatedData(
-        name="synthetic",
-        train=build_split(train_x, train_y),
-        test=build_split(test_x, test_y),
-        task=BINARY,
+    data = assemble(
+        "synthetic",
+        BINARY,
+        (train_x, train_y),
+        (test_x, test_y),
+        val_frac=val_frac,
+        unseen_frac=unseen_frac,
+        rng=np.random.default_rng([seed, 1]),
     )
     truth = {"thetas": thetas, "pis": pis, "train_components": train_z}
     return data, truth
