@@ -3,6 +3,9 @@
     python benchmarks/layouts.py --dataset synthetic
     python benchmarks/layouts.py --dataset cifar10 --data_dir ../shared/data/tensorflow_datasets \
         --extra --n_clients 10 --max_samples 3000
+    python benchmarks/layouts.py --dataset cifar10 --data_dir ../shared/data/tensorflow_datasets \
+        --layouts "clients sequential, learners sequential" --conv_impls xla,matmul --tag conv \
+        --extra --n_clients 10 --max_samples 3000
 
 Every layout runs in this one process on the same data; compile time is reported separately and
 every timing is wrapped in ``jax.block_until_ready``. Writes
@@ -56,6 +59,10 @@ def main():
     parser.add_argument("--data_dir", default="")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--layouts", default="", help="comma-separated subset of layout names")
+    parser.add_argument("--tag", default="", help="suffix of the output file name")
+    parser.add_argument(
+        "--conv_impls", default="", help="comma-separated convolutions to compare (xla,matmul); default: auto"
+    )
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more fedem_jax flags")
     args = parser.parse_args()
     base = ["--dataset", args.dataset, "--workdir", "/tmp/fedem_jax_bench", "--quiet", *args.extra]
@@ -88,7 +95,11 @@ def main():
         "results": results,
     }
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    path = os.path.join(os.path.dirname(__file__), "results", f"layouts_{args.dataset}.json")
+    path = os.path.join(
+        os.path.dirname(__file__),
+        "results",
+        f"layouts_{args.dataset}{'_' + args.tag if args.tag else ''}.json",
+    )
     with open(path, "w") as f:
         json.dump(out, f, indent=2)
     print(f"wrote {path}")

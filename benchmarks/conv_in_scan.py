@@ -1,0 +1,89 @@
+"""XLA's convolution vs convolution-as-matmul, for a CIFAR10CNN gradient step, outside and
+inside a ``lax.scan`` (the shape of a FedEM round's local loop).
+
+    python benchmarks/conv_in_scan.py [--batch 128] [--steps 3]
+
+Both implementations run in this one process on the same parameters and data; every timing is
+wrapped in ``jax.block_until_ready``, compilation excluded. Writes
+``benchmarks/results/conv_in_scan.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedem_jax.core.tasks import Task
+from fedem_jax.models import build_model
+
+
+def best_time(fn, *args, repeats=3) -> float:
+    jax.block_until_ready(fn(*args))  # compile + warm up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    task = Task(10)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(args.batch, 32, 32, 3)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 10, args.batch))
+    results = {}
+    for impl in ("xla", "matmul"):
+        model = build_model("cifar10_cnn", 10, conv_impl=impl)
+        params = model.init(jax.random.PRNGKey(0), x[:1])["params"]
+
+        def grad(p, model=model):
+            return jax.grad(lambda p: task.per_sample_loss(model.apply({"params": p}, x), y).mean())(p)
+
+        def scanned(p, grad=grad):
+            def step(p, _):
+                return jax.tree.map(lambda a, g: a - 0.01 * g, p, grad(p)), None
+
+            return jax.lax.scan(step, p, jnp.arange(args.steps))[0]
+
+        forward = jax.jit(lambda p, model=model: model.apply({"params": p}, x))
+        results[impl] = {
+            "forward_seconds": best_time(forward, params),
+            "grad_seconds": best_time(jax.jit(grad), params),
+            "scan_seconds_per_step": best_time(jax.jit(scanned), params) / args.steps,
+        }
+        r = results[impl]
+        print(
+            f"{impl:7s} forward {r['forward_seconds']:.4f} s | gradient {r['grad_seconds']:.4f} s | "
+            f"gradient step inside lax.scan {r['scan_seconds_per_step']:.4f} s/step",
+            flush=True,
+        )
+    ratio = results["xla"]["scan_seconds_per_step"] / results["matmul"]["scan_seconds_per_step"]
+    print(f"inside lax.scan, matmul is {ratio:.1f}x faster than XLA's convolution")
+    out = {
+        "command": "python benchmarks/conv_in_scan.py " + " ".join(os.sys.argv[1:]),
+        "backend": jax.default_backend(),
+        "jax": jax.__version__,
+        "batch": args.batch,
+        "results": results,
+        "scan_speedup_matmul_over_xla": ratio,
+    }
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "conv_in_scan.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
