@@ -58,7 +58,7 @@ def main():
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--data_dir", default="")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--layouts", default="", help="comma-separated subset of layout names")
+    parser.add_argument("--layouts", default="", help="semicolon-separated subset of layout names")
     parser.add_argument("--tag", default="", help="suffix of the output file name")
     parser.add_argument(
         "--conv_impls", default="", help="comma-separated convolutions to compare (xla,matmul); default: auto"
@@ -70,7 +70,7 @@ def main():
         base += ["--data_dir", args.data_dir]
     data = load_dataset(resolve(base))
     print(data.summary())
-    chosen = [name for name in LAYOUTS if not args.layouts or name in args.layouts.split(",")]
+    chosen = [name for name in LAYOUTS if not args.layouts or name in args.layouts.split(";")]
     results = {}
     for name in chosen:
         results[name] = time_layout(base, *LAYOUTS[name], args.rounds, data)

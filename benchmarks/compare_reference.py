@@ -1,0 +1,138 @@
+"""Seconds per FedEM round: fedem_jax vs the reference-style PyTorch baseline, side by side.
+
+    python benchmarks/compare_reference.py --dataset synthetic --extra --n_test_per_client 10
+    python benchmarks/compare_reference.py --dataset cifar10 \\
+        --extra --data_dir ../shared/data/tensorflow_datasets --n_clients 20 --max_samples 6000
+
+Both sides run in this one process, on the same client data (fedem_jax's split; CIFAR images are
+handed to the baseline as uint8 so that it pays for its per-sample transforms, as the reference
+does), with the same model, M, batch size, learning rate, momentum and weight decay. Each side
+runs one warm-up round, then ``--rounds`` timed rounds; fedem_jax's compile time is reported
+separately and its timings are wrapped in ``jax.block_until_ready``. Writes
+``benchmarks/results/compare_<dataset>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+
+from fedem_jax.config import resolve
+from fedem_jax.data import load_dataset
+from fedem_jax.data.tfds_source import CIFAR10_MEAN, CIFAR10_STD
+from fedem_jax.train import build
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def client_arrays(split):
+    x, y = np.asarray(split.x), np.asarray(split.y)
+    return [
+        (x[o : o + n], y[o : o + n])
+        for o, n in zip(np.asarray(split.offsets), np.asarray(split.counts), strict=True)
+    ]
+
+
+def time_fedem_jax(cfg, data, rounds):
+    _, algo, layout = build(cfg, data)
+    state = algo.init(data)
+    t0 = time.perf_counter()
+    compiled = jax.jit(algo.round, donate_argnums=0).lower(state, data.train).compile()
+    compile_s = time.perf_counter() - t0
+    state, _ = compiled(state, data.train)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, data.train)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - t0)
+    return {"seconds_per_round": statistics.median(times), "compile_seconds": compile_s, "layout": layout}
+
+
+def time_reference(cfg, data, rounds):
+    import torch
+    from torch_reference import (
+        ImageDataset,
+        ReferenceStyleFedEM,
+        TabularDataset,
+        TorchCIFAR10CNN,
+        TorchLinear,
+    )
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    datasets = []
+    for x, y in client_arrays(data.train):
+        if cfg.dataset == "synthetic":
+            datasets.append(TabularDataset(x, y))
+        else:  # back to the uint8 images the reference starts from
+            images = np.clip(np.rint((x * CIFAR10_STD + CIFAR10_MEAN) * 255.0), 0, 255).astype(np.uint8)
+            datasets.append(ImageDataset(images, y))
+    if cfg.dataset == "synthetic":
+        make_model = lambda: TorchLinear(cfg.dim)  # noqa: E731
+    else:
+        make_model = TorchCIFAR10CNN
+    baseline = ReferenceStyleFedEM(
+        make_model, datasets, binary=data.task.binary, n_learners=cfg.n_learners, lr=cfg.lr,
+        batch_size=cfg.batch_size, drop_last=cfg.drop_last, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+    )  # fmt: skip
+    baseline.run_round()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        baseline.run_round()
+        times.append(time.perf_counter() - t0)
+    return {
+        "seconds_per_round": statistics.median(times),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more fedem_jax flags")
+    args = parser.parse_args()
+    cfg = resolve(["--dataset", args.dataset, "--workdir", "/tmp/fedem_jax_bench", "--quiet", *args.extra])
+    data = load_dataset(cfg)
+    print(data.summary(), flush=True)
+    ours = time_fedem_jax(cfg, data, args.rounds)
+    print(
+        f"fedem_jax:       {ours['seconds_per_round']:.4f} s/round (compile {ours['compile_seconds']:.1f} s)",
+        flush=True,
+    )
+    ref = time_reference(cfg, data, args.rounds)
+    print(
+        f"reference-style: {ref['seconds_per_round']:.4f} s/round "
+        f"(PyTorch {ref['torch']}, {ref['threads']} threads)"
+    )
+    speedup = ref["seconds_per_round"] / ours["seconds_per_round"]
+    print(f"speedup: {speedup:.1f}x")
+    out = {
+        "command": "python benchmarks/compare_reference.py " + " ".join(sys.argv[1:]),
+        "data": data.summary(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "fedem_jax": ours,
+        "reference_style": ref,
+        "speedup": speedup,
+    }
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"compare_{args.dataset}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
