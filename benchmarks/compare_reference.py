@@ -30,6 +30,7 @@ from fedem_jax.data.tfds_source import CIFAR10_MEAN, CIFAR10_STD
 from fedem_jax.train import build
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from efficiency import CIFAR10_CNN_MACS, fedem_round_flops, matmul_peak_flops  # noqa: E402
 
 
 def client_arrays(split):
@@ -118,6 +119,20 @@ def main():
     )
     speedup = ref["seconds_per_round"] / ours["seconds_per_round"]
     print(f"speedup: {speedup:.1f}x")
+    if args.dataset == "cifar10":
+        flops = fedem_round_flops(
+            np.asarray(data.train.counts), cfg.batch_size, cfg.n_learners, cfg.drop_last,
+            2 * CIFAR10_CNN_MACS, cfg.local_epochs,
+        )  # fmt: skip
+        peak = matmul_peak_flops()
+        ours["useful_flops_per_round"] = flops
+        ours["achieved_flops_per_second"] = flops / ours["seconds_per_round"]
+        ours["matmul_peak_flops_per_second"] = peak
+        ours["flops_fraction"] = ours["achieved_flops_per_second"] / peak
+        print(
+            f"fedem_jax useful FLOP/s: {ours['achieved_flops_per_second'] / 1e9:.1f} G "
+            f"= {ours['flops_fraction']:.0%} of the measured float32 matmul peak ({peak / 1e9:.1f} G)"
+        )
     out = {
         "command": "python benchmarks/compare_reference.py " + " ".join(sys.argv[1:]),
         "data": data.summary(),

@@ -72,13 +72,16 @@ def main():
     print(data.summary())
     chosen = [name for name in LAYOUTS if not args.layouts or name in args.layouts.split(";")]
     results = {}
-    for name in chosen:
-        results[name] = time_layout(base, *LAYOUTS[name], args.rounds, data)
-        print(
-            f"{name:45s} {results[name]['seconds_per_round']:8.3f} s/round "
-            f"(compile {results[name]['compile_seconds']:.1f} s)",
-            flush=True,
-        )
+    for conv in args.conv_impls.split(",") if args.conv_impls else [""]:
+        for name in chosen:
+            label = f"{name}, conv {conv}" if conv else name
+            flags = [*base, "--conv_impl", conv] if conv else base
+            results[label] = time_layout(flags, *LAYOUTS[name], args.rounds, data)
+            print(
+                f"{label:55s} {results[label]['seconds_per_round']:8.3f} s/round "
+                f"(compile {results[label]['compile_seconds']:.1f} s)",
+                flush=True,
+            )
     fastest = min(r["seconds_per_round"] for r in results.values())
     print("\n| layout | s/round | x fastest | compile s |\n|---|---|---|---|")
     for name, r in results.items():

@@ -34,6 +34,16 @@ def conv_as_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return out.reshape(batch, out_h, out_w, cout)
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max pooling, stride 2, NHWC (even H and W), as a reshape + max.
+
+    Same values as ``nn.max_pool(x, (2, 2), strides=(2, 2))``; its gradient is cheaper on CPU
+    than ``reduce_window``'s select-and-scatter (``benchmarks/conv_in_scan.py``).
+    """
+    batch, height, width, channels = x.shape
+    return x.reshape(batch, height // 2, 2, width // 2, 2, channels).max(axis=(2, 4))
+
+
 class Conv(nn.Module):
     """VALID stride-1 ``nn.Conv`` look-alike (same parameter names and shapes) with a choice of
     implementation: ``"xla"`` (``lax`` convolution, best on GPU) or ``"matmul"`` (best on CPU)."""
@@ -66,10 +76,8 @@ class CIFAR10CNN(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = Conv(32, (5, 5), impl=self.conv_impl)(x)
-        x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
-        x = Conv(64, (5, 5), impl=self.conv_impl)(x)
-        x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+        x = max_pool_2x2(nn.relu(Conv(32, (5, 5), impl=self.conv_impl)(x)))
+        x = max_pool_2x2(nn.relu(Conv(64, (5, 5), impl=self.conv_impl)(x)))
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(2048)(x))
         return nn.Dense(self.output_dim)(x)

@@ -71,3 +71,14 @@ def test_matmul_convolution_matches_xla_convolution_and_its_gradient():
     chex.assert_trees_all_close(
         jax.grad(loss(xla))(params), jax.grad(loss(matmul))(params), rtol=1e-3, atol=1e-6
     )
+
+
+def test_reshape_max_pool_equals_flax_max_pool():
+    import chex
+    import flax.linen as nn
+    import jax
+
+    from fedem_jax.models import max_pool_2x2
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 28, 28, 5))
+    chex.assert_trees_all_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
