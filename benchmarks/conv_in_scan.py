@@ -1,5 +1,6 @@
 """XLA's convolution vs convolution-as-matmul, for a CIFAR10CNN gradient step, outside and
-inside a ``lax.scan`` (the shape of a FedEM round's local loop).
+inside a ``lax.scan`` (the shape of a FedEM round's local loop); and, if installed, a PyTorch
+training step of the same network.
 
     python benchmarks/conv_in_scan.py [--batch 128] [--steps 3]
 
@@ -31,6 +32,31 @@ def best_time(fn, *args, repeats=3) -> float:
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def torch_step_seconds(x, y, steps: int = 5) -> float:
+    """PyTorch (CPU, all cores) SGD step of the same network, for comparison."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from torch_reference import TorchCIFAR10CNN
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = TorchCIFAR10CNN()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    xt = torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2).contiguous()
+    yt = torch.from_numpy(np.asarray(y)).long()
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(xt), yt).backward()
+            optimizer.step()
+        best = min(best, (time.perf_counter() - t0) / steps)
+    return best
 
 
 def main():
@@ -68,6 +94,11 @@ def main():
             f"gradient step inside lax.scan {r['scan_seconds_per_step']:.4f} s/step",
             flush=True,
         )
+    try:
+        results["pytorch"] = {"train_step_seconds": torch_step_seconds(x, y)}
+        print(f"pytorch train step (SGD, momentum) {results['pytorch']['train_step_seconds']:.4f} s/step")
+    except ImportError:
+        print("pytorch: not installed (pip install -e '.[bench]'), skipped")
     ratio = results["xla"]["scan_seconds_per_step"] / results["matmul"]["scan_seconds_per_step"]
     print(f"inside lax.scan, matmul is {ratio:.1f}x faster than XLA's convolution")
     out = {
