@@ -97,6 +97,9 @@ class Config:
     learner_vmap: int = dataclasses.field(
         default=-1, metadata={"help": "1 vmap the M learners, 0 loop over them (-1 auto)"}
     )
+    n_devices: int = dataclasses.field(
+        default=0, metadata={"help": "devices to shard the client axis over (0: all available)"}
+    )
     conv_impl: str = dataclasses.field(
         default="", metadata={"help": "convolution for training: xla or matmul (default: matmul on CPU)"}
     )
@@ -219,6 +222,7 @@ def validate(cfg: Config) -> Config:
     check(cfg.client_chunk >= -1, f"--client_chunk must be >= -1, got {cfg.client_chunk}")
     check(cfg.learner_vmap in (-1, 0, 1), f"--learner_vmap must be -1, 0 or 1, got {cfg.learner_vmap}")
     check(cfg.checkpoint_every >= 0, f"--checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
+    check(cfg.n_devices >= 0, f"--n_devices must be >= 0, got {cfg.n_devices}")
     check(cfg.eval_chunk >= 1, f"--eval_chunk must be >= 1, got {cfg.eval_chunk}")
     _check_workdir(cfg.workdir)
     return cfg

@@ -16,6 +16,7 @@ import time
 
 import jax
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from fedem_jax import outputs
 from fedem_jax.algorithms.fedem import make_fedem
@@ -24,6 +25,7 @@ from fedem_jax.config import Config, ConfigError
 from fedem_jax.core.local import LocalTrainer
 from fedem_jax.core.optim import lr_schedule, make_direction
 from fedem_jax.data import FederatedData, load_dataset
+from fedem_jax.data.sharding import CLIENTS_AXIS, client_mesh, place, real_clients, shard_data
 from fedem_jax.models import build_model, count_params
 
 
@@ -49,14 +51,30 @@ def resolve_layout(cfg: Config, model_name: str) -> tuple[int, bool]:
     return client_chunk, bool(learner_vmap)
 
 
-def build(cfg: Config, data: FederatedData):
-    """Model and algorithm for ``cfg`` on ``data``: ``(model, algorithm, layout)``."""
+def resolve_devices(cfg: Config) -> int:
+    """Devices to shard the client axis over: ``--n_devices`` (0: all), at most the clients."""
+    available = jax.device_count()
+    wanted = available if cfg.n_devices == 0 else cfg.n_devices
+    if wanted > available:
+        raise ConfigError(
+            f"--n_devices {wanted}: only {available} {jax.default_backend()} device(s) available"
+        )
+    return wanted
+
+
+def build(cfg: Config, data: FederatedData, n_devices: int = 1):
+    """Model and algorithm for ``cfg`` on ``data``: ``(model, algorithm, layout)``.
+
+    With ``n_devices > 1`` the algorithm expects data laid out by ``shard_data(data, mesh)``,
+    with ``mesh = layout["mesh"]``.
+    """
     model_name = cfg.model or ("linear" if cfg.dataset == "synthetic" else "cifar10_cnn")
     model = build_model(model_name, data.task.output_dim, cfg.conv_impl)
     # Forward-only passes (E-step, evaluation) use XLA's convolution, the fastest there on
     # every backend; the parameters of both implementations are the same pytree.
     forward_model = build_model(model_name, data.task.output_dim, "xla")
     client_chunk, learner_vmap = resolve_layout(cfg, model_name)
+    mesh = client_mesh(n_devices) if n_devices > 1 else None
     trainer = LocalTrainer(
         apply_fn=lambda params, x: model.apply({"params": params}, x),
         forward_fn=lambda params, x: forward_model.apply({"params": params}, x),
@@ -77,14 +95,17 @@ def build(cfg: Config, data: FederatedData):
         sampling_rate=cfg.sampling_rate,
         eval_chunk=cfg.eval_chunk,
         seed=cfg.seed,
+        mesh=mesh,
+        n_real_clients=data.n_clients,
     )
     layout = {
+        "devices": n_devices,
         "model": model_name,
         "conv_impl": getattr(model, "conv_impl", None),
         "client_chunk": client_chunk,
         "learner_vmap": learner_vmap,
     }
-    return model, algorithm, layout
+    return model, algorithm, {**layout, "mesh": mesh}
 
 
 def summarize_eval(stats: dict) -> dict:
@@ -105,11 +126,12 @@ def eval_split(cfg: Config, data: FederatedData):
     return ("val", data.val) if cfg.validation else ("test", data.test)
 
 
-def evaluate_both(eval_fn, state, data: FederatedData, cfg: Config) -> tuple[dict, dict]:
-    """Per-client stats on train and on the evaluation split (host numpy)."""
+def evaluate_both(eval_fn, state, data: FederatedData, cfg: Config, n_clients: int) -> tuple[dict, dict]:
+    """Per-client stats on train and on the evaluation split, in federation order (host numpy)."""
+    train, other = data.train, eval_split(cfg, data)[1]
     return (
-        jax.tree.map(np.asarray, eval_fn(state, data.train)),
-        jax.tree.map(np.asarray, eval_fn(state, eval_split(cfg, data)[1])),
+        real_clients(eval_fn(state, train), train, n_clients),
+        real_clients(eval_fn(state, other), other, n_clients),
     )
 
 
@@ -127,11 +149,22 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
     outputs.write_config(cfg.workdir, cfg)
 
     data = data if data is not None else load_dataset(cfg)
+    n_devices = resolve_devices(cfg)
+    _, algorithm, layout = build(cfg, data, n_devices)
+    mesh = layout.pop("mesh")
+    federation = data  # as loaded: summaries and outputs are in its client order
+    if mesh is not None:
+        data = shard_data(data, mesh)
     data_seconds = time.perf_counter() - start
-    _, algorithm, layout = build(cfg, data)
     state = algorithm.init(data)
+    if mesh is not None:
+        state = state.replace(
+            params=place(state.params, mesh, PartitionSpec()),
+            clients=place(state.clients, mesh, PartitionSpec(CLIENTS_AXIS)),
+            round=place(state.round, mesh, PartitionSpec()),
+        )
     n_params = count_params(state.params) // cfg.n_learners
-    log(data.summary())
+    log(federation.summary())
     log(
         f"{cfg.method}: model {layout['model']} ({n_params:,} params x {cfg.n_learners} learners), "
         f"{jax.device_count()} {jax.default_backend()} device(s), layout: clients "
@@ -174,7 +207,14 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
             done = r + 1
             if done % cfg.log_freq == 0 or done == cfg.n_rounds:
                 row = _evaluation_row(
-                    eval_jit, unseen_jit, state, data, cfg, done, round_seconds[-cfg.log_freq :]
+                    eval_jit,
+                    unseen_jit,
+                    state,
+                    data,
+                    cfg,
+                    federation.n_clients,
+                    done,
+                    round_seconds[-cfg.log_freq :],
                 )
                 finite = math.isfinite(row["train_loss"] + row[f"{eval_split(cfg, data)[0]}_loss"])
                 _check_finite(finite, done, cfg, checkpointer, last_good)
@@ -201,8 +241,9 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
         if checkpointer:
             checkpointer.close()
 
-    train_stats, test_stats = evaluate_both(eval_jit, state, data, cfg)
-    outputs.write_clients_csv(cfg.workdir, train_stats, test_stats, np.asarray(state.clients.pi))
+    train_stats, test_stats = evaluate_both(eval_jit, state, data, cfg, federation.n_clients)
+    pi = real_clients(state.clients.pi, data.train, federation.n_clients)
+    outputs.write_clients_csv(cfg.workdir, train_stats, test_stats, pi)
     steady = round_seconds[1:] if len(round_seconds) > 1 else round_seconds
     final = history[-1]
     summary = {
@@ -210,8 +251,8 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
         "method": cfg.method,
         "model": layout["model"],
         "n_learners": cfg.n_learners,
-        "n_clients": data.n_clients,
-        "n_unseen_clients": data.n_unseen,
+        "n_clients": federation.n_clients,
+        "n_unseen_clients": federation.n_unseen,
         "n_rounds": cfg.n_rounds,
         **{k: v for k, v in final.items() if k not in ("round", *outputs.TIMING_KEYS)},
         "seconds_per_round": float(np.mean(steady)) if steady else 0.0,
@@ -224,9 +265,11 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
     return summary
 
 
-def _evaluation_row(eval_fn, unseen_fn, state, data, cfg, done: int, recent_seconds: list[float]) -> dict:
+def _evaluation_row(
+    eval_fn, unseen_fn, state, data, cfg, n_clients: int, done: int, recent_seconds: list[float]
+) -> dict:
     t0 = time.perf_counter()
-    train_stats, test_stats = evaluate_both(eval_fn, state, data, cfg)
+    train_stats, test_stats = evaluate_both(eval_fn, state, data, cfg, n_clients)
     row = {"round": done}
     parts = [("train", train_stats), (eval_split(cfg, data)[0], test_stats)]
     if data.n_unseen:
@@ -234,7 +277,7 @@ def _evaluation_row(eval_fn, unseen_fn, state, data, cfg, done: int, recent_seco
         parts.append(("unseen_test", jax.tree.map(np.asarray, unseen_stats)))
     for prefix, stats in parts:
         row.update({f"{prefix}_{k}": v for k, v in summarize_eval(stats).items()})
-    row["pi_entropy"] = outputs.mean_entropy(state.clients.pi)
+    row["pi_entropy"] = outputs.mean_entropy(real_clients(state.clients.pi, data.train, n_clients))
     row["seconds_per_round"] = float(np.mean(recent_seconds))
     row["eval_seconds"] = time.perf_counter() - t0
     return row

@@ -10,8 +10,9 @@ Distributions", NeurIPS 2021, Algorithm 1). FedAvg is the ``n_learners == 1`` ca
 - ``evaluate(state, split) -> per-client (correct, loss_sum, count)`` of the mixture prediction.
 
 Randomness: the round key is ``fold_in(fold_in(seed, 1), round)``; client sampling uses
-``fold_in(round_key, 0)`` and client ``c``'s shuffles ``fold_in(fold_in(round_key, 1), c)``, so
-results do not depend on the client layout or chunk size. All learners of a client see the
+``fold_in(round_key, 0)`` and client ``c``'s shuffles ``fold_in(fold_in(round_key, 1), c)`` with
+``c`` the global client index, so results do not depend on the client layout, chunk size or
+number of devices. All learners of a client see the
 same batches, so there are no per-learner keys.
 """
 
@@ -22,11 +23,13 @@ from typing import NamedTuple
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
 
 from fedem_jax.core import aggregation, mixture
 from fedem_jax.core.local import LocalTrainer
 from fedem_jax.core.tasks import Task
 from fedem_jax.data.federated import ClientSplit
+from fedem_jax.data.sharding import CLIENTS_AXIS
 from fedem_jax.models import init_stacked_params
 
 
@@ -67,8 +70,15 @@ def make_fedem(
     sampling_rate: float,
     eval_chunk: int,
     seed: int,
+    mesh: Mesh | None = None,
+    n_real_clients: int = 0,
 ) -> FedEM:
-    """Build FedEM's pure functions; all arguments are static (closed over)."""
+    """Build FedEM's pure functions; all arguments are static (closed over).
+
+    With a ``mesh``, the client axis is sharded over its ``clients`` axis (data laid out by
+    :func:`fedem_jax.data.sharding.shard_data`; ``n_real_clients`` is the federation's size
+    without padding): each device runs its clients and the aggregation is an all-reduce.
+    """
     base_key = jax.random.PRNGKey(seed)
 
     def init(data) -> FedEMState:
@@ -95,49 +105,75 @@ def make_fedem(
         )
         return losses.T
 
-    def round_fn(state: FedEMState, train: ClientSplit):
-        round_key = jax.random.fold_in(jax.random.fold_in(base_key, 1), state.round)
-        n_clients = train.counts.shape[0]
-        chosen = jax.random.permutation(jax.random.fold_in(round_key, 0), n_clients)
-        n_take = n_sampled_clients(n_clients, sampling_rate)
-        participates = jnp.zeros((n_clients,), bool).at[chosen[:n_take]].set(True)
+    def local_round(params, clients: ClientState, train: ClientSplit, participates, agg_weights, key):
+        """The round on one block of clients (all of them on one device, or one device's share).
 
+        Returns ``(delta_sum, clients, nll_sum, n_samples)``; sums are over this block only.
+        """
         # E-step with the broadcast parameters; all clients share them, so this is one large
         # batched forward pass over every client's samples.
-        losses = all_sample_losses(state.params, train)
-        log_pi = jnp.log(state.clients.pi)[train.client_id].T  # [M, N]
+        losses = all_sample_losses(params, train)
+        log_pi = jnp.log(clients.pi)[train.client_id].T  # [M, N]
         q = mixture.e_step(log_pi, losses)
         pi_estimate = mixture.update_pi_all_clients(q, train.client_id, train.counts)
-        pi = jnp.where(participates[:, None], pi_estimate, state.clients.pi)
-
-        p = aggregation.client_weights(train.counts)
+        pi = jnp.where(participates[:, None], pi_estimate, clients.pi)
         delta_sum, opt_state, epochs_done = trainer.train_clients(
-            state.params,
-            state.clients.opt_state,
-            state.clients.epochs_done,
-            q,
-            participates,
-            p,
-            jax.random.fold_in(round_key, 1),
-            train,
+            params, clients.opt_state, clients.epochs_done, q, participates, agg_weights, key, train
+        )
+        valid = train.client_id < train.counts.shape[0]  # padded samples of a device block
+        nll = jnp.where(valid, mixture.mixture_nll_from_losses(log_pi, losses), 0.0)
+        new_clients = ClientState(pi=pi, opt_state=opt_state, epochs_done=epochs_done)
+        return delta_sum, new_clients, nll.sum(), valid.sum()
+
+    if mesh is not None:
+        spec = PartitionSpec(CLIENTS_AXIS)
+
+        def all_reduced_round(*args):
+            delta_sum, clients, nll_sum, n = local_round(*args)
+            return jax.lax.psum((delta_sum, nll_sum, n), CLIENTS_AXIS) + (clients,)
+
+        sharded = jax.shard_map(
+            all_reduced_round,
+            mesh=mesh,
+            in_specs=(PartitionSpec(), spec, spec, spec, spec, PartitionSpec()),
+            out_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(), spec),
+            # The local loop starts from replicated params and makes them per-device; the sums that
+            # leave the map are all-reduced explicitly above.
+            check_vma=False,
+        )
+
+        def block_round(*args):
+            delta_sum, nll_sum, n, clients = sharded(*args)
+            return delta_sum, clients, nll_sum, n
+    else:
+        block_round = local_round
+
+    def round_fn(state: FedEMState, train: ClientSplit):
+        round_key = jax.random.fold_in(jax.random.fold_in(base_key, 1), state.round)
+        n_clients = n_real_clients or train.counts.shape[0]
+        # Exactly n_take clients, by their global index: the same on any number of devices.
+        order = jax.random.permutation(jax.random.fold_in(round_key, 0), n_clients)
+        rank = jnp.zeros((n_clients,), jnp.int32).at[order].set(jnp.arange(n_clients, dtype=jnp.int32))
+        real = train.global_ids < n_clients
+        chosen = rank[jnp.minimum(train.global_ids, n_clients - 1)] < n_sampled_clients(
+            n_clients, sampling_rate
+        )
+        participates = real & chosen
+        agg_weights = aggregation.client_weights(train.counts)  # padded clients have 0 samples
+        delta_sum, clients, nll_sum, n_samples = block_round(
+            state.params, state.clients, train, participates, agg_weights, jax.random.fold_in(round_key, 1)
         )
         params = aggregation.apply_delta(state.params, delta_sum)
-        nll = mixture.mixture_nll_from_losses(log_pi, losses)
         metrics = {
             # Mixture NLL on train of the parameters this round started from.
-            "train_nll_start": jnp.mean(nll),
+            "train_nll_start": nll_sum / n_samples,
             # Whether the new global parameters are all finite (checked before checkpointing).
             "params_finite": jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)])),
             "participants": participates,
         }
-        new_state = FedEMState(
-            params=params,
-            clients=ClientState(pi=pi, opt_state=opt_state, epochs_done=epochs_done),
-            round=state.round + 1,
-        )
-        return new_state, metrics
+        return FedEMState(params=params, clients=clients, round=state.round + 1), metrics
 
-    def evaluate_mixture(params, pi, split: ClientSplit):
+    def local_evaluate_mixture(params, pi, split: ClientSplit):
         """Per-client ``(correct, loss_sum, count)`` of ``p = sum_m pi_m p_theta_m`` (eq. (2))."""
 
         def one_sample(args):
@@ -155,8 +191,20 @@ def make_fedem(
             "count": split.counts,
         }
 
+    if mesh is not None:
+        spec = PartitionSpec(CLIENTS_AXIS)
+        evaluate_mixture = jax.shard_map(
+            local_evaluate_mixture,
+            mesh=mesh,
+            in_specs=(PartitionSpec(), spec, spec),
+            out_specs=spec,
+            check_vma=False,
+        )
+    else:
+        evaluate_mixture = local_evaluate_mixture
+
     def evaluate(state: FedEMState, split: ClientSplit):
-        """Training clients, each with its own ``pi``."""
+        """Training clients, each with its own ``pi`` (per client, in the split's layout)."""
         return evaluate_mixture(state.params, state.clients.pi, split)
 
     def fit_pi(params, split: ClientSplit, max_iters: int, tol: float = 1e-6) -> jax.Array:
@@ -188,6 +236,6 @@ def make_fedem(
         Returns ``(stats, pi)``.
         """
         pi = fit_pi(state.params, train, max_iters)
-        return evaluate_mixture(state.params, pi, test), pi
+        return local_evaluate_mixture(state.params, pi, test), pi
 
     return FedEM(init=init, round=round_fn, evaluate=evaluate, evaluate_unseen=evaluate_unseen)

@@ -135,6 +135,7 @@ class LocalTrainer:
         chunk_ids = jnp.arange(n_chunks * chunk, dtype=jnp.int32).reshape(n_chunks, chunk)
 
         def one_client(opt, t, offset, count, client, take_part):
+            # Keyed by the client's global index: the same shuffles on any number of devices.
             client_key = jax.random.fold_in(key, client)
 
             def train(state):
@@ -153,7 +154,7 @@ class LocalTrainer:
                 t_all[safe],
                 data.offsets[safe],
                 data.counts[safe],
-                safe,
+                data.global_ids[safe],
                 participates[safe] & valid,
             )
             if chunk == 1:

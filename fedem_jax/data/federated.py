@@ -31,6 +31,7 @@ class ClientSplit:
     client_id: jnp.ndarray  # [N] int32
     offsets: jnp.ndarray  # [C] int32, start of each client's block
     counts: jnp.ndarray  # [C] int32
+    global_ids: jnp.ndarray  # [C] int32, the client's index in the whole federation
     max_count: int = flax.struct.field(pytree_node=False, default=0)
 
     @property
@@ -102,6 +103,7 @@ def build_split(xs: list[np.ndarray], ys: list[np.ndarray]) -> ClientSplit:
         client_id=jnp.asarray(client_id),
         offsets=jnp.asarray(offsets),
         counts=jnp.asarray(counts),
+        global_ids=jnp.arange(len(counts), dtype=jnp.int32),
         max_count=int(counts.max()),
     )
 
