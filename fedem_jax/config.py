@@ -13,9 +13,9 @@ import importlib
 import os
 from typing import Any
 
-DATASETS = ("synthetic", "cifar10")
+DATASETS = ("synthetic", "cifar10", "npz")
 METHODS = ("FedEM", "FedAvg")
-MODELS = ("linear", "cifar10_cnn")
+MODELS = ("linear", "mlp", "cnn", "cifar10_cnn", "femnist_cnn")
 OPTIMIZERS = ("sgd", "adam")
 CONV_IMPLS = ("xla", "matmul")
 SCHEDULERS = ("constant", "sqrt", "linear", "cosine", "multi_step")
@@ -56,6 +56,9 @@ class Config:
     )
     data_dir: str = dataclasses.field(
         default="", metadata={"help": "TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"}
+    )
+    data_path: str = dataclasses.field(
+        default="", metadata={"help": "npz: a .npz file (x, y, client) or a folder of per-client .npz files"}
     )
     drop_last: bool = dataclasses.field(
         default=False, metadata={"help": "drop each client's last incomplete batch (reference: images)"}
@@ -224,6 +227,7 @@ def validate(cfg: Config) -> Config:
     check(cfg.checkpoint_every >= 0, f"--checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
     check(cfg.n_devices >= 0, f"--n_devices must be >= 0, got {cfg.n_devices}")
     check(cfg.eval_chunk >= 1, f"--eval_chunk must be >= 1, got {cfg.eval_chunk}")
+    check(cfg.dataset != "npz" or bool(cfg.data_path), "--data_path is required with --dataset npz")
     _check_workdir(cfg.workdir)
     return cfg
 

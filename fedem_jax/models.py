@@ -68,7 +68,8 @@ class Conv(nn.Module):
 class CIFAR10CNN(nn.Module):
     """conv 3->32 k5, maxpool 2, conv 32->64 k5, maxpool 2, FC 1600->2048, FC 2048->10.
 
-    3,353,034 parameters for 10 classes (spec section 5). Inputs are NHWC 32x32x3.
+    3,353,034 parameters for 10 classes (spec section 5). Inputs are NHWC 32x32x3. On 28x28x1
+    inputs with 62 outputs the same layers are the FEMNIST CNN (FC 1024->2048, 2,278,334 params).
     """
 
     output_dim: int = 10
@@ -83,7 +84,41 @@ class CIFAR10CNN(nn.Module):
         return nn.Dense(self.output_dim)(x)
 
 
-MODELS = {"linear": LinearModel, "cifar10_cnn": CIFAR10CNN}
+class MLP(nn.Module):
+    """Flatten -> FC 256 -> ReLU -> FC out: the default for your own feature-vector data."""
+
+    output_dim: int
+    hidden: int = 256
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(self.hidden)(x.reshape((x.shape[0], -1))))
+        return nn.Dense(self.output_dim)(x)
+
+
+class SmallCNN(nn.Module):
+    """conv 3x3 32, maxpool 2, conv 3x3 64, maxpool 2, FC 128, FC out: the default for your own
+    image data (any H, W >= 10, any channels)."""
+
+    output_dim: int
+    conv_impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.max_pool(nn.relu(Conv(32, (3, 3), impl=self.conv_impl)(x)), (2, 2), strides=(2, 2))
+        x = nn.max_pool(nn.relu(Conv(64, (3, 3), impl=self.conv_impl)(x)), (2, 2), strides=(2, 2))
+        x = nn.relu(nn.Dense(128)(x.reshape((x.shape[0], -1))))
+        return nn.Dense(self.output_dim)(x)
+
+
+MODELS = {
+    "linear": LinearModel,
+    "mlp": MLP,
+    "cnn": SmallCNN,
+    "cifar10_cnn": CIFAR10CNN,
+    "femnist_cnn": CIFAR10CNN,  # same layers; sizes follow the 28x28x1 input and 62 classes
+}
+CONV_MODELS = ("cnn", "cifar10_cnn", "femnist_cnn")
 
 
 CONV_IMPLS = ("xla", "matmul")
@@ -97,8 +132,8 @@ def default_conv_impl() -> str:
 def build_model(name: str, output_dim: int, conv_impl: str = "") -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
-    if name == "linear":
-        return LinearModel(output_dim=output_dim)
+    if name not in CONV_MODELS:
+        return MODELS[name](output_dim=output_dim)
     return MODELS[name](output_dim=output_dim, conv_impl=conv_impl or default_conv_impl())
 
 

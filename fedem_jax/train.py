@@ -41,7 +41,7 @@ def resolve_layout(cfg: Config, model_name: str) -> tuple[int, bool]:
     the linear model and looped for conv nets. On GPU/TPU everything is vmapped.
     """
     on_cpu = jax.default_backend() == "cpu"
-    small_model = model_name == "linear"
+    small_model = model_name in ("linear", "mlp")
     client_chunk = cfg.client_chunk
     if client_chunk == -1:
         client_chunk = 1 if on_cpu else 0
@@ -49,6 +49,13 @@ def resolve_layout(cfg: Config, model_name: str) -> tuple[int, bool]:
     if learner_vmap == -1:
         learner_vmap = 0 if (on_cpu and not small_model) else 1
     return client_chunk, bool(learner_vmap)
+
+
+def default_model(dataset: str, data: FederatedData) -> str:
+    """Per dataset; for your own data by input shape: ``mlp`` for vectors, ``cnn`` for images."""
+    if dataset == "npz":
+        return "mlp" if data.train.x.ndim == 2 else "cnn"
+    return {"synthetic": "linear", "cifar10": "cifar10_cnn"}[dataset]
 
 
 def resolve_devices(cfg: Config) -> int:
@@ -68,7 +75,7 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1):
     With ``n_devices > 1`` the algorithm expects data laid out by ``shard_data(data, mesh)``,
     with ``mesh = layout["mesh"]``.
     """
-    model_name = cfg.model or ("linear" if cfg.dataset == "synthetic" else "cifar10_cnn")
+    model_name = cfg.model or default_model(cfg.dataset, data)
     model = build_model(model_name, data.task.output_dim, cfg.conv_impl)
     # Forward-only passes (E-step, evaluation) use XLA's convolution, the fastest there on
     # every backend; the parameters of both implementations are the same pytree.

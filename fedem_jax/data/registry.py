@@ -8,6 +8,7 @@ import numpy as np
 
 from fedem_jax.core.tasks import Task
 from fedem_jax.data.federated import DataError, FederatedData, assemble, train_test_split
+from fedem_jax.data.npz_source import load_npz
 from fedem_jax.data.partition import label_group_dirichlet
 from fedem_jax.data.synthetic import generate_synthetic
 from fedem_jax.data.tfds_source import CIFAR10_MEAN, CIFAR10_STD, load_pooled, normalize_images
@@ -61,4 +62,6 @@ def load_dataset(cfg) -> FederatedData:
         return data
     if cfg.dataset == "cifar10":
         return _cifar10(cfg)
+    if cfg.dataset == "npz":
+        return load_npz(cfg)
     raise DataError(f"unknown dataset {cfg.dataset!r}")
