@@ -102,6 +102,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tag", default="", help="suffix of the output file name")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more fedem_jax flags")
     args = parser.parse_args()
     cfg = resolve(["--dataset", args.dataset, "--workdir", "/tmp/fedem_jax_bench", "--quiet", *args.extra])
@@ -142,7 +143,11 @@ def main():
         "reference_style": ref,
         "speedup": speedup,
     }
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"compare_{args.dataset}.json")
+    path = os.path.join(
+        os.path.dirname(os.path.abspath(__file__)),
+        "results",
+        f"compare_{args.dataset}{'_' + args.tag if args.tag else ''}.json",
+    )
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(out, f, indent=2)

@@ -66,6 +66,8 @@ def main():
     )
     args = parser.parse_args()
     py = sys.executable
+    tag = ["--tag", "quick"] if args.quick else []
+    suffix = "_quick" if args.quick else ""
     summary, notes = {}, {}
     start = time.perf_counter()
 
@@ -78,13 +80,14 @@ def main():
                 "synthetic",
                 "--rounds",
                 "2" if args.quick else "5",
+                *tag,
                 "--extra",
                 "--n_test_per_client",
                 "10",
             ]
         )
         if code == 0:
-            summary["synthetic_speedup"] = load("compare_synthetic.json")["speedup"]
+            summary["synthetic_speedup"] = load(f"compare_synthetic{suffix}.json")["speedup"]
     else:
         notes["synthetic_speedup"] = "skipped: torch not installed (pip install -e '.[bench]')"
 
@@ -103,6 +106,7 @@ def main():
                 "cifar10",
                 "--rounds",
                 "1" if args.quick else "3",
+                *tag,
                 "--extra",
                 "--data_dir",
                 args.data_dir,
@@ -110,7 +114,7 @@ def main():
             ]
         )
         if code == 0:
-            result = load("compare_cifar10.json")
+            result = load(f"compare_cifar10{suffix}.json")
             summary["cifar_speedup"] = result["speedup"]
             summary["cifar_flops_fraction"] = result["fedem_jax"]["flops_fraction"]
     else:
