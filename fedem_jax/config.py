@@ -13,7 +13,7 @@ import importlib
 import os
 from typing import Any
 
-DATASETS = ("synthetic", "cifar10", "npz")
+DATASETS = ("synthetic", "cifar10", "emnist", "npz")
 METHODS = ("FedEM", "FedAvg")
 MODELS = ("linear", "mlp", "cnn", "cifar10_cnn", "femnist_cnn")
 OPTIMIZERS = ("sgd", "adam")
@@ -88,6 +88,9 @@ class Config:
     noise_std: float = dataclasses.field(default=0.1, metadata={"help": "synthetic: label noise"})
     n_test_per_client: int = dataclasses.field(
         default=5000, metadata={"help": "synthetic: test samples per client"}
+    )
+    data_frac: float = dataclasses.field(
+        default=1.0, metadata={"help": "fraction of the pooled samples kept, in (0, 1] (emnist: 0.1)"}
     )
     max_samples: int = dataclasses.field(
         default=0, metadata={"help": "use only the first N pooled samples (0: all; for quick runs)"}
@@ -221,6 +224,7 @@ def validate(cfg: Config) -> Config:
         cfg.n_test_per_client >= 1,
         f"--n_test_per_client must be >= 1, got {cfg.n_test_per_client}",
     )
+    check(0 < cfg.data_frac <= 1, f"--data_frac must be in (0, 1], got {cfg.data_frac}")
     check(cfg.max_samples >= 0, f"--max_samples must be >= 0, got {cfg.max_samples}")
     check(cfg.client_chunk >= -1, f"--client_chunk must be >= -1, got {cfg.client_chunk}")
     check(cfg.learner_vmap in (-1, 0, 1), f"--learner_vmap must be -1, 0 or 1, got {cfg.learner_vmap}")

@@ -82,3 +82,25 @@ def test_reshape_max_pool_equals_flax_max_pool():
 
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 28, 28, 5))
     chex.assert_trees_all_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+def test_emnist_end_to_end_with_mock_data(tmp_path):
+    workdir = tmp_path / "w"
+    with tfds.testing.mock_data(num_examples=40):
+        rc = main(
+            [
+                "--dataset", "emnist", "--data_dir", str(tmp_path / "tfds"), "--n_clients", "3",
+                "--data_frac", "1", "--alpha", "100", "--batch_size", "8", "--n_rounds", "1",
+                "--n_learners", "2", "--workdir", str(workdir), "--quiet",
+            ]
+        )  # fmt: skip
+    assert rc == 0
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["model"] == "femnist_cnn" and summary["n_clients"] == 3
+    assert np.isfinite(summary["test_loss"])
+
+
+def test_emnist_without_data_says_where_and_how(tmp_path, capsys):
+    rc = main(["--dataset", "emnist", "--data_dir", str(tmp_path / "none"), "--workdir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "'emnist/byclass' was not found" in err and "download_and_prepare" in err

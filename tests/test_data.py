@@ -95,3 +95,18 @@ def test_build_split_offsets_and_errors():
         build_split(xs, [np.zeros(3), np.ones(2), np.ones(2)])
     with pytest.raises(DataError, match="input shape"):
         build_split([np.zeros((3, 2)), np.zeros((1, 5))], [np.zeros(3), np.zeros(1)])
+
+
+def test_dirichlet_per_label_invariants_and_skew():
+    from fedem_jax.data.partition import dirichlet_per_label
+
+    labels = np.repeat(np.arange(6), 400)
+    clients = dirichlet_per_label(labels, n_clients=50, alpha=0.4, rng=np.random.default_rng(3))
+    everything = np.concatenate(clients)
+    assert len(everything) == len(labels) == len(np.unique(everything))
+    again = dirichlet_per_label(labels, 50, 0.4, np.random.default_rng(3))
+    assert all(np.array_equal(a, b) for a, b in zip(clients, again, strict=True))
+    # Per label, client shares follow Dir(0.4 * 1_50): coefficient of variation sqrt(49 / 21) = 1.53.
+    counts = np.array([[np.sum(labels[c] == k) for c in clients] for k in range(6)], float)
+    cv = (counts.std(axis=1) / counts.mean(axis=1)).mean()
+    assert abs(cv - np.sqrt(49 / 21)) < 0.4

@@ -32,3 +32,18 @@ def label_group_dirichlet(
         for client, chunk in enumerate(np.split(members, np.cumsum(counts)[:-1])):
             per_client[client].append(chunk)
     return [np.sort(np.concatenate(chunks)) for chunks in per_client]
+
+
+def dirichlet_per_label(
+    labels: np.ndarray, n_clients: int, alpha: float, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """The FedEM EMNIST split: each label's samples are dealt to the clients with proportions
+    ``~ Dir(alpha 1_C)`` (multinomial counts, contiguous chunks of the label's shuffled samples).
+    Every sample goes to exactly one client."""
+    per_client: list[list[np.ndarray]] = [[] for _ in range(n_clients)]
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        counts = rng.multinomial(len(members), rng.dirichlet(alpha * np.ones(n_clients)))
+        for client, chunk in enumerate(np.split(members, np.cumsum(counts)[:-1])):
+            per_client[client].append(chunk)
+    return [np.sort(np.concatenate(chunks)) for chunks in per_client]

@@ -9,7 +9,7 @@ import numpy as np
 from fedem_jax.core.tasks import Task
 from fedem_jax.data.federated import DataError, FederatedData, assemble, train_test_split
 from fedem_jax.data.npz_source import load_npz
-from fedem_jax.data.partition import label_group_dirichlet
+from fedem_jax.data.partition import dirichlet_per_label, label_group_dirichlet
 from fedem_jax.data.synthetic import generate_synthetic
 from fedem_jax.data.tfds_source import CIFAR10_MEAN, CIFAR10_STD, load_pooled, normalize_images
 
@@ -20,28 +20,58 @@ def _cifar10(cfg) -> FederatedData:
     """80 clients, label groups {3,3,4} x Dirichlet(0.4) over pooled train+test (spec section 5)."""
     images, labels = load_pooled("cifar10", cfg.data_dir)
     rng = np.random.default_rng(cfg.data_seed)
-    if cfg.max_samples:
-        keep = np.sort(rng.permutation(len(labels))[: cfg.max_samples])
-        images, labels = images[keep], labels[keep]
+    images, labels = _subsample(cfg, images, labels, rng)
     clients = label_group_dirichlet(labels, cfg.n_clients, CIFAR10_GROUPS, cfg.alpha, rng)
+    return _split_images(cfg, "cifar10", images, labels, clients, CIFAR10_MEAN, CIFAR10_STD, Task(10), rng)
+
+
+EMNIST_MEAN, EMNIST_STD = np.float32(0.1307), np.float32(0.3081)
+
+
+def _split_images(cfg, name, images, labels, clients, mean, std, task, rng) -> FederatedData:
+    """Per-client 80/20 split (dropping clients too small for it), normalisation, assembly."""
     train_idx, test_idx, dropped = train_test_split(clients, cfg.test_frac, rng)
     if dropped:
         warnings.warn(
-            f"cifar10: dropped {dropped} of {len(clients)} clients with too few samples "
+            f"{name}: dropped {dropped} of {len(clients)} clients with too few samples "
             f"for a {1 - cfg.test_frac:.0%}/{cfg.test_frac:.0%} train/test split",
-            stacklevel=2,
+            stacklevel=3,
         )
     if not train_idx:
-        raise DataError("cifar10: no client has enough samples; lower --n_clients")
-    x = normalize_images(images, CIFAR10_MEAN, CIFAR10_STD)
+        raise DataError(f"{name}: no client has enough samples; lower --n_clients")
+    x = normalize_images(images, mean, std)
     return assemble(
-        "cifar10",
-        Task(num_classes=10),
+        name,
+        task,
         ([x[i] for i in train_idx], [labels[i] for i in train_idx]),
         ([x[i] for i in test_idx], [labels[i] for i in test_idx]),
         val_frac=cfg.val_frac,
         unseen_frac=cfg.test_clients_frac,
         rng=rng,
+    )
+
+
+def _subsample(cfg, images, labels, rng):
+    """Keep ``--data_frac`` of the pooled samples (then at most ``--max_samples``), at random."""
+    keep = len(labels)
+    if cfg.data_frac < 1:
+        keep = int(round(cfg.data_frac * keep))
+    if cfg.max_samples:
+        keep = min(keep, cfg.max_samples)
+    if keep < len(labels):
+        chosen = np.sort(rng.permutation(len(labels))[:keep])
+        images, labels = images[chosen], labels[chosen]
+    return images, labels
+
+
+def _emnist(cfg) -> FederatedData:
+    """EMNIST byclass (62 classes): 10 % of train+test, per-label Dirichlet(0.4) over 100 clients."""
+    images, labels = load_pooled("emnist/byclass", cfg.data_dir)
+    rng = np.random.default_rng(cfg.data_seed)
+    images, labels = _subsample(cfg, images, labels, rng)
+    clients = dirichlet_per_label(labels, cfg.n_clients, cfg.alpha, rng)
+    return _split_images(
+        cfg, "emnist", images, labels, clients, EMNIST_MEAN, EMNIST_STD, Task(num_classes=62), rng
     )
 
 
@@ -64,4 +94,6 @@ def load_dataset(cfg) -> FederatedData:
         return _cifar10(cfg)
     if cfg.dataset == "npz":
         return load_npz(cfg)
+    if cfg.dataset == "emnist":
+        return _emnist(cfg)
     raise DataError(f"unknown dataset {cfg.dataset!r}")
