@@ -14,7 +14,9 @@ import os
 from typing import Any
 
 DATASETS = ("synthetic", "cifar10", "emnist", "npz")
-METHODS = ("FedEM", "FedAvg")
+METHODS = ("FedEM", "FedAvg", "FedAvg+", "FedProx", "local")
+SINGLE_MODEL_METHODS = ("FedAvg", "FedAvg+", "FedProx", "local")
+PERSONAL_METHODS = ("FedAvg+", "local")
 MODELS = ("linear", "mlp", "cnn", "cifar10_cnn", "femnist_cnn")
 OPTIMIZERS = ("sgd", "adam")
 CONV_IMPLS = ("xla", "matmul")
@@ -43,6 +45,10 @@ class Config:
     optimizer: str = dataclasses.field(default="sgd", metadata={"help": "local optimizer"})
     momentum: float = dataclasses.field(default=0.9, metadata={"help": "SGD momentum"})
     weight_decay: float = dataclasses.field(default=5e-4, metadata={"help": "L2 weight decay"})
+    mu: float = dataclasses.field(default=0.01, metadata={"help": "FedProx: proximal coefficient"})
+    tune_epochs: int = dataclasses.field(
+        default=1, metadata={"help": "FedAvg+: local fine-tuning epochs before each evaluation"}
+    )
     sampling_rate: float = dataclasses.field(
         default=1.0, metadata={"help": "fraction of clients sampled per round, in (0, 1]"}
     )
@@ -168,8 +174,10 @@ def resolve(argv: list[str] | None = None) -> Config:
     explicit = {k: v for k, v in args.items() if v is not None}
     dataset = explicit.get("dataset", Config.dataset)
     values = {**dataset_defaults(dataset), **explicit}
-    if values.get("method") == "FedAvg" and "n_learners" not in explicit:
+    if values.get("method") in SINGLE_MODEL_METHODS and "n_learners" not in explicit:
         values["n_learners"] = 1
+    if values.get("method") == "FedProx" and "momentum" not in explicit:
+        values["momentum"] = 0.0  # prox_sgd: no momentum (spec section 3)
     return validate(Config(**values))
 
 
@@ -193,8 +201,18 @@ def validate(cfg: Config) -> Config:
     one_of("lr_scheduler", cfg.lr_scheduler, SCHEDULERS)
     check(cfg.n_learners >= 1, f"--n_learners must be >= 1, got {cfg.n_learners}")
     check(
-        cfg.method != "FedAvg" or cfg.n_learners == 1,
-        f"--n_learners must be 1 for FedAvg, got {cfg.n_learners}",
+        cfg.method not in SINGLE_MODEL_METHODS or cfg.n_learners == 1,
+        f"--n_learners must be 1 for {cfg.method}, got {cfg.n_learners}",
+    )
+    check(cfg.mu >= 0, f"--mu must be >= 0, got {cfg.mu}")
+    check(cfg.tune_epochs >= 1, f"--tune_epochs must be >= 1, got {cfg.tune_epochs}")
+    check(
+        cfg.method not in PERSONAL_METHODS or cfg.test_clients_frac == 0,
+        f"--test_clients_frac: unseen clients are not supported with --method {cfg.method}",
+    )
+    check(
+        cfg.method not in PERSONAL_METHODS or cfg.n_devices <= 1,
+        f"--n_devices: {cfg.method} runs on one device; use --n_devices 1",
     )
     check(cfg.n_rounds >= 1, f"--n_rounds must be >= 1, got {cfg.n_rounds}")
     check(cfg.local_epochs >= 1, f"--local_epochs must be >= 1, got {cfg.local_epochs}")

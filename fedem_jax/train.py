@@ -20,8 +20,9 @@ from jax.sharding import PartitionSpec
 
 from fedem_jax import outputs
 from fedem_jax.algorithms.fedem import make_fedem
+from fedem_jax.algorithms.personalized import make_fedavg_plus, make_local
 from fedem_jax.checkpoint import Checkpointer, check_compatible
-from fedem_jax.config import Config, ConfigError
+from fedem_jax.config import PERSONAL_METHODS, Config, ConfigError
 from fedem_jax.core.local import LocalTrainer
 from fedem_jax.core.optim import lr_schedule, make_direction
 from fedem_jax.data import FederatedData, load_dataset
@@ -62,6 +63,8 @@ def resolve_devices(cfg: Config) -> int:
     """Devices to shard the client axis over: ``--n_devices`` (0: all), at most the clients."""
     available = jax.device_count()
     wanted = available if cfg.n_devices == 0 else cfg.n_devices
+    if cfg.method in PERSONAL_METHODS:
+        wanted = 1
     if wanted > available:
         raise ConfigError(
             f"--n_devices {wanted}: only {available} {jax.default_backend()} device(s) available"
@@ -93,6 +96,7 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1):
         drop_last=cfg.drop_last,
         learner_vmap=learner_vmap,
         client_chunk=client_chunk,
+        prox_mu=cfg.mu if cfg.method == "FedProx" else 0.0,
     )
     algorithm = make_fedem(
         model,
@@ -105,6 +109,10 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1):
         mesh=mesh,
         n_real_clients=data.n_clients,
     )
+    if cfg.method == "local":
+        algorithm = make_local(model, data.task, trainer, algorithm, cfg.seed)
+    elif cfg.method == "FedAvg+":
+        algorithm = make_fedavg_plus(data.task, trainer, algorithm, cfg.tune_epochs, cfg.seed)
     layout = {
         "devices": n_devices,
         "model": model_name,
@@ -134,12 +142,12 @@ def eval_split(cfg: Config, data: FederatedData):
 
 
 def evaluate_both(eval_fn, state, data: FederatedData, cfg: Config, n_clients: int) -> tuple[dict, dict]:
-    """Per-client stats on train and on the evaluation split, in federation order (host numpy)."""
+    """Per-client stats on train and on the evaluation split, in federation order (host numpy).
+
+    ``eval_fn(state, splits)`` evaluates a tuple of splits (so that FedAvg+ fine-tunes once)."""
     train, other = data.train, eval_split(cfg, data)[1]
-    return (
-        real_clients(eval_fn(state, train), train, n_clients),
-        real_clients(eval_fn(state, other), other, n_clients),
-    )
+    train_stats, other_stats = eval_fn(state, (train, other))
+    return real_clients(train_stats, train, n_clients), real_clients(other_stats, other, n_clients)
 
 
 def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
@@ -192,7 +200,13 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
         log(f"resumed from round {resume_round} ({checkpointer.directory})")
 
     round_jit = jax.jit(algorithm.round, donate_argnums=0)
-    eval_jit = jax.jit(algorithm.evaluate)
+    evaluate_jit, prepare_jit = jax.jit(algorithm.evaluate), jax.jit(algorithm.prepare_eval)
+
+    def eval_jit(state, splits):
+        """Evaluate ``splits``; methods that adapt models first (FedAvg+) do it once, on train."""
+        view = prepare_jit(state, data.train)
+        return [evaluate_jit(view, split) for split in splits]
+
     unseen_jit = jax.jit(algorithm.evaluate_unseen, static_argnums=3)
     t0 = time.perf_counter()
     round_compiled = round_jit.lower(state, data.train).compile()

@@ -33,6 +33,28 @@ def weighted_batch_loss(losses, q):
     return (q * losses).sum() / losses.shape[1]
 
 
+def linear_local_sgd(W, b, x, y, q, lr, momentum, weight_decay, epochs, buf=(None, None), mu=0.0):
+    """Full-batch local epochs of M linear binary learners on one client; returns (W, b, buf).
+
+    ``mu`` adds FedProx's ``mu * (theta - theta_start)`` to the gradient."""
+    Wc, bc = W.copy(), b.copy()
+    buf_W, buf_b = buf
+    for _ in range(epochs):
+        grad_W, grad_b = np.zeros_like(Wc), np.zeros_like(bc)
+        for m in range(len(W)):
+            residual = sigmoid(x @ Wc[m] + bc[m]) - y
+            grad_W[m] = (q[m] * residual) @ x / len(y)
+            grad_b[m] = (q[m] * residual).sum() / len(y)
+        grad_W += mu * (Wc - W) + weight_decay * Wc
+        grad_b += mu * (bc - b) + weight_decay * bc
+        if momentum > 0:
+            buf_W = grad_W if buf_W is None else momentum * buf_W + grad_W
+            buf_b = grad_b if buf_b is None else momentum * buf_b + grad_b
+            grad_W, grad_b = buf_W, buf_b
+        Wc, bc = Wc - lr * grad_W, bc - lr * grad_b
+    return Wc, bc, (buf_W, buf_b)
+
+
 def linear_fedem_round(W, b, pis, momenta, xs, ys, lr, momentum, weight_decay, epochs, participants):
     """One FedEM round for M linear binary learners, full-batch local steps (batch >= n_t).
 

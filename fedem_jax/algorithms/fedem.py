@@ -50,10 +50,15 @@ class FedEMState:
 
 
 class FedEM(NamedTuple):
+    """An algorithm's pure functions. The loop evaluates with
+    ``evaluate(prepare_eval(state, train_split), split)``; ``prepare_eval`` is the identity except
+    for methods that adapt models before evaluating (FedAvg+ fine-tunes a copy)."""
+
     init: object
     round: object
     evaluate: object
     evaluate_unseen: object
+    prepare_eval: object = None
 
 
 def n_sampled_clients(n_clients: int, sampling_rate: float) -> int:
@@ -238,4 +243,10 @@ def make_fedem(
         pi = fit_pi(state.params, train, max_iters)
         return local_evaluate_mixture(state.params, pi, test), pi
 
-    return FedEM(init=init, round=round_fn, evaluate=evaluate, evaluate_unseen=evaluate_unseen)
+    return FedEM(
+        init=init,
+        round=round_fn,
+        evaluate=evaluate,
+        evaluate_unseen=evaluate_unseen,
+        prepare_eval=lambda state, train: state,
+    )

@@ -41,6 +41,7 @@ class LocalTrainer:
     drop_last: bool
     learner_vmap: bool
     client_chunk: int  # 0: vmap all clients, 1: sequential, k: chunks of k
+    prox_mu: float = 0.0  # FedProx: adds mu * (theta - theta_start) to every local gradient
 
     @property
     def clients_vmapped(self) -> bool:
@@ -77,8 +78,10 @@ class LocalTrainer:
         return jax.lax.map(lambda args: grad_one(*args), (params, q))
 
     # ----------------------------------------------------------------------------- one client
-    def client_update(self, global_params, opt_state, epochs_done, weights, offset, count, key, data):
-        """``local_epochs`` epochs on one client. Returns ``(params, opt_state, epochs_done)``.
+    def client_update(self, start_params, opt_state, epochs_done, weights, offset, count, key, data):
+        """``local_epochs`` epochs on one client from ``start_params``.
+
+        Returns ``(params, opt_state, epochs_done)``.
 
         Args:
           weights: ``[M, N]`` per-sample weights of all samples (FedEM: responsibilities ``q``);
@@ -105,6 +108,10 @@ class LocalTrainer:
                     params, opt = state
                     idx = offset + jnp.minimum(order[slots], count - 1)
                     grads = self.batch_grads(params, data.x[idx], data.y[idx], weights[:, idx], mask)
+                    if self.prox_mu:  # proximal term toward the model this client started from
+                        grads = jax.tree.map(
+                            lambda g, p, a: g + self.prox_mu * (p - a), grads, params, start_params
+                        )
                     return sgd_like_step(params, opt, grads, lr, self.direction)
 
                 return self.masked(active, do_step, state), None
@@ -113,13 +120,22 @@ class LocalTrainer:
             return (params, opt, t + 1), None
 
         (params, opt, t), _ = jax.lax.scan(
-            epoch, (global_params, opt_state, epochs_done), jnp.arange(self.local_epochs)
+            epoch, (start_params, opt_state, epochs_done), jnp.arange(self.local_epochs)
         )
         return params, opt, t
 
     # ----------------------------------------------------------------------------- all clients
     def train_clients(
-        self, global_params, opt_states, epochs_done, sample_weights, participates, agg_weights, key, data
+        self,
+        global_params,
+        opt_states,
+        epochs_done,
+        sample_weights,
+        participates,
+        agg_weights,
+        key,
+        data,
+        own_params=None,
     ):
         """Local updates of all participating clients, then their weighted delta sum.
 
@@ -127,29 +143,37 @@ class LocalTrainer:
         accumulates ``sum_t p_t (theta^t - theta)``, so per-client parameters are never all
         materialised. Non-participating clients keep their state and contribute nothing.
 
-        Returns ``(delta_sum, opt_states, epochs_done)``.
+        With ``own_params`` (leaves ``[C, M, ...]``: personalised models) each client starts from
+        its own parameters instead of the global ones, and its result is written back there.
+
+        Returns ``(delta_sum, opt_states, epochs_done)``, plus the updated ``own_params`` if given.
         """
         n_clients = participates.shape[0]
         chunk = n_clients if self.client_chunk == 0 else min(self.client_chunk, n_clients)
         n_chunks = math.ceil(n_clients / chunk)
         chunk_ids = jnp.arange(n_chunks * chunk, dtype=jnp.int32).reshape(n_chunks, chunk)
 
-        def one_client(opt, t, offset, count, client, take_part):
+        def one_client(start, opt, t, offset, count, client, take_part):
             # Keyed by the client's global index: the same shuffles on any number of devices.
             client_key = jax.random.fold_in(key, client)
 
             def train(state):
                 return self.client_update(*state, sample_weights, offset, count, client_key, data)
 
-            # Not taking part: parameters stay global (weight 0), optimizer state is kept.
-            return self.masked(take_part, train, (global_params, opt, t))
+            # Not taking part: parameters stay as they were (weight 0), optimizer state is kept.
+            return self.masked(take_part, train, (start, opt, t))
 
         def body(carry, ids):
-            delta_sum, opt_all, t_all = carry
+            delta_sum, opt_all, t_all, own_all = carry
             valid = ids < n_clients
             safe = jnp.minimum(ids, n_clients - 1)
             take = lambda tree: jax.tree.map(lambda a: a[safe], tree)  # noqa: E731
+            if own_all is None:
+                start = jax.tree.map(lambda g: jnp.broadcast_to(g, (len(ids), *g.shape)), global_params)
+            else:
+                start = take(own_all)
             args = (
+                start,
                 take(opt_all),
                 t_all[safe],
                 data.offsets[safe],
@@ -168,12 +192,17 @@ class LocalTrainer:
                 jnp.add, delta_sum, aggregation.weighted_delta_sum(global_params, params_c, w)
             )
             write = jnp.where(valid, ids, n_clients)  # out of range -> dropped
-            opt_all = jax.tree.map(lambda a, n: a.at[write].set(n, mode="drop"), opt_all, opt_c)
+            scatter = lambda a, n: a.at[write].set(n, mode="drop")  # noqa: E731
+            opt_all = jax.tree.map(scatter, opt_all, opt_c)
             t_all = t_all.at[write].set(t_c, mode="drop")
-            return (delta_sum, opt_all, t_all), None
+            if own_all is not None:
+                own_all = jax.tree.map(scatter, own_all, params_c)
+            return (delta_sum, opt_all, t_all, own_all), None
 
         zeros = jax.tree.map(jnp.zeros_like, global_params)
-        (delta_sum, opt_states, epochs_done), _ = jax.lax.scan(
-            body, (zeros, opt_states, epochs_done), chunk_ids
+        (delta_sum, opt_states, epochs_done, own_params_out), _ = jax.lax.scan(
+            body, (zeros, opt_states, epochs_done, own_params), chunk_ids
         )
-        return delta_sum, opt_states, epochs_done
+        if own_params is None:
+            return delta_sum, opt_states, epochs_done
+        return delta_sum, opt_states, epochs_done, own_params_out
