@@ -46,8 +46,8 @@ def torch_step_seconds(x, y, steps: int = 5) -> float:
     torch.set_num_threads(os.cpu_count() or 1)
     model = TorchCIFAR10CNN()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    xt = torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2).contiguous()
-    yt = torch.from_numpy(np.asarray(y)).long()
+    xt = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous()
+    yt = torch.from_numpy(np.array(y)).long()
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
