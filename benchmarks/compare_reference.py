@@ -15,7 +15,6 @@ separately and its timings are wrapped in ``jax.block_until_ready``. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -27,10 +26,10 @@ import numpy as np
 from fedem_jax.config import resolve
 from fedem_jax.data import load_dataset
 from fedem_jax.data.tfds_source import CIFAR10_MEAN, CIFAR10_STD
-from fedem_jax.train import build
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from efficiency import CIFAR10_CNN_MACS, fedem_round_flops, matmul_peak_flops  # noqa: E402
+from timing import time_rounds, write_result  # noqa: E402
 
 
 def client_arrays(split):
@@ -39,23 +38,6 @@ def client_arrays(split):
         (x[o : o + n], y[o : o + n])
         for o, n in zip(np.asarray(split.offsets), np.asarray(split.counts), strict=True)
     ]
-
-
-def time_fedem_jax(cfg, data, rounds):
-    _, algo, layout = build(cfg, data)
-    state = algo.init(data)
-    t0 = time.perf_counter()
-    compiled = jax.jit(algo.round, donate_argnums=0).lower(state, data.train).compile()
-    compile_s = time.perf_counter() - t0
-    state, _ = compiled(state, data.train)
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, data.train)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - t0)
-    return {"seconds_per_round": statistics.median(times), "compile_seconds": compile_s, "layout": layout}
 
 
 def time_reference(cfg, data, rounds):
@@ -108,7 +90,7 @@ def main():
     cfg = resolve(["--dataset", args.dataset, "--workdir", "/tmp/fedem_jax_bench", "--quiet", *args.extra])
     data = load_dataset(cfg)
     print(data.summary(), flush=True)
-    ours = time_fedem_jax(cfg, data, args.rounds)
+    ours = time_rounds(cfg, data, args.rounds)
     print(
         f"fedem_jax:       {ours['seconds_per_round']:.4f} s/round (compile {ours['compile_seconds']:.1f} s)",
         flush=True,
@@ -143,15 +125,7 @@ def main():
         "reference_style": ref,
         "speedup": speedup,
     }
-    path = os.path.join(
-        os.path.dirname(os.path.abspath(__file__)),
-        "results",
-        f"compare_{args.dataset}{'_' + args.tag if args.tag else ''}.json",
-    )
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {path}")
+    print(f"wrote {write_result(f'compare_{args.dataset}' + ('_' + args.tag if args.tag else ''), out)}")
 
 
 if __name__ == "__main__":

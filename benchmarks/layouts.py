@@ -15,16 +15,13 @@ every timing is wrapped in ``jax.block_until_ready``. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import time
 
 import jax
+from timing import time_rounds, write_result
 
 from fedem_jax.config import resolve
 from fedem_jax.data import load_dataset
-from fedem_jax.train import build
 
 LAYOUTS = {
     "clients vmap, learners vmap": ("0", "1"),
@@ -37,20 +34,7 @@ LAYOUTS = {
 
 def time_layout(base_flags: list[str], client_chunk: str, learner_vmap: str, rounds: int, data):
     cfg = resolve([*base_flags, "--client_chunk", client_chunk, "--learner_vmap", learner_vmap])
-    _, algo, _ = build(cfg, data)
-    state = algo.init(data)
-    t0 = time.perf_counter()
-    compiled = jax.jit(algo.round, donate_argnums=0).lower(state, data.train).compile()
-    compile_s = time.perf_counter() - t0
-    state, _ = compiled(state, data.train)  # warm-up round
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, data.train)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - t0)
-    return {"compile_seconds": compile_s, "seconds_per_round": statistics.median(times), "rounds": rounds}
+    return time_rounds(cfg, data, rounds)
 
 
 def main():
@@ -97,15 +81,7 @@ def main():
         "data": data.summary(),
         "results": results,
     }
-    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    path = os.path.join(
-        os.path.dirname(__file__),
-        "results",
-        f"layouts_{args.dataset}{'_' + args.tag if args.tag else ''}.json",
-    )
-    with open(path, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {path}")
+    print(f"wrote {write_result(f'layouts_{args.dataset}' + ('_' + args.tag if args.tag else ''), out)}")
 
 
 if __name__ == "__main__":

@@ -19,41 +19,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def seconds_per_round(flags: list[str], rounds: int) -> float:
-    import jax
-    from jax.sharding import PartitionSpec
-
     from fedem_jax.config import resolve
     from fedem_jax.data import load_dataset
-    from fedem_jax.data.sharding import CLIENTS_AXIS, place, shard_data
-    from fedem_jax.train import build, resolve_devices
+
+    sys.path.insert(0, HERE)
+    from timing import time_rounds
 
     cfg = resolve(["--workdir", "/tmp/fedem_jax_bench", "--quiet", "--n_test_per_client", "10", *flags])
-    data = load_dataset(cfg)
-    _, algo, layout = build(cfg, data, resolve_devices(cfg))
-    if layout["mesh"] is not None:
-        data = shard_data(data, layout["mesh"])
-    state = algo.init(data)
-    if layout["mesh"] is not None:
-        state = state.replace(clients=place(state.clients, layout["mesh"], PartitionSpec(CLIENTS_AXIS)))
-    compiled = jax.jit(algo.round, donate_argnums=0).lower(state, data.train).compile()
-    state, _ = compiled(state, data.train)
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, data.train)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return time_rounds(cfg, load_dataset(cfg), rounds)["seconds_per_round"]
 
 
 def devices_curve(counts: list[int], rounds: int, extra: list[str] = ()) -> dict:

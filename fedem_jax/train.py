@@ -141,6 +141,26 @@ def eval_split(cfg: Config, data: FederatedData):
     return ("val", data.val) if cfg.validation else ("test", data.test)
 
 
+def setup(cfg: Config, data: FederatedData):
+    """Build the algorithm, lay the data out on the devices and initialise the state.
+
+    Returns ``(algorithm, layout, data, state)``; with several devices ``data`` is the sharded
+    copy (see :mod:`fedem_jax.data.sharding`) and the state is placed to match.
+    """
+    _, algorithm, layout = build(cfg, data, resolve_devices(cfg))
+    mesh = layout.pop("mesh")
+    if mesh is not None:
+        data = shard_data(data, mesh)
+    state = algorithm.init(data)
+    if mesh is not None:
+        state = state.replace(
+            params=place(state.params, mesh, PartitionSpec()),
+            clients=place(state.clients, mesh, PartitionSpec(CLIENTS_AXIS)),
+            round=place(state.round, mesh, PartitionSpec()),
+        )
+    return algorithm, layout, data, state
+
+
 def evaluate_both(eval_fn, state, data: FederatedData, cfg: Config, n_clients: int) -> tuple[dict, dict]:
     """Per-client stats on train and on the evaluation split, in federation order (host numpy).
 
@@ -164,20 +184,9 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
     outputs.write_config(cfg.workdir, cfg)
 
     data = data if data is not None else load_dataset(cfg)
-    n_devices = resolve_devices(cfg)
-    _, algorithm, layout = build(cfg, data, n_devices)
-    mesh = layout.pop("mesh")
     federation = data  # as loaded: summaries and outputs are in its client order
-    if mesh is not None:
-        data = shard_data(data, mesh)
+    algorithm, layout, data, state = setup(cfg, federation)
     data_seconds = time.perf_counter() - start
-    state = algorithm.init(data)
-    if mesh is not None:
-        state = state.replace(
-            params=place(state.params, mesh, PartitionSpec()),
-            clients=place(state.clients, mesh, PartitionSpec(CLIENTS_AXIS)),
-            round=place(state.round, mesh, PartitionSpec()),
-        )
     n_params = count_params(state.params) // cfg.n_learners
     log(federation.summary())
     log(
