@@ -12,13 +12,13 @@ wrapped in ``jax.block_until_ready``, compilation excluded. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import write_result
 
 from fedem_jax.core.tasks import Task
 from fedem_jax.models import build_model
@@ -109,11 +109,7 @@ def main():
         "results": results,
         "scan_speedup_matmul_over_xla": ratio,
     }
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "conv_in_scan.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {path}")
+    print(f"wrote {write_result('conv_in_scan', out)}")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ Writes ``benchmarks/results/methods_<dataset>.json`` and prints a Markdown table
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
+
+from timing import write_result
 
 from fedem_jax.config import resolve
 from fedem_jax.data import load_dataset
@@ -48,11 +48,7 @@ def main():
         )
     out = {"command": "python benchmarks/methods_table.py " + " ".join(sys.argv[1:]), "data": data.summary(),
            "rows": rows}  # fmt: skip
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"methods_{args.dataset}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {path}")
+    print(f"wrote {write_result(f'methods_{args.dataset}', out)}")
 
 
 if __name__ == "__main__":
