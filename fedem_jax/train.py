@@ -262,6 +262,7 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
                 progress.set_postfix(
                     acc=f"{history[-1][eval_split(cfg, data)[0] + '_accuracy']:.4f}" if history else "-",
                     s_per_round=f"{round_seconds[-1]:.3f}",
+                    refresh=False,  # update() below redraws, at most every mininterval
                 )
                 progress.update(1)
     finally:
@@ -334,6 +335,17 @@ def _layout_name(client_chunk: int) -> str:
 def _progress(cfg: Config, first_round: int):
     if cfg.quiet:
         return None
+    import sys
+
     from tqdm import tqdm
 
-    return tqdm(total=cfg.n_rounds, initial=first_round, desc="rounds", unit="round", dynamic_ncols=True)
+    # In a log file (not a terminal) redraw at most every 30 s instead of on every update.
+    interval = 0.1 if sys.stderr.isatty() else 30.0
+    return tqdm(
+        total=cfg.n_rounds,
+        initial=first_round,
+        desc="rounds",
+        unit="round",
+        dynamic_ncols=True,
+        mininterval=interval,
+    )
