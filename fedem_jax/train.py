@@ -226,6 +226,7 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
     writer = outputs.MetricsWriter(cfg.workdir, history, first_round, tensorboard=cfg.tensorboard)
     progress = _progress(cfg, first_round)
     last_good = resume_round
+    final_stats = None  # per-client (train, eval-split) stats of the last evaluation
     try:
         for r in range(first_round, cfg.n_rounds):
             t0 = time.perf_counter()
@@ -236,7 +237,7 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
             _check_finite(finite, r + 1, cfg, checkpointer, last_good)
             done = r + 1
             if done % cfg.log_freq == 0 or done == cfg.n_rounds:
-                row = _evaluation_row(
+                row, final_stats = _evaluation_row(
                     eval_jit,
                     unseen_jit,
                     state,
@@ -272,7 +273,9 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
         if checkpointer:
             checkpointer.close()
 
-    train_stats, test_stats = evaluate_both(eval_jit, state, data, cfg, federation.n_clients)
+    if final_stats is None:  # resumed from the final checkpoint: nothing was evaluated this time
+        final_stats = evaluate_both(eval_jit, state, data, cfg, federation.n_clients)
+    train_stats, test_stats = final_stats
     pi = real_clients(state.clients.pi, data.train, federation.n_clients)
     outputs.write_clients_csv(cfg.workdir, train_stats, test_stats, pi)
     steady = round_seconds[1:] if len(round_seconds) > 1 else round_seconds
@@ -298,7 +301,8 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
 
 def _evaluation_row(
     eval_fn, unseen_fn, state, data, cfg, n_clients: int, done: int, recent_seconds: list[float]
-) -> dict:
+) -> tuple[dict, tuple[dict, dict]]:
+    """One metrics row, and the per-client stats it was computed from (for ``clients.csv``)."""
     t0 = time.perf_counter()
     train_stats, test_stats = evaluate_both(eval_fn, state, data, cfg, n_clients)
     row = {"round": done}
@@ -311,7 +315,7 @@ def _evaluation_row(
     row["pi_entropy"] = outputs.mean_entropy(real_clients(state.clients.pi, data.train, n_clients))
     row["seconds_per_round"] = float(np.mean(recent_seconds))
     row["eval_seconds"] = time.perf_counter() - t0
-    return row
+    return row, (train_stats, test_stats)
 
 
 def _check_finite(finite: bool, round_done: int, cfg: Config, checkpointer, last_good) -> None:
