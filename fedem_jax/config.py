@@ -14,9 +14,16 @@ import os
 from typing import Any
 
 DATASETS = ("synthetic", "cifar10", "emnist", "npz")
-METHODS = ("FedEM", "FedAvg", "FedAvg+", "FedProx", "local")
-SINGLE_MODEL_METHODS = ("FedAvg", "FedAvg+", "FedProx", "local")
-PERSONAL_METHODS = ("FedAvg+", "local")
+METHODS = (
+    "FedEM", "FedAvg", "FedAvg+", "FedProx", "local", "pFedMe", "clustered", "APFL", "AFL", "q-FFL",
+    "L2SGD", "D-FedEM",
+)  # fmt: skip
+SINGLE_MODEL_METHODS = ("FedAvg", "FedAvg+", "FedProx", "local", "pFedMe", "clustered", "APFL", "AFL", "q-FFL", "L2SGD")
+# Evaluated on per-client models: no shared model to give to unseen clients.
+PERSONAL_METHODS = ("FedAvg+", "local", "pFedMe", "clustered", "APFL", "L2SGD", "D-FedEM")
+MESH_METHODS = ("FedEM", "FedAvg", "FedProx")  # the client axis can be sharded over devices
+FULL_PARTICIPATION_METHODS = ("clustered", "D-FedEM")
+PROX_METHODS = ("FedProx", "pFedMe")  # prox_sgd: momentum 0 unless set
 MODELS = ("linear", "mlp", "cnn", "cifar10_cnn", "femnist_cnn")
 OPTIMIZERS = ("sgd", "adam")
 CONV_IMPLS = ("xla", "matmul")
@@ -45,7 +52,30 @@ class Config:
     optimizer: str = dataclasses.field(default="sgd", metadata={"help": "local optimizer"})
     momentum: float = dataclasses.field(default=0.9, metadata={"help": "SGD momentum"})
     weight_decay: float = dataclasses.field(default=5e-4, metadata={"help": "L2 weight decay"})
-    mu: float = dataclasses.field(default=0.01, metadata={"help": "FedProx: proximal coefficient"})
+    mu: float = dataclasses.field(default=0.01, metadata={"help": "FedProx, pFedMe: proximal coefficient"})
+    q: float = dataclasses.field(default=1.0, metadata={"help": "q-FFL: fairness exponent q >= 0"})
+    lr_lambda: float = dataclasses.field(
+        default=0.01, metadata={"help": "AFL: step size of the ascent on the client weights lambda"}
+    )
+    tol_1: float = dataclasses.field(
+        default=0.4, metadata={"help": "clustered: split when the mean update norm is below this"}
+    )
+    tol_2: float = dataclasses.field(
+        default=1.6, metadata={"help": "clustered: ... and the largest client update norm is above this"}
+    )
+    apfl_alpha: float = dataclasses.field(
+        default=0.5, metadata={"help": "APFL: initial interpolation weight of the local model, in [0, 1]"}
+    )
+    learn_alpha: bool = dataclasses.field(default=True, metadata={"help": "APFL: learn alpha per client"})
+    penalty: float = dataclasses.field(
+        default=1.0, metadata={"help": "L2SGD: penalty lambda pulling local models to their mean"}
+    )
+    comm_prob: float = dataclasses.field(
+        default=0.2, metadata={"help": "L2SGD: probability p of an averaging step, in (0, 1]"}
+    )
+    graph_p: float = dataclasses.field(
+        default=0.5, metadata={"help": "D-FedEM: edge probability of the Erdos-Renyi graph"}
+    )
     tune_epochs: int = dataclasses.field(
         default=1, metadata={"help": "FedAvg+: local fine-tuning epochs before each evaluation"}
     )
@@ -176,7 +206,7 @@ def resolve(argv: list[str] | None = None) -> Config:
     values = {**dataset_defaults(dataset), **explicit}
     if values.get("method") in SINGLE_MODEL_METHODS and "n_learners" not in explicit:
         values["n_learners"] = 1
-    if values.get("method") == "FedProx" and "momentum" not in explicit:
+    if values.get("method") in PROX_METHODS and "momentum" not in explicit:
         values["momentum"] = 0.0  # prox_sgd: no momentum (spec section 3)
     return validate(Config(**values))
 
@@ -211,9 +241,21 @@ def validate(cfg: Config) -> Config:
         f"--test_clients_frac: unseen clients are not supported with --method {cfg.method}",
     )
     check(
-        cfg.method not in PERSONAL_METHODS or cfg.n_devices <= 1,
+        cfg.method in MESH_METHODS or cfg.n_devices <= 1,
         f"--n_devices: {cfg.method} runs on one device; use --n_devices 1",
     )
+    check(
+        cfg.method not in FULL_PARTICIPATION_METHODS or cfg.sampling_rate == 1,
+        f"--sampling_rate: {cfg.method} needs every client in every round (1.0), got {cfg.sampling_rate}",
+    )
+    check(cfg.method != "pFedMe" or cfg.mu > 0, f"--mu must be > 0 for pFedMe, got {cfg.mu}")
+    check(cfg.q >= 0, f"--q must be >= 0, got {cfg.q}")
+    check(cfg.lr_lambda >= 0, f"--lr_lambda must be >= 0, got {cfg.lr_lambda}")
+    check(cfg.tol_1 >= 0 and cfg.tol_2 >= 0, f"--tol_1 and --tol_2 must be >= 0, got {cfg.tol_1}, {cfg.tol_2}")
+    check(0 <= cfg.apfl_alpha <= 1, f"--apfl_alpha must be in [0, 1], got {cfg.apfl_alpha}")
+    check(cfg.penalty >= 0, f"--penalty must be >= 0, got {cfg.penalty}")
+    check(0 < cfg.comm_prob <= 1, f"--comm_prob must be in (0, 1], got {cfg.comm_prob}")
+    check(0 < cfg.graph_p <= 1, f"--graph_p must be in (0, 1], got {cfg.graph_p}")
     check(cfg.n_rounds >= 1, f"--n_rounds must be >= 1, got {cfg.n_rounds}")
     check(cfg.local_epochs >= 1, f"--local_epochs must be >= 1, got {cfg.local_epochs}")
     check(cfg.batch_size >= 1, f"--batch_size must be >= 1, got {cfg.batch_size}")

@@ -19,10 +19,17 @@ import numpy as np
 from jax.sharding import PartitionSpec
 
 from fedem_jax import outputs
+from fedem_jax.algorithms.afl import make_afl
+from fedem_jax.algorithms.apfl import make_apfl
+from fedem_jax.algorithms.clustered import make_clustered
+from fedem_jax.algorithms.decentralized import make_dfedem, mixing_matrix
 from fedem_jax.algorithms.fedem import make_fedem
+from fedem_jax.algorithms.l2sgd import make_l2sgd
 from fedem_jax.algorithms.personalized import make_fedavg_plus, make_local
+from fedem_jax.algorithms.pfedme import make_pfedme
+from fedem_jax.algorithms.qffl import make_qffl
 from fedem_jax.checkpoint import Checkpointer, check_compatible
-from fedem_jax.config import PERSONAL_METHODS, Config, ConfigError
+from fedem_jax.config import MESH_METHODS, PROX_METHODS, Config, ConfigError
 from fedem_jax.core.local import LocalTrainer
 from fedem_jax.core.optim import lr_schedule, make_direction
 from fedem_jax.data import FederatedData, load_dataset
@@ -63,7 +70,7 @@ def resolve_devices(cfg: Config) -> int:
     """Devices to shard the client axis over: ``--n_devices`` (0: all), at most the clients."""
     available = jax.device_count()
     wanted = available if cfg.n_devices == 0 else cfg.n_devices
-    if cfg.method in PERSONAL_METHODS:
+    if cfg.method not in MESH_METHODS:
         wanted = 1
     if wanted > available:
         raise ConfigError(
@@ -96,7 +103,7 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1):
         drop_last=cfg.drop_last,
         learner_vmap=learner_vmap,
         client_chunk=client_chunk,
-        prox_mu=cfg.mu if cfg.method == "FedProx" else 0.0,
+        prox_mu=cfg.mu if cfg.method in PROX_METHODS else 0.0,
     )
     algorithm = make_fedem(
         model,
@@ -109,10 +116,7 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1):
         mesh=mesh,
         n_real_clients=data.n_clients,
     )
-    if cfg.method == "local":
-        algorithm = make_local(model, data.task, trainer, algorithm, cfg.seed)
-    elif cfg.method == "FedAvg+":
-        algorithm = make_fedavg_plus(data.task, trainer, algorithm, cfg.tune_epochs, cfg.seed)
+    algorithm = wrap_method(cfg, model, data, trainer, algorithm)
     layout = {
         "devices": n_devices,
         "model": model_name,
@@ -121,6 +125,38 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1):
         "learner_vmap": learner_vmap,
     }
     return model, algorithm, {**layout, "mesh": mesh}
+
+
+def wrap_method(cfg: Config, model, data: FederatedData, trainer: LocalTrainer, fedem):
+    """The ``cfg.method`` algorithm, built on the FedEM engine ``fedem`` (M components, or 1)."""
+    method, seed = cfg.method, cfg.seed
+    if method in ("FedEM", "FedAvg", "FedProx"):
+        return fedem
+    if method == "FedAvg+":
+        return make_fedavg_plus(data.task, trainer, fedem, cfg.tune_epochs, seed)
+    if method == "AFL":
+        return make_afl(trainer, fedem, seed=seed, sampling_rate=cfg.sampling_rate, lr_lambda=cfg.lr_lambda,
+                        eval_chunk=cfg.eval_chunk)  # fmt: skip
+    if method == "q-FFL":
+        return make_qffl(trainer, fedem, seed=seed, sampling_rate=cfg.sampling_rate, q=cfg.q,
+                         eval_chunk=cfg.eval_chunk)  # fmt: skip
+    local = make_local(model, data.task, trainer, fedem, seed)
+    if method == "local":
+        return local
+    if method == "pFedMe":
+        return make_pfedme(trainer, local, seed=seed, sampling_rate=cfg.sampling_rate)
+    if method == "clustered":
+        return make_clustered(trainer, local, seed=seed, tol_1=cfg.tol_1, tol_2=cfg.tol_2)
+    if method == "APFL":
+        return make_apfl(data.task, trainer, local, seed=seed, sampling_rate=cfg.sampling_rate,
+                         alpha=cfg.apfl_alpha, learn_alpha=cfg.learn_alpha)  # fmt: skip
+    if method == "L2SGD":
+        return make_l2sgd(trainer, local, seed=seed, sampling_rate=cfg.sampling_rate, penalty=cfg.penalty,
+                          comm_prob=cfg.comm_prob)  # fmt: skip
+    if method == "D-FedEM":
+        mixing = mixing_matrix(data.n_clients, cfg.graph_p, cfg.data_seed)
+        return make_dfedem(trainer, local, seed=seed, mixing=mixing)
+    raise ConfigError(f"--method: unknown method {method!r}")
 
 
 def summarize_eval(stats: dict) -> dict:
@@ -147,7 +183,9 @@ def setup(cfg: Config, data: FederatedData):
     Returns ``(algorithm, layout, data, state)``; with several devices ``data`` is the sharded
     copy (see :mod:`fedem_jax.data.sharding`) and the state is placed to match.
     """
-    _, algorithm, layout = build(cfg, data, resolve_devices(cfg))
+    model, algorithm, layout = build(cfg, data, resolve_devices(cfg))
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.train.x[:1])
+    layout["n_params"] = count_params(shapes["params"])  # of one component
     mesh = layout.pop("mesh")
     if mesh is not None:
         data = shard_data(data, mesh)
@@ -187,7 +225,7 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
     federation = data  # as loaded: summaries and outputs are in its client order
     algorithm, layout, data, state = setup(cfg, federation)
     data_seconds = time.perf_counter() - start
-    n_params = count_params(state.params) // cfg.n_learners
+    n_params = layout["n_params"]
     log(federation.summary())
     log(
         f"{cfg.method}: model {layout['model']} ({n_params:,} params x {cfg.n_learners} learners), "

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
+from fedem_jax.algorithms.common import all_finite, shared_sample_losses
 from fedem_jax.core import aggregation, mixture
 from fedem_jax.core.local import LocalTrainer
 from fedem_jax.core.tasks import Task
@@ -47,6 +48,7 @@ class FedEMState:
     params: object  # global components, leaves [M, ...]
     clients: ClientState
     round: jax.Array  # scalar int32: rounds completed
+    server: object = None  # method-specific server state (AFL: lambda)
 
 
 class FedEM(NamedTuple):
@@ -64,6 +66,17 @@ class FedEM(NamedTuple):
 def n_sampled_clients(n_clients: int, sampling_rate: float) -> int:
     """Exactly ``max(1, round(rate * C))`` clients take part in each round."""
     return max(1, min(n_clients, int(round(sampling_rate * n_clients))))
+
+
+def sample_participants(round_key, train: ClientSplit, n_real_clients: int, sampling_rate: float):
+    """``[C]`` booleans: exactly ``n_sampled_clients`` real clients, drawn by their global index
+    with ``fold_in(round_key, 0)``, so the draw is the same on any number of devices."""
+    n_clients = n_real_clients or train.counts.shape[0]
+    order = jax.random.permutation(jax.random.fold_in(round_key, 0), n_clients)
+    rank = jnp.zeros((n_clients,), jnp.int32).at[order].set(jnp.arange(n_clients, dtype=jnp.int32))
+    real = train.global_ids < n_clients
+    chosen = rank[jnp.minimum(train.global_ids, n_clients - 1)] < n_sampled_clients(n_clients, sampling_rate)
+    return real & chosen
 
 
 def make_fedem(
@@ -104,11 +117,7 @@ def make_fedem(
 
     def all_sample_losses(params, split: ClientSplit) -> jax.Array:
         """``[M, N]`` per-sample loss of every component (E-step input, paper eq. (4))."""
-        losses = per_sample_map(
-            lambda xy: trainer.learner_losses(params, xy[0][None], xy[1][None])[:, 0],
-            (split.x, split.y),
-        )
-        return losses.T
+        return shared_sample_losses(trainer, params, split, eval_chunk)
 
     def local_round(params, clients: ClientState, train: ClientSplit, participates, agg_weights, key):
         """The round on one block of clients (all of them on one device, or one device's share).
@@ -122,7 +131,7 @@ def make_fedem(
         q = mixture.e_step(log_pi, losses)
         pi_estimate = mixture.update_pi_all_clients(q, train.client_id, train.counts)
         pi = jnp.where(participates[:, None], pi_estimate, clients.pi)
-        delta_sum, opt_state, epochs_done = trainer.train_clients(
+        delta_sum, opt_state, epochs_done, _, _ = trainer.train_clients(
             params, clients.opt_state, clients.epochs_done, q, participates, agg_weights, key, train
         )
         valid = train.client_id < train.counts.shape[0]  # padded samples of a device block
@@ -155,15 +164,7 @@ def make_fedem(
 
     def round_fn(state: FedEMState, train: ClientSplit):
         round_key = jax.random.fold_in(jax.random.fold_in(base_key, 1), state.round)
-        n_clients = n_real_clients or train.counts.shape[0]
-        # Exactly n_take clients, by their global index: the same on any number of devices.
-        order = jax.random.permutation(jax.random.fold_in(round_key, 0), n_clients)
-        rank = jnp.zeros((n_clients,), jnp.int32).at[order].set(jnp.arange(n_clients, dtype=jnp.int32))
-        real = train.global_ids < n_clients
-        chosen = rank[jnp.minimum(train.global_ids, n_clients - 1)] < n_sampled_clients(
-            n_clients, sampling_rate
-        )
-        participates = real & chosen
+        participates = sample_participants(round_key, train, n_real_clients, sampling_rate)
         agg_weights = aggregation.client_weights(train.counts)  # padded clients have 0 samples
         delta_sum, clients, nll_sum, n_samples = block_round(
             state.params, state.clients, train, participates, agg_weights, jax.random.fold_in(round_key, 1)
@@ -173,7 +174,7 @@ def make_fedem(
             # Mixture NLL on train of the parameters this round started from.
             "train_nll_start": nll_sum / n_samples,
             # Whether the new global parameters are all finite (checked before checkpointing).
-            "params_finite": jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)])),
+            "params_finite": all_finite(params),
             "participants": participates,
         }
         return FedEMState(params=params, clients=clients, round=state.round + 1), metrics

@@ -24,11 +24,12 @@ from fedem_jax.data.federated import ClientSplit
 
 @flax.struct.dataclass
 class PersonalState:
-    """Per-client models ``params`` (leaves ``[C, 1, ...]``) and per-client optimizer state."""
+    """Per-client models ``params`` (leaves ``[C, M, ...]``) and per-client optimizer state."""
 
     params: object
     clients: ClientState
     round: jax.Array
+    server: object = None  # method-specific shared state (pFedMe, APFL: the global model)
 
 
 def make_personal_evaluate(task, trainer: LocalTrainer):
@@ -74,7 +75,7 @@ def make_local(model, task, trainer: LocalTrainer, fedavg: FedEM, seed: int) -> 
         ones = jnp.ones((1, train.y.shape[0]), jnp.float32)
         participates = _all_clients(train)
         template = jax.tree.map(lambda a: a[0], state.params)
-        _, opt, epochs, params = trainer.train_clients(
+        _, opt, epochs, params, _ = trainer.train_clients(
             template, state.clients.opt_state, state.clients.epochs_done, ones, participates,
             jnp.zeros(participates.shape), key, train, own_params=state.params,
         )  # fmt: skip
@@ -103,10 +104,10 @@ def make_fedavg_plus(task, trainer: LocalTrainer, fedavg: FedEM, tune_epochs: in
         ones = jnp.ones((1, train.y.shape[0]), jnp.float32)
         participates = _all_clients(train)
         copies = jax.tree.map(lambda g: jnp.broadcast_to(g, (participates.shape[0], *g.shape)), state.params)
-        _, _, _, tuned = tuner.train_clients(
+        tuned = tuner.train_clients(
             state.params, state.clients.opt_state, state.clients.epochs_done, ones, participates,
             jnp.zeros(participates.shape), key, train, own_params=copies,
-        )  # fmt: skip
+        ).params  # fmt: skip
         return PersonalState(params=tuned, clients=state.clients, round=state.round)
 
     def evaluate(view: PersonalState, split: ClientSplit):

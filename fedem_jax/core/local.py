@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +42,11 @@ class LocalTrainer:
     drop_last: bool
     learner_vmap: bool
     client_chunk: int  # 0: vmap all clients, 1: sequential, k: chunks of k
-    prox_mu: float = 0.0  # FedProx: adds mu * (theta - theta_start) to every local gradient
+    prox_mu: float = 0.0  # FedProx/pFedMe: adds mu * (theta - anchor) to every local gradient
+    # A method's own objective on one batch, ``(params, x, y, weights[M, B], mask[B]) -> scalar``;
+    # None: FedEM's weighted loss of the stacked learners (paper eq. (8)).
+    batch_loss: Callable | None = None
+    post_step: Callable | None = None  # params -> params after every step (e.g. a projection)
 
     @property
     def clients_vmapped(self) -> bool:
@@ -66,7 +71,10 @@ class LocalTrainer:
         return jax.vmap(self.per_sample_loss, in_axes=(0, None))(self.learner_logits(params, x), y)
 
     def batch_grads(self, params, x, y, q, mask):
-        """Gradient of ``weighted_batch_loss`` with respect to the stacked ``[M, ...]`` params."""
+        """Gradient of ``weighted_batch_loss`` with respect to the stacked ``[M, ...]`` params
+        (or of the method's own ``batch_loss``)."""
+        if self.batch_loss is not None:
+            return jax.grad(self.batch_loss)(params, x, y, q, mask)
 
         def one_learner_loss(p, q_m):
             losses = self.per_sample_loss(self.apply_fn(p, x), y)
@@ -78,7 +86,9 @@ class LocalTrainer:
         return jax.lax.map(lambda args: grad_one(*args), (params, q))
 
     # ----------------------------------------------------------------------------- one client
-    def client_update(self, start_params, opt_state, epochs_done, weights, offset, count, key, data):
+    def client_update(
+        self, start_params, opt_state, epochs_done, weights, offset, count, key, data, anchor=None
+    ):
         """``local_epochs`` epochs on one client from ``start_params``.
 
         Returns ``(params, opt_state, epochs_done)``.
@@ -87,7 +97,9 @@ class LocalTrainer:
           weights: ``[M, N]`` per-sample weights of all samples (FedEM: responsibilities ``q``);
             this client's columns are ``offset .. offset + count``.
           data: the flat train :class:`ClientSplit`.
+          anchor: the point of the proximal term (default: ``start_params``).
         """
+        anchor = start_params if anchor is None else anchor
         batch = self.batch_size
         n_steps = max(1, math.ceil(data.max_count / batch))
         n_slots = n_steps * batch
@@ -108,11 +120,12 @@ class LocalTrainer:
                     params, opt = state
                     idx = offset + jnp.minimum(order[slots], count - 1)
                     grads = self.batch_grads(params, data.x[idx], data.y[idx], weights[:, idx], mask)
-                    if self.prox_mu:  # proximal term toward the model this client started from
-                        grads = jax.tree.map(
-                            lambda g, p, a: g + self.prox_mu * (p - a), grads, params, start_params
-                        )
-                    return sgd_like_step(params, opt, grads, lr, self.direction)
+                    if self.prox_mu:  # proximal term toward the anchor (FedProx: the start)
+                        grads = jax.tree.map(lambda g, p, a: g + self.prox_mu * (p - a), grads, params, anchor)
+                    params, opt = sgd_like_step(params, opt, grads, lr, self.direction)
+                    if self.post_step is not None:
+                        params = self.post_step(params)
+                    return params, opt
 
                 return self.masked(active, do_step, state), None
 
@@ -136,17 +149,19 @@ class LocalTrainer:
         key,
         data,
         own_params=None,
-    ):
+        anchor=None,
+    ) -> LocalResult:
         """Local updates of all participating clients, then their weighted delta sum.
 
         Clients are processed in chunks (``client_chunk``) inside a ``lax.scan`` whose carry
-        accumulates ``sum_t p_t (theta^t - theta)``, so per-client parameters are never all
-        materialised. Non-participating clients keep their state and contribute nothing.
+        accumulates ``sum_t w_t (theta^t - theta)`` (``w = agg_weights``), so per-client
+        parameters are never all materialised. Non-participating clients keep their state and
+        contribute nothing.
 
-        With ``own_params`` (leaves ``[C, M, ...]``: personalised models) each client starts from
+        With ``own_params`` (leaves ``[C, ...]``: personalised models) each client starts from
         its own parameters instead of the global ones, and its result is written back there.
-
-        Returns ``(delta_sum, opt_states, epochs_done)``, plus the updated ``own_params`` if given.
+        ``anchor`` (a single model) is the point of the proximal term for every client (default:
+        each client's start).
         """
         n_clients = participates.shape[0]
         chunk = n_clients if self.client_chunk == 0 else min(self.client_chunk, n_clients)
@@ -158,13 +173,14 @@ class LocalTrainer:
             client_key = jax.random.fold_in(key, client)
 
             def train(state):
-                return self.client_update(*state, sample_weights, offset, count, client_key, data)
+                return self.client_update(*state, sample_weights, offset, count, client_key, data, anchor)
 
             # Not taking part: parameters stay as they were (weight 0), optimizer state is kept.
-            return self.masked(take_part, train, (start, opt, t))
+            new_params, new_opt, new_t = self.masked(take_part, train, (start, opt, t))
+            return new_params, new_opt, new_t, tree_sq_distance(new_params, start)
 
         def body(carry, ids):
-            delta_sum, opt_all, t_all, own_all = carry
+            delta_sum, opt_all, t_all, own_all, sq_all = carry
             valid = ids < n_clients
             safe = jnp.minimum(ids, n_clients - 1)
             take = lambda tree: jax.tree.map(lambda a: a[safe], tree)  # noqa: E731
@@ -186,7 +202,7 @@ class LocalTrainer:
                 outs = jax.tree.map(lambda a: a[None], one_client(*squeezed))
             else:
                 outs = jax.vmap(one_client)(*args)
-            params_c, opt_c, t_c = outs
+            params_c, opt_c, t_c, sq_c = outs
             w = jnp.where(valid & participates[safe], agg_weights[safe], 0.0)
             delta_sum = jax.tree.map(
                 jnp.add, delta_sum, aggregation.weighted_delta_sum(global_params, params_c, w)
@@ -195,14 +211,27 @@ class LocalTrainer:
             scatter = lambda a, n: a.at[write].set(n, mode="drop")  # noqa: E731
             opt_all = jax.tree.map(scatter, opt_all, opt_c)
             t_all = t_all.at[write].set(t_c, mode="drop")
+            sq_all = sq_all.at[write].set(sq_c, mode="drop")
             if own_all is not None:
                 own_all = jax.tree.map(scatter, own_all, params_c)
-            return (delta_sum, opt_all, t_all, own_all), None
+            return (delta_sum, opt_all, t_all, own_all, sq_all), None
 
         zeros = jax.tree.map(jnp.zeros_like, global_params)
-        (delta_sum, opt_states, epochs_done, own_params_out), _ = jax.lax.scan(
-            body, (zeros, opt_states, epochs_done, own_params), chunk_ids
-        )
-        if own_params is None:
-            return delta_sum, opt_states, epochs_done
-        return delta_sum, opt_states, epochs_done, own_params_out
+        init = (zeros, opt_states, epochs_done, own_params, jnp.zeros((n_clients,), jnp.float32))
+        (delta_sum, opt_states, epochs_done, own_out, sq), _ = jax.lax.scan(body, init, chunk_ids)
+        return LocalResult(delta_sum, opt_states, epochs_done, own_out, sq)
+
+
+class LocalResult(NamedTuple):
+    """What :meth:`LocalTrainer.train_clients` returns."""
+
+    delta_sum: object  # sum_t w_t (theta^t - theta), like the global params
+    opt_states: object  # per-client optimizer states [C, ...]
+    epochs_done: jax.Array  # [C]
+    params: object  # the updated personalised models [C, ...] (None without own_params)
+    delta_sq_norm: jax.Array  # [C] ||theta^t_end - theta^t_start||^2 (0 for non-participants)
+
+
+def tree_sq_distance(a, b) -> jax.Array:
+    """``||a - b||^2`` over all leaves of two pytrees of the same structure."""
+    return sum(jnp.sum(jnp.square(x - y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
