@@ -18,7 +18,18 @@ METHODS = (
     "FedEM", "FedAvg", "FedAvg+", "FedProx", "local", "pFedMe", "clustered", "APFL", "AFL", "q-FFL",
     "L2SGD", "D-FedEM",
 )  # fmt: skip
-SINGLE_MODEL_METHODS = ("FedAvg", "FedAvg+", "FedProx", "local", "pFedMe", "clustered", "APFL", "AFL", "q-FFL", "L2SGD")
+SINGLE_MODEL_METHODS = (
+    "FedAvg",
+    "FedAvg+",
+    "FedProx",
+    "local",
+    "pFedMe",
+    "clustered",
+    "APFL",
+    "AFL",
+    "q-FFL",
+    "L2SGD",
+)
 # Evaluated on per-client models: no shared model to give to unseen clients.
 PERSONAL_METHODS = ("FedAvg+", "local", "pFedMe", "clustered", "APFL", "L2SGD", "D-FedEM")
 MESH_METHODS = ("FedEM", "FedAvg", "FedProx")  # the client axis can be sharded over devices
@@ -251,7 +262,9 @@ def validate(cfg: Config) -> Config:
     check(cfg.method != "pFedMe" or cfg.mu > 0, f"--mu must be > 0 for pFedMe, got {cfg.mu}")
     check(cfg.q >= 0, f"--q must be >= 0, got {cfg.q}")
     check(cfg.lr_lambda >= 0, f"--lr_lambda must be >= 0, got {cfg.lr_lambda}")
-    check(cfg.tol_1 >= 0 and cfg.tol_2 >= 0, f"--tol_1 and --tol_2 must be >= 0, got {cfg.tol_1}, {cfg.tol_2}")
+    check(
+        cfg.tol_1 >= 0 and cfg.tol_2 >= 0, f"--tol_1 and --tol_2 must be >= 0, got {cfg.tol_1}, {cfg.tol_2}"
+    )
     check(0 <= cfg.apfl_alpha <= 1, f"--apfl_alpha must be in [0, 1], got {cfg.apfl_alpha}")
     check(cfg.penalty >= 0, f"--penalty must be >= 0, got {cfg.penalty}")
     check(0 < cfg.comm_prob <= 1, f"--comm_prob must be in (0, 1], got {cfg.comm_prob}")

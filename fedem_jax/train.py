@@ -79,20 +79,14 @@ def resolve_devices(cfg: Config) -> int:
     return wanted
 
 
-def build(cfg: Config, data: FederatedData, n_devices: int = 1):
-    """Model and algorithm for ``cfg`` on ``data``: ``(model, algorithm, layout)``.
-
-    With ``n_devices > 1`` the algorithm expects data laid out by ``shard_data(data, mesh)``,
-    with ``mesh = layout["mesh"]``.
-    """
-    model_name = cfg.model or default_model(cfg.dataset, data)
+def make_trainer(cfg: Config, data: FederatedData, model_name: str) -> LocalTrainer:
+    """The local-training settings of ``cfg`` (see :class:`fedem_jax.core.local.LocalTrainer`)."""
     model = build_model(model_name, data.task.output_dim, cfg.conv_impl)
     # Forward-only passes (E-step, evaluation) use XLA's convolution, the fastest there on
     # every backend; the parameters of both implementations are the same pytree.
     forward_model = build_model(model_name, data.task.output_dim, "xla")
     client_chunk, learner_vmap = resolve_layout(cfg, model_name)
-    mesh = client_mesh(n_devices) if n_devices > 1 else None
-    trainer = LocalTrainer(
+    return LocalTrainer(
         apply_fn=lambda params, x: model.apply({"params": params}, x),
         forward_fn=lambda params, x: forward_model.apply({"params": params}, x),
         per_sample_loss=data.task.per_sample_loss,
@@ -105,6 +99,19 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1):
         client_chunk=client_chunk,
         prox_mu=cfg.mu if cfg.method in PROX_METHODS else 0.0,
     )
+
+
+def build(cfg: Config, data: FederatedData, n_devices: int = 1):
+    """Model and algorithm for ``cfg`` on ``data``: ``(model, algorithm, layout)``.
+
+    With ``n_devices > 1`` the algorithm expects data laid out by ``shard_data(data, mesh)``,
+    with ``mesh = layout["mesh"]``.
+    """
+    model_name = cfg.model or default_model(cfg.dataset, data)
+    model = build_model(model_name, data.task.output_dim, cfg.conv_impl)
+    client_chunk, learner_vmap = resolve_layout(cfg, model_name)
+    mesh = client_mesh(n_devices) if n_devices > 1 else None
+    trainer = make_trainer(cfg, data, model_name)
     algorithm = make_fedem(
         model,
         data.task,
@@ -285,6 +292,7 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
                     done,
                     round_seconds[-cfg.log_freq :],
                 )
+                row.update(_method_metrics(round_metrics))
                 finite = math.isfinite(row["train_loss"] + row[f"{eval_split(cfg, data)[0]}_loss"])
                 _check_finite(finite, done, cfg, checkpointer, last_good)
                 history.append(row)
@@ -354,6 +362,14 @@ def _evaluation_row(
     row["seconds_per_round"] = float(np.mean(recent_seconds))
     row["eval_seconds"] = time.perf_counter() - t0
     return row, (train_stats, test_stats)
+
+
+ENGINE_METRICS = ("train_nll_start", "params_finite", "participants")
+
+
+def _method_metrics(round_metrics: dict) -> dict:
+    """A method's own diagnostics of the last round (clusters, APFL's alpha, AFL's lambda)."""
+    return {k: float(v) for k, v in round_metrics.items() if k not in ENGINE_METRICS}
 
 
 def _check_finite(finite: bool, round_done: int, cfg: Config, checkpointer, last_good) -> None:

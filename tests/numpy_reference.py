@@ -33,11 +33,15 @@ def weighted_batch_loss(losses, q):
     return (q * losses).sum() / losses.shape[1]
 
 
-def linear_local_sgd(W, b, x, y, q, lr, momentum, weight_decay, epochs, buf=(None, None), mu=0.0):
+def linear_local_sgd(
+    W, b, x, y, q, lr, momentum, weight_decay, epochs, buf=(None, None), mu=0.0, anchor=None
+):
     """Full-batch local epochs of M linear binary learners on one client; returns (W, b, buf).
 
-    ``mu`` adds FedProx's ``mu * (theta - theta_start)`` to the gradient."""
+    ``mu`` adds ``mu * (theta - anchor)`` to the gradient (FedProx: anchor = the start)."""
     Wc, bc = W.copy(), b.copy()
+    if anchor is not None:
+        W, b = anchor
     buf_W, buf_b = buf
     for _ in range(epochs):
         grad_W, grad_b = np.zeros_like(Wc), np.zeros_like(bc)
@@ -96,3 +100,27 @@ def linear_fedem_round(W, b, pis, momenta, xs, ys, lr, momentum, weight_decay, e
         new_W += p[c] * (Wc - W)
         new_b += p[c] * (bc - b)
     return new_W, new_b, new_pis, new_momenta
+
+
+def linear_grad(W, b, x, y):
+    """Gradient of the mean BCE of one linear binary model (W [d], b scalar)."""
+    residual = sigmoid(x @ W + b) - y
+    return residual @ x / len(y), residual.sum() / len(y)
+
+
+def mean_bce(W, b, x, y):
+    return bce_with_logits(x @ W + b, y).mean()
+
+
+def apfl_local(w, bw, v, bv, alpha, x, y, lr, weight_decay, epochs, learn_alpha=True):
+    """Deng et al.'s APFL client steps, full batch, no momentum; returns (w, bw, v, bv, alpha)."""
+    for _ in range(epochs):
+        gw, gbw = linear_grad(w, bw, x, y)
+        mixed_W, mixed_b = alpha * v + (1 - alpha) * w, alpha * bv + (1 - alpha) * bw
+        gm, gbm = linear_grad(mixed_W, mixed_b, x, y)
+        g_alpha = (v - w) @ gm + (bv - bw) * gbm
+        w, bw = w - lr * (gw + weight_decay * w), bw - lr * (gbw + weight_decay * bw)
+        v, bv = v - lr * (alpha * gm + weight_decay * v), bv - lr * (alpha * gbm + weight_decay * bv)
+        if learn_alpha:
+            alpha = float(np.clip(alpha - lr * g_alpha, 0.0, 1.0))
+    return w, bw, v, bv, alpha

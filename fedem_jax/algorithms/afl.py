@@ -32,7 +32,13 @@ def project_to_simplex(v: jax.Array) -> jax.Array:
 
 
 def make_afl(
-    trainer: LocalTrainer, fedavg: FedEM, *, seed: int, sampling_rate: float, lr_lambda: float, eval_chunk: int
+    trainer: LocalTrainer,
+    fedavg: FedEM,
+    *,
+    seed: int,
+    sampling_rate: float,
+    lr_lambda: float,
+    eval_chunk: int,
 ) -> FedEM:
     """Built on ``fedavg`` (its initial state, evaluation and unseen-client evaluation)."""
 

@@ -40,7 +40,14 @@ def interpolate(v, w, alpha):
 
 
 def make_apfl(
-    task, trainer: LocalTrainer, local: FedEM, *, seed: int, sampling_rate: float, alpha: float, learn_alpha: bool
+    task,
+    trainer: LocalTrainer,
+    local: FedEM,
+    *,
+    seed: int,
+    sampling_rate: float,
+    alpha: float,
+    learn_alpha: bool,
 ) -> FedEM:
     """``trainer`` is the usual one (one learner); ``local`` gives the initial model."""
 
@@ -105,7 +112,9 @@ def make_apfl(
 
     def evaluate(state: PersonalState, split: ClientSplit):
         n_clients = state.params["alpha"].shape[0]
-        models = interpolate(state.params["v"], broadcast_to_clients(state.server, n_clients), state.params["alpha"])
+        models = interpolate(
+            state.params["v"], broadcast_to_clients(state.server, n_clients), state.params["alpha"]
+        )
         return evaluate_personal(models, state.clients.pi, split)
 
     return local._replace(init=init, round=round_fn, evaluate=evaluate)

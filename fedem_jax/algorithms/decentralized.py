@@ -45,7 +45,9 @@ def erdos_renyi_graph(n: int, p: float, seed: int, max_tries: int = 1000) -> np.
         adjacency = upper | upper.T
         if n == 1 or _connected(adjacency):
             return adjacency
-    raise ValueError(f"no connected Erdos-Renyi graph with n={n}, p={p} in {max_tries} draws; raise --graph_p")
+    raise ValueError(
+        f"no connected Erdos-Renyi graph with n={n}, p={p} in {max_tries} draws; raise --graph_p"
+    )
 
 
 def metropolis_hastings_weights(adjacency: np.ndarray) -> np.ndarray:

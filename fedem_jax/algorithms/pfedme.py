@@ -54,7 +54,9 @@ def make_pfedme(trainer: LocalTrainer, local: FedEM, *, seed: int, sampling_rate
             "params_finite": all_finite(result.params),
             "participants": participates,
         }
-        new_state = PersonalState(params=result.params, clients=clients, round=state.round + 1, server=average)
+        new_state = PersonalState(
+            params=result.params, clients=clients, round=state.round + 1, server=average
+        )
         return new_state, metrics
 
     return local._replace(init=init, round=round_fn)

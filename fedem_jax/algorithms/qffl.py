@@ -24,7 +24,9 @@ from fedem_jax.core.local import LocalTrainer
 from fedem_jax.data.federated import ClientSplit
 
 
-def make_qffl(trainer: LocalTrainer, fedavg: FedEM, *, seed: int, sampling_rate: float, q: float, eval_chunk: int) -> FedEM:
+def make_qffl(
+    trainer: LocalTrainer, fedavg: FedEM, *, seed: int, sampling_rate: float, q: float, eval_chunk: int
+) -> FedEM:
     """Built on ``fedavg`` (its initial state, evaluation and unseen-client evaluation)."""
 
     def round_fn(state: FedEMState, train: ClientSplit):

@@ -121,7 +121,9 @@ class LocalTrainer:
                     idx = offset + jnp.minimum(order[slots], count - 1)
                     grads = self.batch_grads(params, data.x[idx], data.y[idx], weights[:, idx], mask)
                     if self.prox_mu:  # proximal term toward the anchor (FedProx: the start)
-                        grads = jax.tree.map(lambda g, p, a: g + self.prox_mu * (p - a), grads, params, anchor)
+                        grads = jax.tree.map(
+                            lambda g, p, a: g + self.prox_mu * (p - a), grads, params, anchor
+                        )
                     params, opt = sgd_like_step(params, opt, grads, lr, self.direction)
                     if self.post_step is not None:
                         params = self.post_step(params)
@@ -234,4 +236,6 @@ class LocalResult(NamedTuple):
 
 def tree_sq_distance(a, b) -> jax.Array:
     """``||a - b||^2`` over all leaves of two pytrees of the same structure."""
-    return sum(jnp.sum(jnp.square(x - y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    return sum(
+        jnp.sum(jnp.square(x - y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
