@@ -18,7 +18,10 @@ from fedem_jax.config import resolve
 from fedem_jax.data import load_dataset
 from fedem_jax.train import run
 
-METHODS = ("local", "FedAvg", "FedProx", "FedAvg+", "FedEM")
+METHODS = (
+    "local", "FedAvg", "FedProx", "FedAvg+", "pFedMe", "clustered", "APFL", "AFL", "q-FFL", "L2SGD",
+    "D-FedEM", "FedEM",
+)  # fmt: skip
 
 
 def main():

@@ -7,6 +7,7 @@ def get_config() -> dict:
         model="cifar10_cnn",
         n_clients=80,
         alpha=0.4,
+        split="label_groups",
         n_learners=3,
         n_rounds=200,
         local_epochs=1,

@@ -8,6 +8,7 @@ def get_config() -> dict:
         model="femnist_cnn",
         n_clients=100,
         alpha=0.4,
+        split="dirichlet",
         data_frac=0.1,
         n_learners=3,
         n_rounds=200,

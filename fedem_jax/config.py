@@ -13,7 +13,8 @@ import importlib
 import os
 from typing import Any
 
-DATASETS = ("synthetic", "cifar10", "emnist", "npz")
+DATASETS = ("synthetic", "cifar10", "cifar100", "emnist", "npz")
+SPLITS = ("label_groups", "dirichlet", "shards", "pachinko")
 METHODS = (
     "FedEM", "FedAvg", "FedAvg+", "FedProx", "local", "pFedMe", "clustered", "APFL", "AFL", "q-FFL",
     "L2SGD", "D-FedEM",
@@ -136,6 +137,12 @@ class Config:
     n_test_per_client: int = dataclasses.field(
         default=5000, metadata={"help": "synthetic: test samples per client"}
     )
+    split: str = dataclasses.field(
+        default="", metadata={"help": "client split of image datasets (default: the dataset's own)"}
+    )
+    shards_per_client: int = dataclasses.field(
+        default=2, metadata={"help": "--split shards: label-sorted shards per client"}
+    )
     data_frac: float = dataclasses.field(
         default=1.0, metadata={"help": "fraction of the pooled samples kept, in (0, 1] (emnist: 0.1)"}
     )
@@ -240,6 +247,9 @@ def validate(cfg: Config) -> Config:
     if cfg.conv_impl:
         one_of("conv_impl", cfg.conv_impl, CONV_IMPLS)
     one_of("lr_scheduler", cfg.lr_scheduler, SCHEDULERS)
+    if cfg.split:
+        one_of("split", cfg.split, SPLITS)
+    check(cfg.shards_per_client >= 1, f"--shards_per_client must be >= 1, got {cfg.shards_per_client}")
     check(cfg.n_learners >= 1, f"--n_learners must be >= 1, got {cfg.n_learners}")
     check(
         cfg.method not in SINGLE_MODEL_METHODS or cfg.n_learners == 1,

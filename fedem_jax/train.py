@@ -63,7 +63,12 @@ def default_model(dataset: str, data: FederatedData) -> str:
     """Per dataset; for your own data by input shape: ``mlp`` for vectors, ``cnn`` for images."""
     if dataset == "npz":
         return "mlp" if data.train.x.ndim == 2 else "cnn"
-    return {"synthetic": "linear", "cifar10": "cifar10_cnn", "emnist": "femnist_cnn"}[dataset]
+    return {
+        "synthetic": "linear",
+        "cifar10": "cifar10_cnn",
+        "cifar100": "cifar10_cnn",
+        "emnist": "femnist_cnn",
+    }[dataset]
 
 
 def resolve_devices(cfg: Config) -> int:

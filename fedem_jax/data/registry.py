@@ -9,9 +9,17 @@ import numpy as np
 from fedem_jax.core.tasks import Task
 from fedem_jax.data.federated import DataError, FederatedData, assemble, train_test_split
 from fedem_jax.data.npz_source import load_npz
-from fedem_jax.data.partition import dirichlet_per_label, label_group_dirichlet
+from fedem_jax.data.partition import dirichlet_per_label, label_group_dirichlet, pachinko, pathological_shards
 from fedem_jax.data.synthetic import generate_synthetic
-from fedem_jax.data.tfds_source import CIFAR10_MEAN, CIFAR10_STD, load_pooled, normalize_images
+from fedem_jax.data.tfds_source import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    load_pooled,
+    load_pooled_features,
+    normalize_images,
+)
 
 CIFAR10_GROUPS = 3
 
@@ -21,8 +29,46 @@ def _cifar10(cfg) -> FederatedData:
     images, labels = load_pooled("cifar10", cfg.data_dir)
     rng = np.random.default_rng(cfg.data_seed)
     images, labels = _subsample(cfg, images, labels, rng)
-    clients = label_group_dirichlet(labels, cfg.n_clients, CIFAR10_GROUPS, cfg.alpha, rng)
+    clients = _partition(cfg, labels, None, rng)
     return _split_images(cfg, "cifar10", images, labels, clients, CIFAR10_MEAN, CIFAR10_STD, Task(10), rng)
+
+
+CIFAR100_PER_CLIENT = 600
+CIFAR100_FINE_ALPHA = 10.0
+
+
+def _cifar100(cfg) -> FederatedData:
+    """100 clients x 600 samples by Pachinko allocation over pooled train+test (spec section 5)."""
+    features = load_pooled_features("cifar100", cfg.data_dir, ("image", "label", "coarse_label"))
+    images, labels = features["image"], features["label"].astype(np.int32)
+    coarse = features["coarse_label"].astype(np.int32)
+    rng = np.random.default_rng(cfg.data_seed)
+    keep = _subsample_index(cfg, len(labels), rng)
+    images, labels, coarse = images[keep], labels[keep], coarse[keep]
+    clients = _partition(cfg, labels, coarse, rng)
+    return _split_images(
+        cfg, "cifar100", images, labels, clients, CIFAR100_MEAN, CIFAR100_STD, Task(100), rng
+    )
+
+
+def _partition(cfg, labels, coarse_labels, rng) -> list[np.ndarray]:
+    """``--split``: the dataset's own split by default, or any other that applies to it."""
+    if cfg.split == "label_groups":
+        return label_group_dirichlet(labels, cfg.n_clients, CIFAR10_GROUPS, cfg.alpha, rng)
+    if cfg.split == "dirichlet":
+        return dirichlet_per_label(labels, cfg.n_clients, cfg.alpha, rng)
+    if cfg.split == "shards":
+        return pathological_shards(labels, cfg.n_clients, cfg.shards_per_client, rng)
+    if cfg.split == "pachinko":
+        if coarse_labels is None:
+            raise DataError(f"--split pachinko needs coarse labels; {cfg.dataset} has none (use cifar100)")
+        per_client = min(CIFAR100_PER_CLIENT, len(labels) // cfg.n_clients)
+        if per_client < 2:
+            raise DataError(
+                f"--split pachinko: {len(labels)} samples are too few for {cfg.n_clients} clients"
+            )
+        return pachinko(labels, coarse_labels, cfg.n_clients, per_client, cfg.alpha, CIFAR100_FINE_ALPHA, rng)
+    raise DataError(f"--split {cfg.split!r} does not apply to {cfg.dataset}")
 
 
 EMNIST_MEAN, EMNIST_STD = np.float32(0.1307), np.float32(0.3081)
@@ -53,15 +99,19 @@ def _split_images(cfg, name, images, labels, clients, mean, std, task, rng) -> F
 
 def _subsample(cfg, images, labels, rng):
     """Keep ``--data_frac`` of the pooled samples (then at most ``--max_samples``), at random."""
-    keep = len(labels)
+    chosen = _subsample_index(cfg, len(labels), rng)
+    return images[chosen], labels[chosen]
+
+
+def _subsample_index(cfg, n: int, rng) -> np.ndarray:
+    keep = n
     if cfg.data_frac < 1:
         keep = int(round(cfg.data_frac * keep))
     if cfg.max_samples:
         keep = min(keep, cfg.max_samples)
-    if keep < len(labels):
-        chosen = np.sort(rng.permutation(len(labels))[:keep])
-        images, labels = images[chosen], labels[chosen]
-    return images, labels
+    if keep < n:
+        return np.sort(rng.permutation(n)[:keep])
+    return np.arange(n)
 
 
 def _emnist(cfg) -> FederatedData:
@@ -69,7 +119,7 @@ def _emnist(cfg) -> FederatedData:
     images, labels = load_pooled("emnist/byclass", cfg.data_dir)
     rng = np.random.default_rng(cfg.data_seed)
     images, labels = _subsample(cfg, images, labels, rng)
-    clients = dirichlet_per_label(labels, cfg.n_clients, cfg.alpha, rng)
+    clients = _partition(cfg, labels, None, rng)
     return _split_images(
         cfg, "emnist", images, labels, clients, EMNIST_MEAN, EMNIST_STD, Task(num_classes=62), rng
     )
@@ -96,4 +146,6 @@ def load_dataset(cfg) -> FederatedData:
         return load_npz(cfg)
     if cfg.dataset == "emnist":
         return _emnist(cfg)
+    if cfg.dataset == "cifar100":
+        return _cifar100(cfg)
     raise DataError(f"unknown dataset {cfg.dataset!r}")

@@ -15,6 +15,8 @@ READ_BATCH = 10_000  # explicit batch size: batch_size=-1 crashes under tfds moc
 
 CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
 CIFAR10_STD = np.array([0.2023, 0.1994, 0.2010], dtype=np.float32)
+CIFAR100_MEAN = np.array([0.5071, 0.4865, 0.4409], dtype=np.float32)
+CIFAR100_STD = np.array([0.2673, 0.2564, 0.2762], dtype=np.float32)
 
 
 def resolve_data_dir(data_dir: str) -> str:
@@ -36,11 +38,17 @@ def how_to_prepare(name: str, data_dir: str) -> str:
 
 def load_pooled(name: str, data_dir: str, splits=("train", "test")) -> tuple[np.ndarray, np.ndarray]:
     """All ``splits`` of a supervised TFDS dataset concatenated: ``(uint8 images, int labels)``."""
+    features = load_pooled_features(name, data_dir, ("image", "label"), splits)
+    return features["image"], features["label"].astype(np.int32)
+
+
+def load_pooled_features(name: str, data_dir: str, keys, splits=("train", "test")) -> dict[str, np.ndarray]:
+    """The features ``keys`` of all ``splits`` of a TFDS dataset, concatenated, as numpy."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow_datasets as tfds
 
     data_dir = resolve_data_dir(data_dir)
-    images, labels = [], []
+    columns: dict[str, list] = {key: [] for key in keys}
     for split in splits:
         try:
             dataset = tfds.load(
@@ -48,18 +56,20 @@ def load_pooled(name: str, data_dir: str, splits=("train", "test")) -> tuple[np.
                 split=split,
                 data_dir=data_dir,
                 download=False,
-                as_supervised=True,
                 batch_size=READ_BATCH,
                 shuffle_files=False,
             )
         except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError):
             raise DataError(how_to_prepare(name, data_dir)) from None
-        for x, y in tfds.as_numpy(dataset):
-            images.append(x)
-            labels.append(y)
-    if not images:
+        for batch in tfds.as_numpy(dataset):
+            missing = [key for key in keys if key not in batch]
+            if missing:
+                raise DataError(f"TFDS dataset {name!r} has no feature(s) {missing}; it has {sorted(batch)}")
+            for key in keys:
+                columns[key].append(batch[key])
+    if not columns[keys[0]]:
         raise DataError(f"TFDS dataset {name!r} in {data_dir} has no examples")
-    return np.concatenate(images), np.concatenate(labels).astype(np.int32)
+    return {key: np.concatenate(parts) for key, parts in columns.items()}
 
 
 def normalize_images(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
