@@ -13,7 +13,8 @@ import importlib
 import os
 from typing import Any
 
-DATASETS = ("synthetic", "cifar10", "cifar100", "emnist", "npz")
+DATASETS = ("synthetic", "cifar10", "cifar100", "emnist", "femnist", "shakespeare", "npz")
+PATH_DATASETS = ("npz", "femnist", "shakespeare")  # read from --data_path
 SPLITS = ("label_groups", "dirichlet", "shards", "pachinko")
 METHODS = (
     "FedEM", "FedAvg", "FedAvg+", "FedProx", "local", "pFedMe", "clustered", "APFL", "AFL", "q-FFL",
@@ -36,7 +37,7 @@ PERSONAL_METHODS = ("FedAvg+", "local", "pFedMe", "clustered", "APFL", "L2SGD", 
 MESH_METHODS = ("FedEM", "FedAvg", "FedProx")  # the client axis can be sharded over devices
 FULL_PARTICIPATION_METHODS = ("clustered", "D-FedEM")
 PROX_METHODS = ("FedProx", "pFedMe")  # prox_sgd: momentum 0 unless set
-MODELS = ("linear", "mlp", "cnn", "cifar10_cnn", "femnist_cnn")
+MODELS = ("linear", "mlp", "cnn", "cifar10_cnn", "femnist_cnn", "lstm")
 OPTIMIZERS = ("sgd", "adam")
 CONV_IMPLS = ("xla", "matmul")
 SCHEDULERS = ("constant", "sqrt", "linear", "cosine", "multi_step")
@@ -106,7 +107,10 @@ class Config:
         default="", metadata={"help": "TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"}
     )
     data_path: str = dataclasses.field(
-        default="", metadata={"help": "npz: a .npz file (x, y, client) or a folder of per-client .npz files"}
+        default="",
+        metadata={
+            "help": "npz: a .npz file or folder of them; femnist/shakespeare: LEAF JSON file or folder"
+        },
     )
     drop_last: bool = dataclasses.field(
         default=False, metadata={"help": "drop each client's last incomplete batch (reference: images)"}
@@ -144,7 +148,8 @@ class Config:
         default=2, metadata={"help": "--split shards: label-sorted shards per client"}
     )
     data_frac: float = dataclasses.field(
-        default=1.0, metadata={"help": "fraction of the pooled samples kept, in (0, 1] (emnist: 0.1)"}
+        default=1.0,
+        metadata={"help": "fraction of the pooled samples (femnist: of the writers) kept, in (0, 1]"},
     )
     max_samples: int = dataclasses.field(
         default=0, metadata={"help": "use only the first N pooled samples (0: all; for quick runs)"}
@@ -314,7 +319,10 @@ def validate(cfg: Config) -> Config:
     check(cfg.checkpoint_every >= 0, f"--checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
     check(cfg.n_devices >= 0, f"--n_devices must be >= 0, got {cfg.n_devices}")
     check(cfg.eval_chunk >= 1, f"--eval_chunk must be >= 1, got {cfg.eval_chunk}")
-    check(cfg.dataset != "npz" or bool(cfg.data_path), "--data_path is required with --dataset npz")
+    check(
+        cfg.dataset not in PATH_DATASETS or bool(cfg.data_path),
+        f"--data_path is required with --dataset {cfg.dataset}",
+    )
     _check_workdir(cfg.workdir)
     return cfg
 

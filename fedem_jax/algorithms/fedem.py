@@ -186,8 +186,7 @@ def make_fedem(
             x, y, client = args
             logits = trainer.learner_logits(params, x[None])  # [M, 1, out]
             probs = mixture.mixture_probs(pi[client], task.class_probs(logits))
-            correct = (jnp.argmax(probs[0]) == y).astype(jnp.float32)
-            return correct, mixture.clamped_nll(probs, y[None])[0]
+            return task.sample_correct(probs, y[None])[0], task.sample_nll(probs, y[None])[0]
 
         correct, nll = per_sample_map(one_sample, (split.x, split.y, split.client_id))
         n_clients = split.counts.shape[0]

@@ -45,8 +45,8 @@ def make_personal_evaluate(task, trainer: LocalTrainer):
             logits = trainer.learner_logits(client_params, split.x[idx])  # [M, n, out]
             probs = mixture.mixture_probs(client_pi, task.class_probs(logits))
             y = split.y[idx]
-            correct = jnp.sum((jnp.argmax(probs, -1) == y) & mask)
-            loss = jnp.sum(jnp.where(mask, mixture.clamped_nll(probs, y), 0.0))
+            correct = jnp.sum(jnp.where(mask, task.sample_correct(probs, y), 0.0))
+            loss = jnp.sum(jnp.where(mask, task.sample_nll(probs, y), 0.0))
             return correct.astype(jnp.float32), loss
 
         correct, loss_sum = jax.lax.map(one_client, (params, pi, split.offsets, split.counts))

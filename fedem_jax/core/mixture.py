@@ -85,11 +85,12 @@ def mixture_probs(pi: jax.Array, component_probs: jax.Array) -> jax.Array:
       ``[n, K]``.
     """
     if pi.ndim == 1:
-        return jnp.einsum("m,mnk->nk", pi, component_probs)
-    return jnp.einsum("nm,mnk->nk", pi, component_probs)
+        return jnp.einsum("m,mn...->n...", pi, component_probs)
+    return jnp.einsum("nm,mn...->n...", pi, component_probs)
 
 
 def clamped_nll(probs: jax.Array, labels: jax.Array) -> jax.Array:
-    """``-log p(y_i | x_i)`` with ``p`` clamped away from 0: ``[n, K], [n] -> [n]``."""
-    picked = jnp.take_along_axis(probs, labels[:, None].astype(jnp.int32), axis=1)[:, 0]
+    """``-log p(y_i | x_i)`` with ``p`` clamped away from 0: ``[n, K], [n] -> [n]`` (also with
+    extra label axes: ``[n, T, K], [n, T] -> [n, T]``)."""
+    picked = jnp.take_along_axis(probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
     return -jnp.log(jnp.maximum(picked, PROB_FLOOR))

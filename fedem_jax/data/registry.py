@@ -8,6 +8,7 @@ import numpy as np
 
 from fedem_jax.core.tasks import Task
 from fedem_jax.data.federated import DataError, FederatedData, assemble, train_test_split
+from fedem_jax.data.leaf_source import load_femnist, load_shakespeare
 from fedem_jax.data.npz_source import load_npz
 from fedem_jax.data.partition import dirichlet_per_label, label_group_dirichlet, pachinko, pathological_shards
 from fedem_jax.data.synthetic import generate_synthetic
@@ -148,4 +149,8 @@ def load_dataset(cfg) -> FederatedData:
         return _emnist(cfg)
     if cfg.dataset == "cifar100":
         return _cifar100(cfg)
+    if cfg.dataset == "femnist":
+        return load_femnist(cfg)
+    if cfg.dataset == "shakespeare":
+        return load_shakespeare(cfg)
     raise DataError(f"unknown dataset {cfg.dataset!r}")
