@@ -37,7 +37,7 @@ PERSONAL_METHODS = ("FedAvg+", "local", "pFedMe", "clustered", "APFL", "L2SGD", 
 MESH_METHODS = ("FedEM", "FedAvg", "FedProx")  # the client axis can be sharded over devices
 FULL_PARTICIPATION_METHODS = ("clustered", "D-FedEM")
 PROX_METHODS = ("FedProx", "pFedMe")  # prox_sgd: momentum 0 unless set
-MODELS = ("linear", "mlp", "cnn", "cifar10_cnn", "femnist_cnn", "lstm")
+MODELS = ("linear", "mlp", "cnn", "cifar10_cnn", "femnist_cnn", "lstm", "mobilenet_v2")
 OPTIMIZERS = ("sgd", "adam")
 CONV_IMPLS = ("xla", "matmul")
 SCHEDULERS = ("constant", "sqrt", "linear", "cosine", "multi_step")
@@ -256,6 +256,10 @@ def validate(cfg: Config) -> Config:
         one_of("split", cfg.split, SPLITS)
     check(cfg.shards_per_client >= 1, f"--shards_per_client must be >= 1, got {cfg.shards_per_client}")
     check(cfg.n_learners >= 1, f"--n_learners must be >= 1, got {cfg.n_learners}")
+    check(
+        not (cfg.model == "mobilenet_v2" and cfg.method == "APFL"),
+        "--model mobilenet_v2 (BatchNorm) is not supported with --method APFL",
+    )
     check(
         cfg.method not in SINGLE_MODEL_METHODS or cfg.n_learners == 1,
         f"--n_learners must be 1 for {cfg.method}, got {cfg.n_learners}",

@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fedem_jax.mobilenet import MobileNetV2
+
 
 class LinearModel(nn.Module):
     """``x -> W x + b``; the synthetic task's model (150 -> 1 with BCE on the logit)."""
@@ -172,7 +174,9 @@ MODELS = {
     "cifar10_cnn": CIFAR10CNN,
     "femnist_cnn": CIFAR10CNN,  # same layers; sizes follow the 28x28x1 input and 62 classes
     "lstm": NextCharacterLSTM,
+    "mobilenet_v2": MobileNetV2,
 }
+STATEFUL_MODELS = ("mobilenet_v2",)  # BatchNorm: variables {"params", "batch_stats"}
 CONV_MODELS = ("cnn", "cifar10_cnn", "femnist_cnn")
 
 
@@ -198,7 +202,12 @@ def init_stacked_params(model: nn.Module, key: jax.Array, sample_input: jax.Arra
     Learner ``m`` is initialised from ``fold_in(key, m)``.
     """
     keys = jnp.stack([jax.random.fold_in(key, m) for m in range(n_learners)])
-    return jax.vmap(lambda k: model.init(k, sample_input)["params"])(keys)
+    return jax.vmap(lambda k: model_state(model.init(k, sample_input)))(keys)
+
+
+def model_state(variables):
+    """What a component is made of: its ``params``, plus ``batch_stats`` for BatchNorm models."""
+    return variables["params"] if set(variables) == {"params"} else dict(variables)
 
 
 def count_params(params) -> int:

@@ -16,6 +16,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 from jax.sharding import PartitionSpec
 
 from fedem_jax import outputs
@@ -34,7 +35,7 @@ from fedem_jax.core.local import LocalTrainer
 from fedem_jax.core.optim import lr_schedule, make_direction
 from fedem_jax.data import FederatedData, load_dataset
 from fedem_jax.data.sharding import CLIENTS_AXIS, client_mesh, place, real_clients, shard_data
-from fedem_jax.models import build_model, count_params
+from fedem_jax.models import STATEFUL_MODELS, build_model, count_params
 
 
 class DivergenceError(RuntimeError):
@@ -91,11 +92,31 @@ def make_trainer(cfg: Config, data: FederatedData, model_name: str) -> LocalTrai
     # every backend; the parameters of both implementations are the same pytree.
     forward_model = build_model(model_name, data.task.output_dim, "xla")
     client_chunk, learner_vmap = resolve_layout(cfg, model_name)
+    direction = make_direction(cfg.optimizer, cfg.momentum, cfg.weight_decay)
+    stateful = model_name in STATEFUL_MODELS
+    if stateful:  # BatchNorm statistics: no gradient step, no decay; replaced after each step
+
+        def apply_fn(variables, x):
+            return model.apply(variables, x, train=True, mutable=["batch_stats"])
+
+        def forward_fn(variables, x):
+            return model.apply(variables, x, train=False)
+
+        direction = optax.masked(direction, lambda v: {"params": True, "batch_stats": False})
+    else:
+
+        def apply_fn(params, x):
+            return model.apply({"params": params}, x)
+
+        def forward_fn(params, x):
+            return forward_model.apply({"params": params}, x)
+
     return LocalTrainer(
-        apply_fn=lambda params, x: model.apply({"params": params}, x),
-        forward_fn=lambda params, x: forward_model.apply({"params": params}, x),
+        apply_fn=apply_fn,
+        forward_fn=forward_fn,
+        stateful=stateful,
         per_sample_loss=data.task.per_sample_loss,
-        direction=make_direction(cfg.optimizer, cfg.momentum, cfg.weight_decay),
+        direction=direction,
         schedule=lr_schedule(cfg.lr_scheduler, cfg.lr, cfg.n_rounds),
         batch_size=cfg.batch_size,
         local_epochs=cfg.local_epochs,
@@ -197,7 +218,7 @@ def setup(cfg: Config, data: FederatedData):
     """
     model, algorithm, layout = build(cfg, data, resolve_devices(cfg))
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.train.x[:1])
-    layout["n_params"] = count_params(shapes["params"])  # of one component
+    layout["n_params"] = count_params(shapes["params"])  # of one component (BatchNorm statistics excluded)
     mesh = layout.pop("mesh")
     if mesh is not None:
         data = shard_data(data, mesh)

@@ -47,6 +47,10 @@ class LocalTrainer:
     # None: FedEM's weighted loss of the stacked learners (paper eq. (8)).
     batch_loss: Callable | None = None
     post_step: Callable | None = None  # params -> params after every step (e.g. a projection)
+    # Models with BatchNorm: parameters are ``{"params", "batch_stats"}``; ``apply_fn`` returns
+    # ``(logits, {"batch_stats": new})`` and the new statistics replace the old after each step
+    # (``direction`` must leave ``batch_stats`` alone: see ``train.make_trainer``).
+    stateful: bool = False
 
     @property
     def clients_vmapped(self) -> bool:
@@ -72,15 +76,18 @@ class LocalTrainer:
 
     def batch_grads(self, params, x, y, q, mask):
         """Gradient of ``weighted_batch_loss`` with respect to the stacked ``[M, ...]`` params
-        (or of the method's own ``batch_loss``)."""
+        (or of the method's own ``batch_loss``). Stateful models also return the new statistics
+        ``[M, ...]`` (else ``None``)."""
         if self.batch_loss is not None:
-            return jax.grad(self.batch_loss)(params, x, y, q, mask)
+            return jax.grad(self.batch_loss)(params, x, y, q, mask), None
 
         def one_learner_loss(p, q_m):
-            losses = self.per_sample_loss(self.apply_fn(p, x), y)
-            return mixture.weighted_batch_loss(losses[None], q_m[None], mask)
+            out = self.apply_fn(p, x)
+            logits, new_state = out if self.stateful else (out, None)
+            loss = mixture.weighted_batch_loss(self.per_sample_loss(logits, y)[None], q_m[None], mask)
+            return loss, (new_state["batch_stats"] if self.stateful else None)
 
-        grad_one = jax.grad(one_learner_loss)
+        grad_one = jax.grad(one_learner_loss, has_aux=True)
         if self.learner_vmap:
             return jax.vmap(grad_one)(params, q)
         return jax.lax.map(lambda args: grad_one(*args), (params, q))
@@ -119,12 +126,15 @@ class LocalTrainer:
                 def do_step(state):
                     params, opt = state
                     idx = offset + jnp.minimum(order[slots], count - 1)
-                    grads = self.batch_grads(params, data.x[idx], data.y[idx], weights[:, idx], mask)
+                    x, y, q = data.x[idx], data.y[idx], weights[:, idx]
+                    grads, new_stats = self.batch_grads(params, x, y, q, mask)
                     if self.prox_mu:  # proximal term toward the anchor (FedProx: the start)
                         grads = jax.tree.map(
                             lambda g, p, a: g + self.prox_mu * (p - a), grads, params, anchor
                         )
                     params, opt = sgd_like_step(params, opt, grads, lr, self.direction)
+                    if new_stats is not None:  # BatchNorm running statistics of this batch
+                        params = {**params, "batch_stats": new_stats}
                     if self.post_step is not None:
                         params = self.post_step(params)
                     return params, opt

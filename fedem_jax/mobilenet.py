@@ -1,0 +1,82 @@
+"""MobileNetV2 (Sandler et al., CVPR 2018) for 32x32 inputs, the model the FedEM paper trains on
+CIFAR-10/100 (spec section 5), laid out as ``torchvision.models.mobilenet_v2``: the same layers,
+strides and parameter counts (2,236,682 with 10 classes). The classifier's dropout is left out.
+
+BatchNorm keeps running statistics in the ``batch_stats`` collection. fedem_jax treats them as
+part of each component's state: they are updated by every training step (train mode), averaged
+by the server like the weights, and used in eval mode by the E-step and evaluation, as the
+reference's ``state_dict`` averaging does.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# (expansion t, output channels c, repeats n, first stride s) of torchvision's MobileNetV2.
+INVERTED_RESIDUAL_SETTING = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+
+class ConvBNReLU6(nn.Module):
+    features: int
+    kernel: int = 3
+    stride: int = 1
+    groups: int = 1
+    activation: bool = True
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        pad = (self.kernel - 1) // 2
+        x = nn.Conv(
+            self.features,
+            (self.kernel, self.kernel),
+            strides=self.stride,
+            padding=((pad, pad), (pad, pad)),
+            feature_group_count=self.groups,
+            use_bias=False,
+            kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+        )(x)
+        # torch momentum 0.1 == flax momentum 0.9; torch eps 1e-5.
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+        return jnp.clip(x, 0.0, 6.0) if self.activation else x
+
+
+class InvertedResidual(nn.Module):
+    features: int
+    stride: int
+    expansion: int
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        hidden = x.shape[-1] * self.expansion
+        y = x
+        if self.expansion != 1:
+            y = ConvBNReLU6(hidden, kernel=1)(y, train)
+        y = ConvBNReLU6(hidden, stride=self.stride, groups=hidden)(y, train)
+        y = ConvBNReLU6(self.features, kernel=1, activation=False)(y, train)
+        if self.stride == 1 and x.shape[-1] == self.features:
+            return x + y
+        return y
+
+
+class MobileNetV2(nn.Module):
+    output_dim: int
+    last_channels: int = 1280
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = ConvBNReLU6(32, stride=2)(x, train)
+        for expansion, channels, repeats, stride in INVERTED_RESIDUAL_SETTING:
+            for i in range(repeats):
+                x = InvertedResidual(channels, stride if i == 0 else 1, expansion)(x, train)
+        x = ConvBNReLU6(self.last_channels, kernel=1)(x, train)
+        x = x.mean(axis=(1, 2))
+        return nn.Dense(self.output_dim, kernel_init=nn.initializers.normal(0.01))(x)
