@@ -54,6 +54,9 @@ class Config:
     dataset: str = dataclasses.field(default="synthetic", metadata={"help": "dataset name"})
     method: str = dataclasses.field(default="FedEM", metadata={"help": "FL method"})
     model: str = dataclasses.field(default="", metadata={"help": "model (default: per dataset)"})
+    init_from: str = dataclasses.field(
+        default="", metadata={"help": "start every component from the weights in this .npz/msgpack file"}
+    )
     n_learners: int = dataclasses.field(default=3, metadata={"help": "mixture components M (FedAvg: 1)"})
     n_rounds: int = dataclasses.field(default=200, metadata={"help": "communication rounds"})
     local_epochs: int = dataclasses.field(default=1, metadata={"help": "local epochs per round"})

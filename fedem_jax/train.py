@@ -36,6 +36,7 @@ from fedem_jax.core.optim import lr_schedule, make_direction
 from fedem_jax.data import FederatedData, load_dataset
 from fedem_jax.data.sharding import CLIENTS_AXIS, client_mesh, place, real_clients, shard_data
 from fedem_jax.models import STATEFUL_MODELS, build_model, count_params
+from fedem_jax.pretrained import load_weights
 
 
 class DivergenceError(RuntimeError):
@@ -148,6 +149,7 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1):
         seed=cfg.seed,
         mesh=mesh,
         n_real_clients=data.n_clients,
+        init_weights=load_weights(cfg.init_from) if cfg.init_from else None,
     )
     algorithm = wrap_method(cfg, model, data, trainer, algorithm)
     layout = {

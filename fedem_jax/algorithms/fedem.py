@@ -32,6 +32,7 @@ from fedem_jax.core.tasks import Task
 from fedem_jax.data.federated import ClientSplit
 from fedem_jax.data.sharding import CLIENTS_AXIS
 from fedem_jax.models import init_stacked_params
+from fedem_jax.pretrained import apply_weights
 
 
 @flax.struct.dataclass
@@ -90,6 +91,7 @@ def make_fedem(
     seed: int,
     mesh: Mesh | None = None,
     n_real_clients: int = 0,
+    init_weights: dict | None = None,
 ) -> FedEM:
     """Build FedEM's pure functions; all arguments are static (closed over).
 
@@ -102,6 +104,8 @@ def make_fedem(
     def init(data) -> FedEMState:
         n_clients = data.n_clients
         params = init_stacked_params(model, jax.random.fold_in(base_key, 0), data.train.x[:1], n_learners)
+        if init_weights:  # --init_from: the file's leaves in every component
+            params, _ = apply_weights(params, init_weights)
         one_client = trainer.direction.init(params)
         opt_state = jax.tree.map(lambda a: jnp.repeat(a[None], n_clients, axis=0), one_client)
         clients = ClientState(

@@ -1,0 +1,61 @@
+"""--init_from: components start from a file's weights; missing leaves keep their random init."""
+
+import jax
+import numpy as np
+from helpers import tiny_binary_data, tiny_config
+
+from fedem_jax.main import main
+from fedem_jax.pretrained import save_component
+from fedem_jax.train import build
+
+
+def test_every_component_starts_from_the_file(tmp_path):
+    data = tiny_binary_data()
+    _, algo, _ = build(tiny_config(tmp_path, n_learners=1, seed=99), data)
+    source = jax.tree.map(lambda a: np.asarray(a[0]), algo.init(data).params)
+    path = str(tmp_path / "w.npz")
+    save_component(source, path)
+    _, algo, _ = build(tiny_config(tmp_path, n_learners=3, init_from=path), data)
+    params = algo.init(data).params
+    for m in range(3):
+        np.testing.assert_array_equal(np.asarray(params["Dense_0"]["kernel"][m]), source["Dense_0"]["kernel"])
+
+
+def test_leaves_missing_from_the_file_keep_their_random_init(tmp_path):
+    data = tiny_binary_data()
+    path = str(tmp_path / "w.npz")
+    np.savez(path, **{"params/Dense_0/kernel": np.ones((4, 1), np.float32)})  # no bias in the file
+    _, algo, _ = build(tiny_config(tmp_path, n_learners=2, init_from=path), data)
+    params = algo.init(data).params
+    np.testing.assert_array_equal(np.asarray(params["Dense_0"]["kernel"]), 1.0)
+    _, plain, _ = build(tiny_config(tmp_path, n_learners=2), data)
+    np.testing.assert_array_equal(
+        np.asarray(params["Dense_0"]["bias"]), np.asarray(plain.init(data).params["Dense_0"]["bias"])
+    )
+
+
+def test_bad_init_files_give_clear_errors(tmp_path, capsys):
+    base = [
+        "--n_clients",
+        "5",
+        "--n_test_per_client",
+        "10",
+        "--n_rounds",
+        "1",
+        "--workdir",
+        str(tmp_path / "w"),
+    ]
+    assert main([*base, "--init_from", str(tmp_path / "missing.npz")]) == 1
+    assert "no file" in capsys.readouterr().err
+    wrong = str(tmp_path / "wrong.npz")
+    np.savez(wrong, **{"Dense_0/kernel": np.ones((3, 1), np.float32)})
+    assert main([*base, "--init_from", wrong]) == 1
+    assert "Dense_0/kernel has shape (3, 1), the model needs (150, 1)" in capsys.readouterr().err
+    unrelated = str(tmp_path / "unrelated.npz")
+    np.savez(unrelated, other=np.ones(3))
+    assert main([*base, "--init_from", unrelated]) == 1
+    assert "no parameter of the model is in the file" in capsys.readouterr().err
+    junk = tmp_path / "junk.msgpack"
+    junk.write_bytes(b"\x00\x01garbage")
+    assert main([*base, "--init_from", str(junk)]) == 1
+    assert "cannot read" in capsys.readouterr().err
