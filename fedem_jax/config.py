@@ -18,7 +18,7 @@ PATH_DATASETS = ("npz", "femnist", "shakespeare")  # read from --data_path
 SPLITS = ("label_groups", "dirichlet", "shards", "pachinko")
 METHODS = (
     "FedEM", "FedAvg", "FedAvg+", "FedProx", "local", "pFedMe", "clustered", "APFL", "AFL", "q-FFL",
-    "L2SGD", "D-FedEM",
+    "L2SGD", "D-FedEM", "pFedMe-true",
 )  # fmt: skip
 SINGLE_MODEL_METHODS = (
     "FedAvg",
@@ -31,9 +31,10 @@ SINGLE_MODEL_METHODS = (
     "AFL",
     "q-FFL",
     "L2SGD",
+    "pFedMe-true",
 )
 # Evaluated on per-client models: no shared model to give to unseen clients.
-PERSONAL_METHODS = ("FedAvg+", "local", "pFedMe", "clustered", "APFL", "L2SGD", "D-FedEM")
+PERSONAL_METHODS = ("FedAvg+", "local", "pFedMe", "clustered", "APFL", "L2SGD", "D-FedEM", "pFedMe-true")
 MESH_METHODS = ("FedEM", "FedAvg", "FedProx")  # the client axis can be sharded over devices
 FULL_PARTICIPATION_METHODS = ("clustered", "D-FedEM")
 PROX_METHODS = ("FedProx", "pFedMe")  # prox_sgd: momentum 0 unless set
@@ -89,6 +90,14 @@ class Config:
     comm_prob: float = dataclasses.field(
         default=0.2, metadata={"help": "L2SGD: probability p of an averaging step, in (0, 1]"}
     )
+    pfedme_lambda: float = dataclasses.field(
+        default=15.0, metadata={"help": "pFedMe-true: Moreau-envelope regularisation lambda"}
+    )
+    pfedme_k: int = dataclasses.field(default=5, metadata={"help": "pFedMe-true: inner steps K per batch"})
+    personal_lr: float = dataclasses.field(
+        default=0.09, metadata={"help": "pFedMe-true: step size of the inner (personalised) steps"}
+    )
+    beta: float = dataclasses.field(default=1.0, metadata={"help": "pFedMe-true: server mixing beta"})
     graph_p: float = dataclasses.field(
         default=0.5, metadata={"help": "D-FedEM: edge probability of the Erdos-Renyi graph"}
     )
@@ -260,8 +269,8 @@ def validate(cfg: Config) -> Config:
     check(cfg.shards_per_client >= 1, f"--shards_per_client must be >= 1, got {cfg.shards_per_client}")
     check(cfg.n_learners >= 1, f"--n_learners must be >= 1, got {cfg.n_learners}")
     check(
-        not (cfg.model == "mobilenet_v2" and cfg.method == "APFL"),
-        "--model mobilenet_v2 (BatchNorm) is not supported with --method APFL",
+        not (cfg.model == "mobilenet_v2" and cfg.method in ("APFL", "pFedMe-true")),
+        f"--model mobilenet_v2 (BatchNorm) is not supported with --method {cfg.method}",
     )
     check(
         cfg.method not in SINGLE_MODEL_METHODS or cfg.n_learners == 1,
@@ -291,6 +300,10 @@ def validate(cfg: Config) -> Config:
     check(cfg.penalty >= 0, f"--penalty must be >= 0, got {cfg.penalty}")
     check(0 < cfg.comm_prob <= 1, f"--comm_prob must be in (0, 1], got {cfg.comm_prob}")
     check(0 < cfg.graph_p <= 1, f"--graph_p must be in (0, 1], got {cfg.graph_p}")
+    check(cfg.pfedme_lambda > 0, f"--pfedme_lambda must be > 0, got {cfg.pfedme_lambda}")
+    check(cfg.pfedme_k >= 1, f"--pfedme_k must be >= 1, got {cfg.pfedme_k}")
+    check(cfg.personal_lr > 0, f"--personal_lr must be > 0, got {cfg.personal_lr}")
+    check(cfg.beta > 0, f"--beta must be > 0, got {cfg.beta}")
     check(cfg.n_rounds >= 1, f"--n_rounds must be >= 1, got {cfg.n_rounds}")
     check(cfg.local_epochs >= 1, f"--local_epochs must be >= 1, got {cfg.local_epochs}")
     check(cfg.batch_size >= 1, f"--batch_size must be >= 1, got {cfg.batch_size}")

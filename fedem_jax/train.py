@@ -28,6 +28,7 @@ from fedem_jax.algorithms.fedem import make_fedem
 from fedem_jax.algorithms.l2sgd import make_l2sgd
 from fedem_jax.algorithms.personalized import make_fedavg_plus, make_local
 from fedem_jax.algorithms.pfedme import make_pfedme
+from fedem_jax.algorithms.pfedme_moreau import make_pfedme_moreau
 from fedem_jax.algorithms.qffl import make_qffl
 from fedem_jax.checkpoint import Checkpointer, check_compatible
 from fedem_jax.config import MESH_METHODS, PROX_METHODS, Config, ConfigError
@@ -188,6 +189,13 @@ def wrap_method(cfg: Config, model, data: FederatedData, trainer: LocalTrainer, 
     if method == "L2SGD":
         return make_l2sgd(trainer, local, seed=seed, sampling_rate=cfg.sampling_rate, penalty=cfg.penalty,
                           comm_prob=cfg.comm_prob)  # fmt: skip
+    if method == "pFedMe-true":
+        moreau = dict(
+            lam=cfg.pfedme_lambda, inner_steps=cfg.pfedme_k, personal_lr=cfg.personal_lr, beta=cfg.beta
+        )
+        return make_pfedme_moreau(
+            data.task, trainer, local, seed=seed, sampling_rate=cfg.sampling_rate, **moreau
+        )
     if method == "D-FedEM":
         mixing = mixing_matrix(data.n_clients, cfg.graph_p, cfg.data_seed)
         return make_dfedem(trainer, local, seed=seed, mixing=mixing)

@@ -76,6 +76,40 @@ def test_pfedme_matches_numpy(tmp_path):
     assert not np.allclose(_linear(state.params)[0][0], anchor[0])  # ... but not copied to clients
 
 
+def test_pfedme_moreau_matches_numpy(tmp_path):
+    data = tiny_binary_data()
+    cfg = tiny_config(
+        tmp_path,
+        method="pFedMe-true",
+        n_learners=1,
+        pfedme_lambda=3.0,
+        pfedme_k=2,
+        personal_lr=0.05,
+        beta=0.7,
+    )
+    _, start, state, _ = _run(cfg, data, rounds=2)
+    w, bw = (a[0] for a in _linear(start.server))
+    thetas = [(w, bw)] * 3
+    for _ in range(2):
+        locals_ = []
+        for c, (x, y) in enumerate(_clients(data.train)):
+            lw, lb = w, bw
+            th, tb = thetas[c]
+            for _ in range(2):  # local epochs, one full batch each
+                for _ in range(2):  # K inner steps on the Moreau envelope
+                    g, gb = ref.linear_grad(th, tb, x, y)
+                    th, tb = th - 0.05 * (g + 3.0 * (th - lw)), tb - 0.05 * (gb + 3.0 * (tb - lb))
+                lw, lb = lw - LR * 3.0 * (lw - th), lb - LR * 3.0 * (lb - tb)
+            thetas[c] = (th, tb)
+            locals_.append((lw, lb))
+        p = _weights(data.train)
+        w = 0.3 * w + 0.7 * sum(pc * lw for pc, (lw, _) in zip(p, locals_, strict=True))
+        bw = 0.3 * bw + 0.7 * sum(pc * lb for pc, (_, lb) in zip(p, locals_, strict=True))
+    _close(tuple(a[0] for a in _linear(state.server)), (w, bw))
+    got_W, got_b = _linear(state.params)
+    _close((got_W[:, 0], got_b[:, 0]), (np.stack([t for t, _ in thetas]), np.array([b for _, b in thetas])))
+
+
 # ----------------------------------------------------------------------------------------- APFL
 @pytest.mark.parametrize("learn_alpha", [True, False])
 def test_apfl_matches_numpy(tmp_path, learn_alpha):

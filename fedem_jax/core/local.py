@@ -47,6 +47,9 @@ class LocalTrainer:
     # None: FedEM's weighted loss of the stacked learners (paper eq. (8)).
     batch_loss: Callable | None = None
     post_step: Callable | None = None  # params -> params after every step (e.g. a projection)
+    # A method's whole step on one batch, replacing the gradient step:
+    # ``(params, opt_state, x, y, weights[M, B], mask[B], lr) -> (params, opt_state)``.
+    custom_step: Callable | None = None
     # Models with BatchNorm: parameters are ``{"params", "batch_stats"}``; ``apply_fn`` returns
     # ``(logits, {"batch_stats": new})`` and the new statistics replace the old after each step
     # (``direction`` must leave ``batch_stats`` alone: see ``train.make_trainer``).
@@ -127,6 +130,8 @@ class LocalTrainer:
                     params, opt = state
                     idx = offset + jnp.minimum(order[slots], count - 1)
                     x, y, q = data.x[idx], data.y[idx], weights[:, idx]
+                    if self.custom_step is not None:
+                        return self.custom_step(params, opt, x, y, q, mask, lr)
                     grads, new_stats = self.batch_grads(params, x, y, q, mask)
                     if self.prox_mu:  # proximal term toward the anchor (FedProx: the start)
                         grads = jax.tree.map(
