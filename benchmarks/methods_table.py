@@ -20,7 +20,7 @@ from fedem_jax.train import run
 
 METHODS = (
     "local", "FedAvg", "FedProx", "FedAvg+", "pFedMe", "clustered", "APFL", "AFL", "q-FFL", "L2SGD",
-    "D-FedEM", "FedEM",
+    "D-FedEM", "pFedMe-true", "FedEM",
 )  # fmt: skip
 
 
@@ -29,6 +29,7 @@ def main():
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--tag", default="", help="suffix of the result file name")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more fedem_jax flags")
     args = parser.parse_args()
     base = ["--dataset", args.dataset, "--n_rounds", str(args.rounds), "--quiet", "--checkpoint_every", "0",
@@ -51,7 +52,7 @@ def main():
         )
     out = {"command": "python benchmarks/methods_table.py " + " ".join(sys.argv[1:]), "data": data.summary(),
            "rows": rows}  # fmt: skip
-    print(f"wrote {write_result(f'methods_{args.dataset}', out)}")
+    print(f"wrote {write_result(f'methods_{args.dataset}{args.tag}', out)}")
 
 
 if __name__ == "__main__":
