@@ -20,8 +20,9 @@ from fedem_jax.config import Config, ConfigError
 
 # Fields that may change between a run and its resume without changing the experiment.
 RESUMABLE_CHANGES = frozenset(
-    {"n_rounds", "log_freq", "quiet", "workdir", "checkpoint_every", "eval_chunk", "data_dir"}
-)
+    {"n_rounds", "log_freq", "quiet", "workdir", "checkpoint_every", "eval_chunk", "data_dir",
+     "process_id", "coordinator_address"}
+)  # fmt: skip
 
 
 class Checkpointer:

@@ -177,6 +177,18 @@ class Config:
     n_devices: int = dataclasses.field(
         default=0, metadata={"help": "devices to shard the client axis over (0: all available)"}
     )
+    distributed: bool = dataclasses.field(
+        default=False, metadata={"help": "several processes/hosts: call jax.distributed.initialize()"}
+    )
+    coordinator_address: str = dataclasses.field(
+        default="", metadata={"help": "--distributed: host:port of process 0 (auto on TPU/SLURM/MPI)"}
+    )
+    num_processes: int = dataclasses.field(
+        default=0, metadata={"help": "--distributed: number of processes (0: auto)"}
+    )
+    process_id: int = dataclasses.field(
+        default=-1, metadata={"help": "--distributed: this process (-1: auto)"}
+    )
     conv_impl: str = dataclasses.field(
         default="", metadata={"help": "convolution for training: xla or matmul (default: matmul on CPU)"}
     )
@@ -338,6 +350,16 @@ def validate(cfg: Config) -> Config:
     check(cfg.learner_vmap in (-1, 0, 1), f"--learner_vmap must be -1, 0 or 1, got {cfg.learner_vmap}")
     check(cfg.checkpoint_every >= 0, f"--checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
     check(cfg.n_devices >= 0, f"--n_devices must be >= 0, got {cfg.n_devices}")
+    check(
+        not cfg.distributed or cfg.method in MESH_METHODS,
+        f"--distributed: {cfg.method} runs in one process; use FedEM, FedAvg or FedProx",
+    )
+    check(
+        not cfg.distributed or cfg.test_clients_frac == 0,
+        "--distributed: unseen clients (--test_clients_frac) are not supported yet",
+    )
+    check(cfg.num_processes >= 0, f"--num_processes must be >= 0, got {cfg.num_processes}")
+    check(cfg.process_id >= -1, f"--process_id must be >= 0 (or -1: auto), got {cfg.process_id}")
     check(cfg.eval_chunk >= 1, f"--eval_chunk must be >= 1, got {cfg.eval_chunk}")
     check(
         cfg.dataset not in PATH_DATASETS or bool(cfg.data_path),

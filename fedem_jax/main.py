@@ -18,10 +18,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
+    if cfg.distributed:
+        from fedem_jax.distributed import initialize
+
+        try:
+            initialize(cfg)
+        except (RuntimeError, ValueError) as err:
+            print(f"error: --distributed: jax.distributed.initialize failed ({err})", file=sys.stderr)
+            return 1
+
     from fedem_jax.data import DataError
+    from fedem_jax.distributed import is_main_process
     from fedem_jax.train import DivergenceError, run
 
-    log = (lambda *_: None) if cfg.quiet else print
+    log = (lambda *_: None) if cfg.quiet or not is_main_process() else print
     try:
         summary = run(cfg, log=log)
     except ConfigError as err:  # found once the workdir's checkpoint is read
@@ -33,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     except DivergenceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    if not is_main_process():
+        return 0
     split = "val" if cfg.validation else "test"
     unseen = (
         f"unseen clients {summary['unseen_test_accuracy']:.4f}, " if "unseen_test_accuracy" in summary else ""

@@ -53,6 +53,16 @@ class MetricsWriter:
             self._tb.close()
 
 
+class NullWriter:
+    """Writes nothing (processes other than 0 under ``--distributed``)."""
+
+    def write(self, row: dict) -> None:
+        del row
+
+    def close(self) -> None:
+        pass
+
+
 def write_config(workdir: str, cfg) -> None:
     with open(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(dataclasses.asdict(cfg), f, indent=2)

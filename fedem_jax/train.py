@@ -36,6 +36,7 @@ from fedem_jax.core.local import LocalTrainer
 from fedem_jax.core.optim import lr_schedule, make_direction
 from fedem_jax.data import FederatedData, load_dataset
 from fedem_jax.data.sharding import CLIENTS_AXIS, client_mesh, place, real_clients, shard_data
+from fedem_jax.distributed import is_main_process
 from fedem_jax.models import STATEFUL_MODELS, build_model, count_params
 from fedem_jax.pretrained import load_weights
 
@@ -262,7 +263,9 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
     resume_round = checkpointer.latest_round() if checkpointer else None
     if resume_round is not None:
         check_compatible(checkpointer.restore_record(resume_round)["config"], cfg)
-    outputs.write_config(cfg.workdir, cfg)
+    main_process = is_main_process()  # with --distributed only process 0 writes outputs
+    if main_process:
+        outputs.write_config(cfg.workdir, cfg)
 
     data = data if data is not None else load_dataset(cfg)
     federation = data  # as loaded: summaries and outputs are in its client order
@@ -304,8 +307,11 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
     log(f"compiled the round in {compile_seconds:.1f}s")
 
     first_round = int(state.round)
-    writer = outputs.MetricsWriter(cfg.workdir, history, first_round, tensorboard=cfg.tensorboard)
-    progress = _progress(cfg, first_round)
+    if main_process:
+        writer = outputs.MetricsWriter(cfg.workdir, history, first_round, tensorboard=cfg.tensorboard)
+    else:
+        writer = outputs.NullWriter()
+    progress = _progress(cfg, first_round) if main_process else None
     last_good = resume_round
     final_stats = None  # per-client (train, eval-split) stats of the last evaluation
     try:
@@ -359,7 +365,8 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
         final_stats = evaluate_both(eval_jit, state, data, cfg, federation.n_clients)
     train_stats, test_stats = final_stats
     pi = real_clients(state.clients.pi, data.train, federation.n_clients)
-    outputs.write_clients_csv(cfg.workdir, train_stats, test_stats, pi)
+    if main_process:
+        outputs.write_clients_csv(cfg.workdir, train_stats, test_stats, pi)
     steady = round_seconds[1:] if len(round_seconds) > 1 else round_seconds
     final = history[-1]
     summary = {
@@ -377,7 +384,8 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
         "total_seconds": time.perf_counter() - start,
         "layout": layout,
     }
-    outputs.write_json(cfg.workdir, "summary.json", summary)
+    if main_process:
+        outputs.write_json(cfg.workdir, "summary.json", summary)
     return summary
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fedem_jax.data.federated import ClientSplit, FederatedData
+from fedem_jax.distributed import to_host
 
 CLIENTS_AXIS = "clients"
 
@@ -66,7 +67,16 @@ def block_split(split: ClientSplit, n_blocks: int) -> ClientSplit:
 
 
 def place(tree, mesh: Mesh, spec: PartitionSpec):
-    return jax.device_put(tree, NamedSharding(mesh, spec))
+    """Lay ``tree`` out on ``mesh``. Host arrays are cut on the host and each process transfers
+    only the pieces of its own devices (with several processes, only its own clients)."""
+    sharding = NamedSharding(mesh, spec)
+
+    def leaf(value):
+        if isinstance(value, np.ndarray):
+            return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+        return jax.device_put(value, sharding)
+
+    return jax.tree.map(leaf, tree)
 
 
 def shard_data(data: FederatedData, mesh: Mesh) -> FederatedData:
@@ -91,7 +101,7 @@ def shard_data(data: FederatedData, mesh: Mesh) -> FederatedData:
 
 def real_clients(per_client, split: ClientSplit, n_clients: int):
     """Per-client arrays of a (possibly blocked) layout, in federation order, padding removed."""
-    ids = np.asarray(split.global_ids)
+    ids = to_host(split.global_ids)
     keep = ids < n_clients
     order = np.argsort(ids[keep])
-    return jax.tree.map(lambda a: np.asarray(a)[keep][order], per_client)
+    return jax.tree.map(lambda a: to_host(a)[keep][order], per_client)

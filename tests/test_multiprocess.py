@@ -1,0 +1,76 @@
+"""Two processes on one machine (CPU collectives over localhost), 2 devices each: the same
+federation as one process, only process 0 writes, and a resumed distributed run continues."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+from fedem_jax.main import main
+
+FLAGS = ["--n_clients", "12", "--n_test_per_client", "40", "--n_rounds", "2", "--log_freq", "1",
+         "--tensorboard", "false", "--quiet"]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def _launch(workdirs, extra=()):
+    port = _free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fedem_jax.main",
+                *FLAGS,
+                *extra,
+                "--distributed",
+                "--coordinator_address",
+                f"localhost:{port}",
+                "--num_processes",
+                "2",
+                "--process_id",
+                str(i),
+                "--workdir",
+                str(workdirs[i]),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+
+
+def _rows(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_match_one(tmp_path):
+    workdirs = [tmp_path / "p0", tmp_path / "p1"]
+    _launch(workdirs, ["--checkpoint_every", "0"])
+    assert main([*FLAGS, "--checkpoint_every", "0", "--workdir", str(tmp_path / "one")]) == 0
+    two, one = _rows(workdirs[0]), _rows(tmp_path / "one")
+    for a, b in zip(two, one, strict=True):
+        np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
+        assert a["test_accuracy"] == b["test_accuracy"] and a["train_accuracy"] == b["train_accuracy"]
+    assert json.loads((workdirs[0] / "summary.json").read_text())["n_clients"] == 12
+    assert not any(workdirs[1].iterdir())  # only process 0 writes
+
+
+def test_distributed_checkpoints_resume(tmp_path):
+    shared = tmp_path / "shared"
+    _launch([shared, shared], ["--checkpoint_every", "1"])
+    _launch([shared, shared], ["--checkpoint_every", "1", "--n_rounds", "3"])
+    assert [row["round"] for row in _rows(shared)] == [1, 2, 3]
