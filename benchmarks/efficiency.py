@@ -40,19 +40,28 @@ def fedem_round_flops(
     return float(n_learners * forward_flops * (counts.sum() + 3 * local_epochs * trained.sum()))
 
 
-def padding_efficiency(train_counts, batch: int, drop_last: bool) -> dict:
+def padding_efficiency(train_counts, batch: int, drop_last: bool, micro_batch: int = 32) -> dict:
     """Useful sample-slots / executed sample-slots of one local epoch, per client layout.
 
     - sequential clients (``lax.cond`` skips a client's steps past its data): each executed step
       holds ``batch`` slots, the last one partly empty;
+    - sequential clients with ``--micro_batch b`` (the CPU default, b = 32): the last, partial
+      step runs ``ceil(k / b)`` sub-batches of ``b`` slots (a ``fori_loop`` with that trip count);
     - vmapped clients: every client runs the largest client's number of steps.
     """
     counts = np.asarray(train_counts, np.int64)
     steps = steps_per_client(counts, batch, drop_last)
     useful = float((steps * batch).sum()) if drop_last else float(counts.sum())
     sequential = useful / float(steps.sum() * batch)
+    full, rest = counts // batch, counts % batch
+    executed_micro = full * batch + (0 if drop_last else -(-rest // micro_batch) * micro_batch)
+    micro = useful / float(executed_micro.sum())
     vmapped = useful / float(len(counts) * math.ceil(counts.max() / batch) * batch)
-    return {"sequential_clients": sequential, "vmapped_clients": vmapped}
+    return {
+        "sequential_clients": sequential,
+        f"sequential_clients_micro_batch_{micro_batch}": micro,
+        "vmapped_clients": vmapped,
+    }
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:

@@ -124,8 +124,9 @@ def main():
 
     code, _ = run([py, os.path.join(HERE, "efficiency.py")])
     if code == 0:
+        # The default CPU layout: sequential clients with 32-sample sub-batches for partial batches.
         summary["padding_efficiency"] = load("efficiency.json")["synthetic_padding_efficiency"][
-            "sequential_clients"
+            "sequential_clients_micro_batch_32"
         ]
 
     if have_cifar:

@@ -192,6 +192,12 @@ class Config:
     conv_impl: str = dataclasses.field(
         default="", metadata={"help": "convolution for training: xla or matmul (default: matmul on CPU)"}
     )
+    micro_batch: int = dataclasses.field(
+        default=-1,
+        metadata={
+            "help": "a client's last partial batch runs as sub-batches of this size (0: off, -1: auto)"
+        },
+    )
     eval_chunk: int = dataclasses.field(
         default=1024, metadata={"help": "samples per forward pass in E-step and evaluation"}
     )
@@ -360,6 +366,7 @@ def validate(cfg: Config) -> Config:
     )
     check(cfg.num_processes >= 0, f"--num_processes must be >= 0, got {cfg.num_processes}")
     check(cfg.process_id >= -1, f"--process_id must be >= 0 (or -1: auto), got {cfg.process_id}")
+    check(cfg.micro_batch >= -1, f"--micro_batch must be >= -1, got {cfg.micro_batch}")
     check(cfg.eval_chunk >= 1, f"--eval_chunk must be >= 1, got {cfg.eval_chunk}")
     check(
         cfg.dataset not in PATH_DATASETS or bool(cfg.data_path),

@@ -63,6 +63,17 @@ def resolve_layout(cfg: Config, model_name: str) -> tuple[int, bool]:
     return client_chunk, bool(learner_vmap)
 
 
+AUTO_MICRO_BATCH = 32
+
+
+def resolve_micro_batch(cfg: Config, client_chunk: int) -> int:
+    """``--micro_batch``; auto (-1): 32 when clients run sequentially (only that layout skips the
+    unused sub-batches), else off. See ``benchmarks/efficiency.py``."""
+    if cfg.micro_batch >= 0:
+        return cfg.micro_batch
+    return AUTO_MICRO_BATCH if client_chunk == 1 and cfg.batch_size > AUTO_MICRO_BATCH else 0
+
+
 def default_model(dataset: str, data: FederatedData) -> str:
     """Per dataset; for your own data by input shape: ``mlp`` for vectors, ``cnn`` for images."""
     if dataset == "npz":
@@ -127,6 +138,7 @@ def make_trainer(cfg: Config, data: FederatedData, model_name: str) -> LocalTrai
         learner_vmap=learner_vmap,
         client_chunk=client_chunk,
         prox_mu=cfg.mu if cfg.method in PROX_METHODS else 0.0,
+        micro_batch=resolve_micro_batch(cfg, client_chunk),
     )
 
 

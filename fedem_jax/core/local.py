@@ -54,6 +54,10 @@ class LocalTrainer:
     # ``(logits, {"batch_stats": new})`` and the new statistics replace the old after each step
     # (``direction`` must leave ``batch_stats`` alone: see ``train.make_trainer``).
     stateful: bool = False
+    # > 0: a step with fewer than ``batch_size`` samples (a client's last, partial batch) runs as
+    # ceil(k / micro_batch) sub-batches whose gradients are summed, instead of a padded batch.
+    # Only the sequential client layout skips the unused sub-batches (see README, Performance).
+    micro_batch: int = 0
 
     @property
     def clients_vmapped(self) -> bool:
@@ -95,6 +99,37 @@ class LocalTrainer:
             return jax.vmap(grad_one)(params, q)
         return jax.lax.map(lambda args: grad_one(*args), (params, q))
 
+    @property
+    def uses_micro_batches(self) -> bool:
+        return (
+            0 < self.micro_batch < self.batch_size
+            and not self.clients_vmapped
+            and not self.stateful
+            and self.batch_loss is None
+        )
+
+    def partial_batch_grads(self, params, idx, mask, weights, data):
+        """``batch_grads`` of a partial batch (valid samples first), computed over only
+        ``ceil(k / micro_batch)`` sub-batches: sum_j (k_j / k) * grad(sub-batch j)."""
+        micro = self.micro_batch
+        n_valid = mask.sum()
+        n_sub = (n_valid + micro - 1) // micro
+        padded = -(-self.batch_size // micro) * micro
+        idx = jnp.pad(idx, (0, padded - self.batch_size), mode="edge")
+        mask = jnp.pad(mask, (0, padded - self.batch_size))
+
+        def add_sub_batch(j, total):
+            sub_idx = jax.lax.dynamic_slice(idx, (j * micro,), (micro,))
+            sub_mask = jax.lax.dynamic_slice(mask, (j * micro,), (micro,))
+            grads, _ = self.batch_grads(
+                params, data.x[sub_idx], data.y[sub_idx], weights[:, sub_idx], sub_mask
+            )
+            share = sub_mask.sum() / n_valid
+            return jax.tree.map(lambda t, g: t + share.astype(g.dtype) * g, total, grads)
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return jax.lax.fori_loop(0, n_sub, add_sub_batch, zeros), None
+
     # ----------------------------------------------------------------------------- one client
     def client_update(
         self, start_params, opt_state, epochs_done, weights, offset, count, key, data, anchor=None
@@ -132,7 +167,15 @@ class LocalTrainer:
                     x, y, q = data.x[idx], data.y[idx], weights[:, idx]
                     if self.custom_step is not None:
                         return self.custom_step(params, opt, x, y, q, mask, lr)
-                    grads, new_stats = self.batch_grads(params, x, y, q, mask)
+                    if self.uses_micro_batches:
+                        grads, new_stats = jax.lax.cond(
+                            mask.all(),
+                            lambda p: self.batch_grads(p, x, y, q, mask),
+                            lambda p: self.partial_batch_grads(p, idx, mask, weights, data),
+                            params,
+                        )
+                    else:
+                        grads, new_stats = self.batch_grads(params, x, y, q, mask)
                     if self.prox_mu:  # proximal term toward the anchor (FedProx: the start)
                         grads = jax.tree.map(
                             lambda g, p, a: g + self.prox_mu * (p - a), grads, params, anchor
