@@ -1,12 +1,12 @@
-"""XLA's convolution vs convolution-as-matmul, for a CIFAR10CNN gradient step, outside and
-inside a ``lax.scan`` (the shape of a FedEM round's local loop); and, if installed, a PyTorch
-training step of the same network.
+"""XLA's convolution vs convolution-as-matmul, for a CIFAR10CNN (or MobileNetV2) gradient step,
+outside and inside a ``lax.scan`` (the shape of a FedEM round's local loop); and, if installed, a
+PyTorch training step of the CIFAR10CNN.
 
-    python benchmarks/conv_in_scan.py [--batch 128] [--steps 3]
+    python benchmarks/conv_in_scan.py [--batch 128] [--steps 3] [--model mobilenet_v2]
 
 Both implementations run in this one process on the same parameters and data; every timing is
 wrapped in ``jax.block_until_ready``, compilation excluded. Writes
-``benchmarks/results/conv_in_scan.json``.
+``benchmarks/results/conv_in_scan.json`` (``conv_in_scan_<model>.json`` for another model).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from fedem_jax.models import build_model
 
 
 def best_time(fn, *args, repeats=3) -> float:
+    """Best of ``repeats`` calls, compilation and the first call excluded."""
     jax.block_until_ready(fn(*args))  # compile + warm up
     times = []
     for _ in range(repeats):
@@ -63,6 +64,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--model", default="cifar10_cnn", choices=("cifar10_cnn", "mobilenet_v2"))
     args = parser.parse_args()
     task = Task(10)
     rng = np.random.default_rng(0)
@@ -70,11 +72,17 @@ def main():
     y = jnp.asarray(rng.integers(0, 10, args.batch))
     results = {}
     for impl in ("xla", "matmul"):
-        model = build_model("cifar10_cnn", 10, conv_impl=impl)
-        params = model.init(jax.random.PRNGKey(0), x[:1])["params"]
+        model = build_model(args.model, 10, conv_impl=impl)
+        variables = model.init(jax.random.PRNGKey(0), x[:1])
+        params, extra = variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
-        def grad(p, model=model):
-            return jax.grad(lambda p: task.per_sample_loss(model.apply({"params": p}, x), y).mean())(p)
+        def logits(p, model=model, extra=extra):
+            if not extra:  # CIFAR10CNN
+                return model.apply({"params": p}, x)
+            return model.apply({"params": p, **extra}, x, train=True, mutable=list(extra))[0]  # BatchNorm
+
+        def grad(p, logits=logits):
+            return jax.grad(lambda p: task.per_sample_loss(logits(p), y).mean())(p)
 
         def scanned(p, grad=grad):
             def step(p, _):
@@ -82,34 +90,42 @@ def main():
 
             return jax.lax.scan(step, p, jnp.arange(args.steps))[0]
 
-        forward = jax.jit(lambda p, model=model: model.apply({"params": p}, x))
+        t0 = time.perf_counter()
+        jax.jit(scanned).lower(params).compile()
+        compile_seconds = time.perf_counter() - t0
         results[impl] = {
-            "forward_seconds": best_time(forward, params),
+            "scan_compile_seconds": compile_seconds,
+            "forward_seconds": best_time(jax.jit(logits), params),
             "grad_seconds": best_time(jax.jit(grad), params),
             "scan_seconds_per_step": best_time(jax.jit(scanned), params) / args.steps,
         }
         r = results[impl]
         print(
             f"{impl:7s} forward {r['forward_seconds']:.4f} s | gradient {r['grad_seconds']:.4f} s | "
-            f"gradient step inside lax.scan {r['scan_seconds_per_step']:.4f} s/step",
+            f"gradient step inside lax.scan {r['scan_seconds_per_step']:.4f} s/step | "
+            f"compile (scan) {r['scan_compile_seconds']:.1f} s",
             flush=True,
         )
     try:
+        if args.model != "cifar10_cnn":
+            raise ImportError  # the PyTorch comparison has only the CIFAR10CNN
         results["pytorch"] = {"train_step_seconds": torch_step_seconds(x, y)}
         print(f"pytorch train step (SGD, momentum) {results['pytorch']['train_step_seconds']:.4f} s/step")
     except ImportError:
-        print("pytorch: not installed (pip install -e '.[bench]'), skipped")
+        print("pytorch: not installed (pip install -e '.[bench]') or not this model, skipped")
     ratio = results["xla"]["scan_seconds_per_step"] / results["matmul"]["scan_seconds_per_step"]
     print(f"inside lax.scan, matmul is {ratio:.1f}x faster than XLA's convolution")
+    name = "conv_in_scan" if args.model == "cifar10_cnn" else f"conv_in_scan_{args.model}"
     out = {
         "command": "python benchmarks/conv_in_scan.py " + " ".join(os.sys.argv[1:]),
         "backend": jax.default_backend(),
         "jax": jax.__version__,
         "batch": args.batch,
+        "model": args.model,
         "results": results,
         "scan_speedup_matmul_over_xla": ratio,
     }
-    print(f"wrote {write_result('conv_in_scan', out)}")
+    print(f"wrote {write_result(name, out)}")
 
 
 if __name__ == "__main__":

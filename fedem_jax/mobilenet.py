@@ -11,6 +11,7 @@ reference's ``state_dict`` averaging does.
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 # (expansion t, output channels c, repeats n, first stride s) of torchvision's MobileNetV2.
@@ -25,25 +26,69 @@ INVERTED_RESIDUAL_SETTING = (
 )
 
 
+def _shifted(x, i: int, j: int, stride: int, out_h: int, out_w: int):
+    """``x[:, i + stride * a, j + stride * b, :]`` for ``a < out_h``, ``b < out_w`` (a strided slice)."""
+    return x[:, i : i + stride * (out_h - 1) + 1 : stride, j : j + stride * (out_w - 1) + 1 : stride, :]
+
+
+def conv_slices(x, kernel, stride: int, pad: int, depthwise: bool):
+    """SAME-style padded, strided convolution NHWC x HWIO as shifted slices: a matmul of the
+    stacked slices (dense) or a sum of per-channel products (depthwise). Same values as
+    ``lax.conv_general_dilated``; on CPU its gradient avoids XLA's slow convolution gradient inside
+    ``lax.scan`` (see :func:`fedem_jax.models.conv_as_matmul`)."""
+    k = kernel.shape[0]
+    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x
+    out_h = (x.shape[1] - k) // stride + 1
+    out_w = (x.shape[2] - k) // stride + 1
+    slices = [_shifted(x, i, j, stride, out_h, out_w) for i in range(k) for j in range(k)]
+    if depthwise:  # kernel [k, k, 1, C]
+        return sum(s * kernel[i // k, i % k, 0] for i, s in enumerate(slices))
+    patches = jnp.concatenate(slices, axis=-1)  # [B, out_h, out_w, k*k*C_in], (i, j, c) order
+    return patches @ kernel.reshape(-1, kernel.shape[-1])
+
+
+class MobileConv(nn.Module):
+    """Bias-free ``nn.Conv`` look-alike (same parameter name and shape) for MobileNetV2's dense
+    and depthwise convolutions, implemented by XLA (``impl="xla"``) or as slices (``"matmul"``)."""
+
+    features: int
+    kernel: int
+    stride: int
+    groups: int
+    impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x):
+        pad = (self.kernel - 1) // 2
+        shape = (self.kernel, self.kernel, x.shape[-1] // self.groups, self.features)
+        init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+        kernel = self.param("kernel", init, shape)
+        depthwise = self.groups > 1
+        if depthwise and not (self.groups == x.shape[-1] == self.features):
+            raise ValueError("only depthwise grouped convolutions are supported")
+        if self.impl == "matmul":
+            return conv_slices(x, kernel, self.stride, pad, depthwise)
+        return jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            (self.stride, self.stride),
+            ((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=self.groups,
+        )
+
+
 class ConvBNReLU6(nn.Module):
     features: int
     kernel: int = 3
     stride: int = 1
     groups: int = 1
     activation: bool = True
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x, train: bool):
-        pad = (self.kernel - 1) // 2
-        x = nn.Conv(
-            self.features,
-            (self.kernel, self.kernel),
-            strides=self.stride,
-            padding=((pad, pad), (pad, pad)),
-            feature_group_count=self.groups,
-            use_bias=False,
-            kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-        )(x)
+        x = MobileConv(self.features, self.kernel, self.stride, self.groups, self.conv_impl, name="Conv_0")(x)
         # torch momentum 0.1 == flax momentum 0.9; torch eps 1e-5.
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
         return jnp.clip(x, 0.0, 6.0) if self.activation else x
@@ -53,15 +98,17 @@ class InvertedResidual(nn.Module):
     features: int
     stride: int
     expansion: int
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x, train: bool):
         hidden = x.shape[-1] * self.expansion
+        impl = self.conv_impl
         y = x
         if self.expansion != 1:
-            y = ConvBNReLU6(hidden, kernel=1)(y, train)
-        y = ConvBNReLU6(hidden, stride=self.stride, groups=hidden)(y, train)
-        y = ConvBNReLU6(self.features, kernel=1, activation=False)(y, train)
+            y = ConvBNReLU6(hidden, kernel=1, conv_impl=impl)(y, train)
+        y = ConvBNReLU6(hidden, stride=self.stride, groups=hidden, conv_impl=impl)(y, train)
+        y = ConvBNReLU6(self.features, kernel=1, activation=False, conv_impl=impl)(y, train)
         if self.stride == 1 and x.shape[-1] == self.features:
             return x + y
         return y
@@ -69,14 +116,17 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2(nn.Module):
     output_dim: int
+    conv_impl: str = "xla"
     last_channels: int = 1280
+    block_settings: tuple = INVERTED_RESIDUAL_SETTING  # smaller ones make quick tests
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = ConvBNReLU6(32, stride=2)(x, train)
-        for expansion, channels, repeats, stride in INVERTED_RESIDUAL_SETTING:
+        impl = self.conv_impl
+        x = ConvBNReLU6(32, stride=2, conv_impl=impl)(x, train)
+        for expansion, channels, repeats, stride in self.block_settings:
             for i in range(repeats):
-                x = InvertedResidual(channels, stride if i == 0 else 1, expansion)(x, train)
-        x = ConvBNReLU6(self.last_channels, kernel=1)(x, train)
+                x = InvertedResidual(channels, stride if i == 0 else 1, expansion, impl)(x, train)
+        x = ConvBNReLU6(self.last_channels, kernel=1, conv_impl=impl)(x, train)
         x = x.mean(axis=(1, 2))
         return nn.Dense(self.output_dim, kernel_init=nn.initializers.normal(0.01))(x)

@@ -1,6 +1,8 @@
 """MobileNetV2 with BatchNorm: torchvision's parameter counts; running statistics trained, kept out
 of the optimizer, and averaged by the server like the weights."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -10,16 +12,19 @@ from helpers import tiny_config
 from fedem_jax.core.tasks import Task
 from fedem_jax.data import FederatedData, build_split
 from fedem_jax.mobilenet import MobileNetV2
-from fedem_jax.models import count_params
+from fedem_jax.models import MODELS, count_params
 from fedem_jax.train import build
 
 
+def _shapes(model):
+    return jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+
+
 def test_parameter_counts_match_torchvision():
-    variables = MobileNetV2(10).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+    variables = _shapes(MobileNetV2(10))
     assert count_params(variables["params"]) == 2_236_682  # torchvision mobilenet_v2(num_classes=10)
     assert count_params(variables["batch_stats"]) == 34_112  # running means and variances
-    big = MobileNetV2(100).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
-    assert count_params(big["params"]) == 2_351_972
+    assert count_params(_shapes(MobileNetV2(100))["params"]) == 2_351_972
 
 
 def _images(sizes=(6, 10), seed=0):
@@ -29,9 +34,20 @@ def _images(sizes=(6, 10), seed=0):
     return FederatedData("img", build_split(xs, ys), build_split(xs, ys), Task(10))
 
 
-def test_batch_stats_are_trained_and_averaged_like_weights(tmp_path):
+def test_batch_stats_are_trained_and_averaged_like_weights(tmp_path, monkeypatch):
+    # A two-block MobileNetV2 (the same layers and BatchNorm handling, a fraction of the compile time).
+    small = functools.partial(MobileNetV2, block_settings=((1, 16, 1, 1), (6, 24, 1, 2)), last_channels=64)
+    monkeypatch.setitem(MODELS, "mobilenet_v2", small)
     data = _images()
-    common = dict(model="mobilenet_v2", n_learners=1, batch_size=4, local_epochs=1, lr=0.05, drop_last=True)
+    common = dict(
+        model="mobilenet_v2",
+        conv_impl="xla",
+        n_learners=1,
+        batch_size=4,
+        local_epochs=1,
+        lr=0.05,
+        drop_last=True,
+    )
     _, fedavg, _ = build(tiny_config(tmp_path, method="FedAvg", **common), data)
     _, local, _ = build(tiny_config(tmp_path, method="local", **common), data)
     start = fedavg.init(data)
@@ -49,7 +65,27 @@ def test_batch_stats_are_trained_and_averaged_like_weights(tmp_path):
     chex.assert_trees_all_close(jax.tree.map(np.asarray, averaged.params), want, rtol=2e-4, atol=1e-5)
     # The optimizer keeps momentum for the weights of both clients and none for the statistics.
     momentum_size = sum(leaf.size for leaf in jax.tree.leaves(start.clients.opt_state))
-    assert momentum_size == 2 * 2_236_682
+    assert momentum_size == 2 * count_params(start.params["params"])
     # Evaluation runs the components in eval mode, with the averaged running statistics.
     stats = jax.jit(fedavg.evaluate)(averaged, data.test)
     assert float(np.sum(stats["count"])) == 16 and np.isfinite(np.asarray(stats["loss_sum"])).all()
+
+
+def test_slice_convolutions_match_xla_values_and_gradients():
+    """MobileNetV2's dense, strided and depthwise convolutions as slices (CPU training) = XLA's."""
+    from fedem_jax.mobilenet import MobileConv
+
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 8))
+    for features, kernel, stride, groups in [
+        (16, 3, 2, 1),
+        (16, 3, 1, 1),
+        (8, 3, 1, 8),
+        (8, 3, 2, 8),
+        (16, 1, 1, 1),
+    ]:
+        xla = MobileConv(features, kernel, stride, groups, "xla")
+        slices = MobileConv(features, kernel, stride, groups, "matmul")
+        variables = xla.init(jax.random.PRNGKey(0), x)
+        chex.assert_trees_all_close(slices.apply(variables, x), xla.apply(variables, x), atol=5e-6)
+        grads = [jax.grad(lambda v, m=m: jnp.sum(jnp.sin(m.apply(v, x))))(variables) for m in (xla, slices)]
+        chex.assert_trees_all_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
