@@ -20,7 +20,9 @@ def all_finite(tree) -> jax.Array:
 
 
 def broadcast_to_clients(tree, n_clients: int):
-    """A copy of ``tree`` for every client: leaves ``[C, ...]``."""
+    """A copy of ``tree`` for every client: leaves ``[C, ...]``. Run eagerly it materialises the
+    result once; an eager ``jnp.repeat`` holds two copies at its peak (3.2 GB extra for the
+    per-client momentum of full CIFAR-10)."""
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (n_clients, *a.shape)), tree)
 
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
-from fedem_jax.algorithms.common import all_finite, shared_sample_losses
+from fedem_jax.algorithms.common import all_finite, broadcast_to_clients, shared_sample_losses
 from fedem_jax.core import aggregation, mixture
 from fedem_jax.core.local import LocalTrainer
 from fedem_jax.core.tasks import Task
@@ -107,7 +107,7 @@ def make_fedem(
         if init_weights:  # --init_from: the file's leaves in every component
             params, _ = apply_weights(params, init_weights)
         one_client = trainer.direction.init(params)
-        opt_state = jax.tree.map(lambda a: jnp.repeat(a[None], n_clients, axis=0), one_client)
+        opt_state = broadcast_to_clients(one_client, n_clients)
         clients = ClientState(
             pi=jnp.full((n_clients, n_learners), 1.0 / n_learners, jnp.float32),
             opt_state=opt_state,

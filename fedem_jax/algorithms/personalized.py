@@ -16,6 +16,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from fedem_jax.algorithms.common import broadcast_to_clients
 from fedem_jax.algorithms.fedem import ClientState, FedEM, FedEMState
 from fedem_jax.core import mixture
 from fedem_jax.core.local import LocalTrainer
@@ -67,7 +68,7 @@ def make_local(model, task, trainer: LocalTrainer, fedavg: FedEM, seed: int) -> 
     def init(data) -> PersonalState:
         shared = fedavg.init(data)  # same initial model on every client, as the reference
         n_clients = data.n_clients
-        params = jax.tree.map(lambda a: jnp.repeat(a[None], n_clients, axis=0), shared.params)
+        params = broadcast_to_clients(shared.params, n_clients)
         return PersonalState(params=params, clients=shared.clients, round=shared.round)
 
     def round_fn(state: PersonalState, train: ClientSplit):
