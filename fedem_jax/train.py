@@ -305,6 +305,7 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
         log(f"resumed from round {resume_round} ({checkpointer.directory})")
 
     round_jit = jax.jit(algorithm.round, donate_argnums=0)
+
     @jax.jit
     def eval_jit(state, splits):
         """Evaluate ``splits``; methods that adapt models first (FedAvg+) do it once, on train.
