@@ -1,7 +1,7 @@
 """All performance benchmarks in one command; writes ``benchmarks/results/summary.json``.
 
     python benchmarks/run_all.py --quick      # under 10 minutes on 2 CPU cores
-    python benchmarks/run_all.py              # the README's numbers (longer)
+    python benchmarks/run_all.py              # the README's numbers, tables and plots (longer)
 
 Each benchmark runs in its own process (so peak memory is per benchmark) and writes its own
 JSON next to the summary. Keys of ``summary.json``:
@@ -43,6 +43,27 @@ def run(args: list[str]) -> tuple[int, float]:
     process = subprocess.Popen(args)
     _, status, usage = os.wait4(process.pid, 0)
     return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024**2  # KiB on Linux
+
+
+def full_run_commands(py: str, data_dir: str, have_cifar: bool) -> dict[str, list[str]]:
+    """The benchmarks behind the README's other tables and plots (full mode only)."""
+    script = lambda name, *flags: [py, os.path.join(HERE, name), *flags]  # noqa: E731
+    commands = {
+        "scaling (clients, learners, devices; scaling.png)": script("scaling.py"),
+        "layouts, synthetic": script("layouts.py", "--dataset", "synthetic"),
+        "conv in scan, CIFAR10CNN": script("conv_in_scan.py"),
+        "conv in scan, MobileNetV2": script("conv_in_scan.py", "--model", "mobilenet_v2", "--steps", "2"),
+        "layer profile": script("layer_profile.py"),
+        "micro-batches": script("micro_batch.py"),
+        "padding + matmul peak": script("efficiency.py", "--peak"),
+    }
+    if have_cifar:
+        cifar = ["--extra", "--n_clients", "10", "--max_samples", "3000"]
+        commands["layouts, CIFAR-10"] = script(
+            "layouts.py", "--dataset", "cifar10", "--data_dir", data_dir, *cifar
+        )
+        commands["devices, CIFAR-10"] = script("scaling.py", "--cifar_data_dir", data_dir)
+    return commands
 
 
 def load(name: str) -> dict:
@@ -154,6 +175,12 @@ def main():
             summary["peak_rss_gb"] = peak
     else:
         notes["peak_rss_gb"] = f"skipped: needs CIFAR-10 TFDS data in {args.data_dir}"
+
+    if not args.quick:
+        summary["full_runs"] = {
+            name: "ok" if run(command)[0] == 0 else "failed"
+            for name, command in full_run_commands(py, args.data_dir, have_cifar).items()
+        }
 
     summary["targets_met"] = {
         key: (summary[key] >= bound if op == ">=" else summary[key] <= bound)
