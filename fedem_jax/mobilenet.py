@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fedem_jax.convolution import conv_slices
+
 # (expansion t, output channels c, repeats n, first stride s) of torchvision's MobileNetV2.
 INVERTED_RESIDUAL_SETTING = (
     (1, 16, 1, 1),
@@ -24,27 +26,6 @@ INVERTED_RESIDUAL_SETTING = (
     (6, 160, 3, 2),
     (6, 320, 1, 1),
 )
-
-
-def _shifted(x, i: int, j: int, stride: int, out_h: int, out_w: int):
-    """``x[:, i + stride * a, j + stride * b, :]`` for ``a < out_h``, ``b < out_w`` (a strided slice)."""
-    return x[:, i : i + stride * (out_h - 1) + 1 : stride, j : j + stride * (out_w - 1) + 1 : stride, :]
-
-
-def conv_slices(x, kernel, stride: int, pad: int, depthwise: bool):
-    """SAME-style padded, strided convolution NHWC x HWIO as shifted slices: a matmul of the
-    stacked slices (dense) or a sum of per-channel products (depthwise). Same values as
-    ``lax.conv_general_dilated``; on CPU its gradient avoids XLA's slow convolution gradient inside
-    ``lax.scan`` (see :func:`fedem_jax.models.conv_as_matmul`)."""
-    k = kernel.shape[0]
-    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x
-    out_h = (x.shape[1] - k) // stride + 1
-    out_w = (x.shape[2] - k) // stride + 1
-    slices = [_shifted(x, i, j, stride, out_h, out_w) for i in range(k) for j in range(k)]
-    if depthwise:  # kernel [k, k, 1, C]
-        return sum(s * kernel[i // k, i % k, 0] for i, s in enumerate(slices))
-    patches = jnp.concatenate(slices, axis=-1)  # [B, out_h, out_w, k*k*C_in], (i, j, c) order
-    return patches @ kernel.reshape(-1, kernel.shape[-1])
 
 
 class MobileConv(nn.Module):

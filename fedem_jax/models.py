@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fedem_jax.convolution import conv_as_matmul
 from fedem_jax.mobilenet import MobileNetV2
 
 
@@ -17,23 +18,6 @@ class LinearModel(nn.Module):
     @nn.compact
     def __call__(self, x):
         return nn.Dense(self.output_dim)(x.reshape((x.shape[0], -1)))
-
-
-def conv_as_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """VALID stride-1 convolution, NHWC x HWIO -> NHWC, as shifted slices + one matmul (im2col).
-
-    Same result as ``lax.conv_general_dilated`` up to float rounding. XLA:CPU runs the gradient
-    of its native convolution about 15x slower inside a ``lax.scan`` body than outside
-    (jax-ml/jax#12868); slices, concatenation and ``dot`` have no such cliff, and their gradients
-    are slices, pads and matmuls. See README, "Convolutions on CPU".
-    """
-    kh, kw, cin, cout = kernel.shape
-    batch, height, width, _ = x.shape
-    out_h, out_w = height - kh + 1, width - kw + 1
-    columns = [x[:, i : i + out_h, j : j + out_w, :] for i in range(kh) for j in range(kw)]
-    patches = jnp.concatenate(columns, axis=-1).reshape(batch * out_h * out_w, kh * kw * cin)
-    out = jnp.dot(patches, kernel.reshape(kh * kw * cin, cout))
-    return out.reshape(batch, out_h, out_w, cout)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -184,7 +168,7 @@ CONV_IMPLS = ("xla", "matmul")
 
 
 def default_conv_impl() -> str:
-    """``matmul`` on CPU (see :func:`conv_as_matmul`), XLA's convolution elsewhere."""
+    """``matmul`` on CPU (see :mod:`fedem_jax.convolution`), XLA's convolution elsewhere."""
     return "matmul" if jax.default_backend() == "cpu" else "xla"
 
 
