@@ -307,12 +307,15 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
     round_jit = jax.jit(algorithm.round, donate_argnums=0)
 
     @jax.jit
-    def eval_jit(state, splits):
-        """Evaluate ``splits``; methods that adapt models first (FedAvg+) do it once, on train.
-        One jit returning only the statistics: a jitted identity ``prepare_eval`` would return a
-        copy of the whole state (3.2 GB of momentum on full CIFAR-10)."""
-        view = algorithm.prepare_eval(state, data.train)
+    def evaluate_splits(state, train, splits):
+        """One jit returning only the statistics: a jitted identity ``prepare_eval`` would return
+        a copy of the whole state (3.2 GB of momentum on full CIFAR-10)."""
+        view = algorithm.prepare_eval(state, train)
         return [algorithm.evaluate(view, split) for split in splits]
+
+    def eval_jit(state, splits):
+        """Evaluate ``splits``; methods that adapt models first (FedAvg+) do it once, on train."""
+        return evaluate_splits(state, data.train, splits)
 
     unseen_jit = jax.jit(algorithm.evaluate_unseen, static_argnums=3)
     t0 = time.perf_counter()
