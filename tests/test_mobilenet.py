@@ -41,7 +41,6 @@ def test_batch_stats_are_trained_and_averaged_like_weights(tmp_path, monkeypatch
     data = _images()
     common = dict(
         model="mobilenet_v2",
-        conv_impl="xla",
         n_learners=1,
         batch_size=4,
         local_epochs=1,
