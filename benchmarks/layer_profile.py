@@ -2,7 +2,12 @@
 (convolution as slices + matmul, and XLA's convolution, both inside ``lax.scan`` as in a round)
 and in PyTorch, side by side, batch 128.
 
-    python benchmarks/layer_profile.py [--batch 128] [--steps 10]
+    python benchmarks/layer_profile.py [--batch 128] [--steps 10] [--alternatives]
+
+``--alternatives`` also times conv2 with two other formulations of its input gradient (the
+slices convolution's own forward and weight gradient, a ``custom_vjp`` input gradient): a full
+convolution of the padded output gradient with the flipped kernel, as slices + matmul; and the
+col2im sum as two contractions with 0/1 shift matrices (width, then height).
 
 Each layer is timed alone on random inputs with the upstream gradient of ``0.5 * sum(out**2)``
 (a non-constant gradient, so no backward pass is folded away). conv1's input needs no gradient
@@ -35,6 +40,55 @@ def xla_conv(x, kernel):
     return jax.lax.conv_general_dilated(
         x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
+
+
+def shift_matrix(n_out: int, k: int) -> jax.Array:
+    """``S[o, j, x] = 1`` where ``o + j == x``: the col2im sum along one axis as a contraction."""
+    s = np.zeros((n_out, k, n_out + k - 1), np.float32)
+    for o in range(n_out):
+        s[o, np.arange(k), o + np.arange(k)] = 1.0
+    return jnp.asarray(s)
+
+
+def with_input_grad(input_grad_fn):
+    """``conv_as_matmul`` whose input gradient is ``input_grad_fn(g, x, kernel)``."""
+
+    @jax.custom_vjp
+    def conv(x, kernel):
+        return conv_as_matmul(x, kernel)
+
+    def forward(x, kernel):
+        return conv_as_matmul(x, kernel), (x, kernel)
+
+    def backward(res, g):
+        x, kernel = res
+        kernel_grad = jax.grad(lambda k: jnp.vdot(conv_as_matmul(x, k), g))(kernel)
+        return input_grad_fn(g, x, kernel), kernel_grad
+
+    conv.defvjp(forward, backward)
+    return conv
+
+
+def flipped_kernel_input_grad(g, x, kernel):
+    kh, kw = kernel.shape[:2]
+    padded = jnp.pad(g, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
+    return conv_as_matmul(padded, kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+
+
+def contraction_input_grad(g, x, kernel):
+    kh, kw, cin, cout = kernel.shape
+    batch, out_h, out_w, _ = g.shape
+    patches_grad = (g.reshape(-1, cout) @ kernel.reshape(-1, cout).T).reshape(
+        batch, out_h, out_w, kh, kw, cin
+    )
+    rows = jnp.einsum("bopijc,pjx->boixc", patches_grad, shift_matrix(out_w, kw))
+    return jnp.einsum("boixc,oiy->byxc", rows, shift_matrix(out_h, kh))
+
+
+ALTERNATIVES = {
+    "jax_flipped_kernel_igrad_ms": with_input_grad(flipped_kernel_input_grad),
+    "jax_contraction_igrad_ms": with_input_grad(contraction_input_grad),
+}
 
 
 def flops(batch: int, in_shape, param_shape, input_grad: bool) -> float:
@@ -98,6 +152,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--alternatives", action="store_true")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     rows = {}
@@ -108,6 +163,11 @@ def main():
         if len(param_shape) == 4:
             row["jax_matmul_ms"] = 1e3 * jax_seconds(conv_as_matmul, x, w, input_grad, args.steps)
             row["jax_xla_conv_ms"] = 1e3 * jax_seconds(xla_conv, x, w, input_grad, args.steps)
+            for key, conv in ALTERNATIVES.items() if args.alternatives and input_grad else ():
+                want = jax.grad(lambda x, w=w: jnp.sum(jnp.sin(conv_as_matmul(x, w))))(x)
+                got = jax.grad(lambda x, w=w, conv=conv: jnp.sum(jnp.sin(conv(x, w))))(x)
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+                row[key] = 1e3 * jax_seconds(conv, x, w, input_grad, args.steps)
         else:
             row["jax_matmul_ms"] = 1e3 * jax_seconds(lambda x, w: x @ w, x, w, input_grad, args.steps)
         try:
@@ -125,6 +185,9 @@ def main():
             ms = row.get(key)
             cells.append(f"{ms:6.1f} ({row['gflop'] / ms * 1e3:3.0f})" if ms else "     -     ")
         print(f"{name:28s} {row['gflop']:6.2f} " + " ".join(f"{c:>13s}" for c in cells))
+        for key in ALTERNATIVES:
+            if key in row:
+                print(f"  alternative input gradient, {key[4:-3]}: {row[key]:.1f} ms")
     out = {
         "command": "python benchmarks/layer_profile.py " + " ".join(os.sys.argv[1:]),
         "backend": jax.default_backend(),
