@@ -76,7 +76,7 @@ class Checkpointer:
 
 def check_compatible(saved: dict, current: Config) -> None:
     """Refuse to resume a checkpoint made by a different experiment."""
-    current_dict = current.__dict__
+    current_dict = current.to_dict()
     changed = sorted(
         key
         for key in set(saved) | set(current_dict)

@@ -13,39 +13,16 @@ import importlib
 import os
 from typing import Any
 
+from fedem_jax.algorithms import registry
+from fedem_jax.errors import ConfigError, check
+
 DATASETS = ("synthetic", "cifar10", "cifar100", "emnist", "femnist", "shakespeare", "npz")
 PATH_DATASETS = ("npz", "femnist", "shakespeare")  # read from --data_path
 SPLITS = ("label_groups", "dirichlet", "shards", "pachinko")
-METHODS = (
-    "FedEM", "FedAvg", "FedAvg+", "FedProx", "local", "pFedMe", "clustered", "APFL", "AFL", "q-FFL",
-    "L2SGD", "D-FedEM", "pFedMe-true",
-)  # fmt: skip
-SINGLE_MODEL_METHODS = (
-    "FedAvg",
-    "FedAvg+",
-    "FedProx",
-    "local",
-    "pFedMe",
-    "clustered",
-    "APFL",
-    "AFL",
-    "q-FFL",
-    "L2SGD",
-    "pFedMe-true",
-)
-# Evaluated on per-client models: no shared model to give to unseen clients.
-PERSONAL_METHODS = ("FedAvg+", "local", "pFedMe", "clustered", "APFL", "L2SGD", "D-FedEM", "pFedMe-true")
-MESH_METHODS = ("FedEM", "FedAvg", "FedProx")  # the client axis can be sharded over devices
-FULL_PARTICIPATION_METHODS = ("clustered", "D-FedEM")
-PROX_METHODS = ("FedProx", "pFedMe")  # prox_sgd: momentum 0 unless set
 MODELS = ("linear", "mlp", "cnn", "cifar10_cnn", "femnist_cnn", "lstm", "mobilenet_v2")
 OPTIMIZERS = ("sgd", "adam")
 CONV_IMPLS = ("xla", "matmul")
 SCHEDULERS = ("constant", "sqrt", "linear", "cosine", "multi_step")
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem; the message is printed without a traceback."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,41 +46,6 @@ class Config:
     optimizer: str = dataclasses.field(default="sgd", metadata={"help": "local optimizer"})
     momentum: float = dataclasses.field(default=0.9, metadata={"help": "SGD momentum"})
     weight_decay: float = dataclasses.field(default=5e-4, metadata={"help": "L2 weight decay"})
-    mu: float = dataclasses.field(default=0.01, metadata={"help": "FedProx, pFedMe: proximal coefficient"})
-    q: float = dataclasses.field(default=1.0, metadata={"help": "q-FFL: fairness exponent q >= 0"})
-    lr_lambda: float = dataclasses.field(
-        default=0.01, metadata={"help": "AFL: step size of the ascent on the client weights lambda"}
-    )
-    tol_1: float = dataclasses.field(
-        default=0.4, metadata={"help": "clustered: split when the mean update norm is below this"}
-    )
-    tol_2: float = dataclasses.field(
-        default=1.6, metadata={"help": "clustered: ... and the largest client update norm is above this"}
-    )
-    apfl_alpha: float = dataclasses.field(
-        default=0.5, metadata={"help": "APFL: initial interpolation weight of the local model, in [0, 1]"}
-    )
-    learn_alpha: bool = dataclasses.field(default=True, metadata={"help": "APFL: learn alpha per client"})
-    penalty: float = dataclasses.field(
-        default=1.0, metadata={"help": "L2SGD: penalty lambda pulling local models to their mean"}
-    )
-    comm_prob: float = dataclasses.field(
-        default=0.2, metadata={"help": "L2SGD: probability p of an averaging step, in (0, 1]"}
-    )
-    pfedme_lambda: float = dataclasses.field(
-        default=15.0, metadata={"help": "pFedMe-true: Moreau-envelope regularisation lambda"}
-    )
-    pfedme_k: int = dataclasses.field(default=5, metadata={"help": "pFedMe-true: inner steps K per batch"})
-    personal_lr: float = dataclasses.field(
-        default=0.09, metadata={"help": "pFedMe-true: step size of the inner (personalised) steps"}
-    )
-    beta: float = dataclasses.field(default=1.0, metadata={"help": "pFedMe-true: server mixing beta"})
-    graph_p: float = dataclasses.field(
-        default=0.5, metadata={"help": "D-FedEM: edge probability of the Erdos-Renyi graph"}
-    )
-    tune_epochs: int = dataclasses.field(
-        default=1, metadata={"help": "FedAvg+: local fine-tuning epochs before each evaluation"}
-    )
     sampling_rate: float = dataclasses.field(
         default=1.0, metadata={"help": "fraction of clients sampled per round, in (0, 1]"}
     )
@@ -208,6 +150,19 @@ class Config:
         default=True, metadata={"help": "write TensorBoard event files to WORKDIR/tb"}
     )
     quiet: bool = dataclasses.field(default=False, metadata={"help": "no progress bar"})
+    # The method's own settings (its module's hyperparameter dataclass; see algorithms/registry.py).
+    hyperparams: Any = dataclasses.field(default=None, metadata={"cli": False})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting as one flat dict (``config.json``, checkpoint records)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "hyperparams"}
+        if self.hyperparams is not None:
+            values.update(dataclasses.asdict(self.hyperparams))
+        return values
+
+    @property
+    def method_info(self) -> registry.Method:
+        return registry.get(self.method)
 
 
 def dataset_defaults(dataset: str) -> dict[str, Any]:
@@ -232,13 +187,20 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+def _cli_fields() -> list[dataclasses.Field]:
+    """Flags: the experiment's fields, then every method's hyperparameters (registry)."""
+    own = [f for f in dataclasses.fields(Config) if f.metadata.get("cli", True)]
+    return own + list(registry.hyperparam_fields().values())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI parser; every flag defaults to ``None`` so that unset flags are detectable."""
     parser = _Parser(
         prog="python -m fedem_jax.main",
         description="Federated multi-task learning under a mixture of distributions (FedEM).",
+        allow_abbrev=False,
     )
-    for field in dataclasses.fields(Config):
+    for field in _cli_fields():
         arg_type = {"int": int, "float": float, "str": str, "bool": _parse_bool}[field.type]
         flag_kwargs = {"nargs": "?", "const": True} if field.type == "bool" else {}
         parser.add_argument(
@@ -251,31 +213,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def make_config(**values) -> Config:
+    """A validated :class:`Config` from flat settings; the method's own settings go to its
+    hyperparameter dataclass, and the method's capabilities set its defaults:
+    one model unless it has components, no momentum for prox-SGD methods (spec section 3)."""
+    method = registry.get(values.get("method", Config.method))
+    caps = method.capabilities
+    if not caps.components:
+        values.setdefault("n_learners", 1)
+    if caps.proximal:
+        values.setdefault("momentum", 0.0)
+    hyper = {k: values.pop(k) for k in list(values) if k in registry.hyperparam_fields()}
+    return validate(Config(**values, hyperparams=registry.make_hyperparams(method.name, hyper)))
+
+
 def resolve(argv: list[str] | None = None) -> Config:
     """Parse ``argv``, apply dataset defaults under the explicit flags, and validate."""
     args = vars(build_parser().parse_args(argv))
     explicit = {k: v for k, v in args.items() if v is not None}
     dataset = explicit.get("dataset", Config.dataset)
-    values = {**dataset_defaults(dataset), **explicit}
-    if values.get("method") in SINGLE_MODEL_METHODS and "n_learners" not in explicit:
-        values["n_learners"] = 1
-    if values.get("method") in PROX_METHODS and "momentum" not in explicit:
-        values["momentum"] = 0.0  # prox_sgd: no momentum (spec section 3)
-    return validate(Config(**values))
+    defaults = dataset_defaults(dataset)
+    method = registry.get(explicit.get("method", defaults.get("method", Config.method)))
+    if not method.capabilities.components:
+        defaults.pop("n_learners", None)  # a single-model method: 1 unless given explicitly
+    return make_config(**{**defaults, **explicit})
+
+
+def validate_method(cfg: Config) -> None:
+    """What the method's capabilities allow (see :class:`~fedem_jax.algorithms.registry.Capabilities`)."""
+    caps, name = cfg.method_info.capabilities, cfg.method
+    check(caps.components or cfg.n_learners == 1, f"--n_learners must be 1 for {name}, got {cfg.n_learners}")
+    check(
+        caps.batch_norm or cfg.model != "mobilenet_v2",
+        f"--model mobilenet_v2 (BatchNorm) is not supported with --method {name}",
+    )
+    check(
+        caps.unseen or cfg.test_clients_frac == 0,
+        f"--test_clients_frac: unseen clients are not supported with --method {name}",
+    )
+    check(
+        not caps.full_participation or cfg.sampling_rate == 1,
+        f"--sampling_rate: {name} needs every client in every round (1.0), got {cfg.sampling_rate}",
+    )
+    check(
+        caps.multi_process or not cfg.distributed,
+        f"--distributed: {name} is not tested over several processes; use FedEM, FedAvg or FedProx",
+    )
+    if cfg.hyperparams is not None:
+        cfg.hyperparams.validate()
 
 
 def validate(cfg: Config) -> Config:
     """Check every field; raise :class:`ConfigError` naming the flag and its allowed range."""
 
-    def check(ok: bool, message: str) -> None:
-        if not ok:
-            raise ConfigError(message)
-
     def one_of(name: str, value: str, valid: tuple[str, ...]) -> None:
         check(value in valid, f"--{name}: unknown value {value!r}; valid: {', '.join(valid)}")
 
     one_of("dataset", cfg.dataset, DATASETS)
-    one_of("method", cfg.method, METHODS)
     if cfg.model:
         one_of("model", cfg.model, MODELS)
     one_of("optimizer", cfg.optimizer, OPTIMIZERS)
@@ -286,42 +280,7 @@ def validate(cfg: Config) -> Config:
         one_of("split", cfg.split, SPLITS)
     check(cfg.shards_per_client >= 1, f"--shards_per_client must be >= 1, got {cfg.shards_per_client}")
     check(cfg.n_learners >= 1, f"--n_learners must be >= 1, got {cfg.n_learners}")
-    check(
-        not (cfg.model == "mobilenet_v2" and cfg.method in ("APFL", "pFedMe-true")),
-        f"--model mobilenet_v2 (BatchNorm) is not supported with --method {cfg.method}",
-    )
-    check(
-        cfg.method not in SINGLE_MODEL_METHODS or cfg.n_learners == 1,
-        f"--n_learners must be 1 for {cfg.method}, got {cfg.n_learners}",
-    )
-    check(cfg.mu >= 0, f"--mu must be >= 0, got {cfg.mu}")
-    check(cfg.tune_epochs >= 1, f"--tune_epochs must be >= 1, got {cfg.tune_epochs}")
-    check(
-        cfg.method not in PERSONAL_METHODS or cfg.test_clients_frac == 0,
-        f"--test_clients_frac: unseen clients are not supported with --method {cfg.method}",
-    )
-    check(
-        cfg.method in MESH_METHODS or cfg.n_devices <= 1,
-        f"--n_devices: {cfg.method} runs on one device; use --n_devices 1",
-    )
-    check(
-        cfg.method not in FULL_PARTICIPATION_METHODS or cfg.sampling_rate == 1,
-        f"--sampling_rate: {cfg.method} needs every client in every round (1.0), got {cfg.sampling_rate}",
-    )
-    check(cfg.method != "pFedMe" or cfg.mu > 0, f"--mu must be > 0 for pFedMe, got {cfg.mu}")
-    check(cfg.q >= 0, f"--q must be >= 0, got {cfg.q}")
-    check(cfg.lr_lambda >= 0, f"--lr_lambda must be >= 0, got {cfg.lr_lambda}")
-    check(
-        cfg.tol_1 >= 0 and cfg.tol_2 >= 0, f"--tol_1 and --tol_2 must be >= 0, got {cfg.tol_1}, {cfg.tol_2}"
-    )
-    check(0 <= cfg.apfl_alpha <= 1, f"--apfl_alpha must be in [0, 1], got {cfg.apfl_alpha}")
-    check(cfg.penalty >= 0, f"--penalty must be >= 0, got {cfg.penalty}")
-    check(0 < cfg.comm_prob <= 1, f"--comm_prob must be in (0, 1], got {cfg.comm_prob}")
-    check(0 < cfg.graph_p <= 1, f"--graph_p must be in (0, 1], got {cfg.graph_p}")
-    check(cfg.pfedme_lambda > 0, f"--pfedme_lambda must be > 0, got {cfg.pfedme_lambda}")
-    check(cfg.pfedme_k >= 1, f"--pfedme_k must be >= 1, got {cfg.pfedme_k}")
-    check(cfg.personal_lr > 0, f"--personal_lr must be > 0, got {cfg.personal_lr}")
-    check(cfg.beta > 0, f"--beta must be > 0, got {cfg.beta}")
+    validate_method(cfg)
     check(cfg.n_rounds >= 1, f"--n_rounds must be >= 1, got {cfg.n_rounds}")
     check(cfg.local_epochs >= 1, f"--local_epochs must be >= 1, got {cfg.local_epochs}")
     check(cfg.batch_size >= 1, f"--batch_size must be >= 1, got {cfg.batch_size}")
@@ -356,10 +315,6 @@ def validate(cfg: Config) -> Config:
     check(cfg.learner_vmap in (-1, 0, 1), f"--learner_vmap must be -1, 0 or 1, got {cfg.learner_vmap}")
     check(cfg.checkpoint_every >= 0, f"--checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
     check(cfg.n_devices >= 0, f"--n_devices must be >= 0, got {cfg.n_devices}")
-    check(
-        not cfg.distributed or cfg.method in MESH_METHODS,
-        f"--distributed: {cfg.method} runs in one process; use FedEM, FedAvg or FedProx",
-    )
     check(
         not cfg.distributed or cfg.test_clients_frac == 0,
         "--distributed: unseen clients (--test_clients_frac) are not supported yet",

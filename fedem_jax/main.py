@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fedem_jax.data import DataError
     from fedem_jax.distributed import is_main_process
-    from fedem_jax.train import DivergenceError, run
+    from fedem_jax.loop import DivergenceError, run
 
     log = (lambda *_: None) if cfg.quiet or not is_main_process() else print
     try:

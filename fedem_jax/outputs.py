@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 
@@ -65,7 +64,7 @@ class NullWriter:
 
 def write_config(workdir: str, cfg) -> None:
     with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=2)
+        json.dump(cfg.to_dict(), f, indent=2)
 
 
 def write_json(workdir: str, name: str, payload: dict) -> None:

@@ -1,5 +1,6 @@
-"""Federated algorithms, each a factory of pure ``init`` / ``round`` / ``evaluate`` functions."""
+"""Federated algorithms: one module per method, each a factory of pure functions (see ``base``),
+listed in ``registry``."""
 
-from fedem_jax.algorithms.fedem import ClientState, FedEM, FedEMState, make_fedem
+from fedem_jax.algorithms.base import Algorithm, ClientState, Context, GlobalState, PersonalState, State
 
-__all__ = ["ClientState", "FedEM", "FedEMState", "make_fedem"]
+__all__ = ["Algorithm", "ClientState", "Context", "GlobalState", "PersonalState", "State"]

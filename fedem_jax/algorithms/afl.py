@@ -10,14 +10,35 @@ client's mean training loss at the model the round started from. ``lambda`` star
 
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 
-from fedem_jax.algorithms.common import all_finite, client_means, round_key, shared_sample_losses
-from fedem_jax.algorithms.fedem import FedEM, FedEMState, sample_participants
+from fedem_jax.algorithms.base import Algorithm, Context, GlobalState, all_finite, round_metrics
+from fedem_jax.algorithms.common import client_means, shared_sample_losses
+from fedem_jax.algorithms.fedem import ServerHyperparams, make_fedem
+from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
 from fedem_jax.core import aggregation
-from fedem_jax.core.local import LocalTrainer
-from fedem_jax.data.federated import ClientSplit
+from fedem_jax.data.federated import ClientSplit, FederatedData
+from fedem_jax.errors import check
+
+
+class AFLState(GlobalState):
+    """The global model ``params [1, ...]`` and the adversarial client weights ``lam [C]``."""
+
+    lam: jax.Array
+
+    CLIENT_FIELDS: ClassVar[tuple[str, ...]] = ("clients", "lam")
+
+
+@dataclasses.dataclass(frozen=True)
+class AFLHyperparams:
+    lr_lambda: float = hyperparam(0.01, "AFL: step size of the ascent on the client weights lambda")
+
+    def validate(self) -> None:
+        check(self.lr_lambda >= 0, f"--lr_lambda must be >= 0, got {self.lr_lambda}")
 
 
 def project_to_simplex(v: jax.Array) -> jax.Array:
@@ -31,40 +52,45 @@ def project_to_simplex(v: jax.Array) -> jax.Array:
     return jnp.maximum(v - theta, 0.0)
 
 
-def make_afl(
-    trainer: LocalTrainer,
-    fedavg: FedEM,
-    *,
-    seed: int,
-    sampling_rate: float,
-    lr_lambda: float,
-    eval_chunk: int,
-) -> FedEM:
-    """Built on ``fedavg`` (its initial state, evaluation and unseen-client evaluation)."""
+def make_afl(ctx: Context, hp: AFLHyperparams) -> Algorithm:
+    fedavg = make_fedem(ctx, ServerHyperparams())
+    layout = ctx.layout
 
-    def init(data) -> FedEMState:
+    def init(data: FederatedData) -> AFLState:
         state = fedavg.init(data)
-        return state.replace(server=aggregation.client_weights(data.train.counts))
+        lam = aggregation.client_weights(data.train.counts)
+        return AFLState(params=state.params, clients=state.clients, round=state.round, lam=lam)
 
-    def round_fn(state: FedEMState, train: ClientSplit):
-        key = round_key(seed, state.round)
-        participates = sample_participants(key, train, 0, sampling_rate)
-        losses = client_means(shared_sample_losses(trainer, state.params, train, eval_chunk)[0], train)
-        weights = jnp.where(participates, state.server, 0.0)
-        ones = jnp.ones((1, train.y.shape[0]), jnp.float32)
-        result = trainer.train_clients(
-            state.params, state.clients.opt_state, state.clients.epochs_done, ones, participates,
-            weights, jax.random.fold_in(key, 1), train,
+    def round_fn(state: AFLState, train: ClientSplit):
+        key = ctx.round_key(state.round)
+        participates = ctx.participants(key, train)
+        losses = client_means(shared_sample_losses(ctx.update, state.params, train, ctx.eval_chunk)[0], train)
+        weights = jnp.where(participates, state.lam, 0.0)
+        result = ctx.update.train(
+            state.clients,
+            train,
+            jax.random.fold_in(key, 1),
+            participates,
+            start=state.params,
+            agg_weights=weights,
+        )
+        params = aggregation.apply_delta(state.params, layout.client_sum(result.delta_sum))
+        # Padded clients of a mesh have lambda 0 and loss 0: the projection keeps them at 0.
+        lam_all = project_to_simplex(layout.all_clients(state.lam + hp.lr_lambda * losses))
+        new_state = state.replace(
+            params=params, clients=result.client_state(state.clients), round=state.round + 1,
+            lam=layout.own_block(lam_all),
         )  # fmt: skip
-        params = aggregation.apply_delta(state.params, result.delta_sum)
-        lam = project_to_simplex(state.server + lr_lambda * losses)
-        clients = state.clients.replace(opt_state=result.opt_states, epochs_done=result.epochs_done)
-        metrics = {
-            "train_nll_start": jnp.sum(losses * train.counts) / jnp.sum(train.counts),
-            "params_finite": all_finite(params),
-            "participants": participates,
-            "max_lambda": jnp.max(lam),
-        }
-        return FedEMState(params, clients, state.round + 1, lam), metrics
+        metrics = round_metrics(
+            ctx, participates, finite=all_finite(params), nll_sum=jnp.sum(losses * train.counts),
+            n_samples=jnp.sum(train.counts), max_lambda=jnp.max(lam_all),
+        )  # fmt: skip
+        return new_state, metrics
 
     return fedavg._replace(init=init, round=round_fn)
+
+
+METHODS = (
+    Method("AFL", make_afl, "agnostic FL: minimax over client weights (Mohri et al., 2019)", AFLHyperparams,
+           Capabilities(unseen=True)),
+)  # fmt: skip

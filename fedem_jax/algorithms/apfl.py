@@ -21,12 +21,36 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedem_jax.algorithms.common import all_finite, broadcast_to_clients, round_key
-from fedem_jax.algorithms.fedem import FedEM, sample_participants
-from fedem_jax.algorithms.personalized import PersonalState, make_personal_evaluate
+from fedem_jax.algorithms.base import (
+    Algorithm,
+    Context,
+    Params,
+    PersonalState,
+    all_finite,
+    broadcast_to_clients,
+    round_metrics,
+    take_first,
+)  # fmt: skip
+from fedem_jax.algorithms.common import evaluate_personal, init_personal
+from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
 from fedem_jax.core import aggregation, mixture
-from fedem_jax.core.local import LocalTrainer
-from fedem_jax.data.federated import ClientSplit
+from fedem_jax.data.federated import ClientSplit, FederatedData
+from fedem_jax.errors import check
+
+
+class APFLState(PersonalState):
+    """``params = {"v": local models [C, 1, ...], "alpha": [C]}`` and the global model ``w [1, ...]``."""
+
+    global_model: Params
+
+
+@dataclasses.dataclass(frozen=True)
+class APFLHyperparams:
+    apfl_alpha: float = hyperparam(0.5, "APFL: initial interpolation weight of the local model, in [0, 1]")
+    learn_alpha: bool = hyperparam(True, "APFL: learn alpha per client")
+
+    def validate(self) -> None:
+        check(0 <= self.apfl_alpha <= 1, f"--apfl_alpha must be in [0, 1], got {self.apfl_alpha}")
 
 
 def interpolate(v, w, alpha):
@@ -39,27 +63,16 @@ def interpolate(v, w, alpha):
     return jax.tree.map(leaf, v, w)
 
 
-def make_apfl(
-    task,
-    trainer: LocalTrainer,
-    local: FedEM,
-    *,
-    seed: int,
-    sampling_rate: float,
-    alpha: float,
-    learn_alpha: bool,
-) -> FedEM:
-    """``trainer`` is the usual one (one learner); ``local`` gives the initial model."""
-
-    def one_model(stacked):
-        return jax.tree.map(lambda a: a[0], stacked)  # [1, ...] -> [...]
+def apfl_update(ctx: Context, learn_alpha: bool):
+    """The local update on ``{"w", "v", "alpha"}``: one gradient of ``f(w) + f(v_bar)``."""
+    update = ctx.update
 
     def batch_loss(params, x, y, _weights, mask):
         mix = params["alpha"] if learn_alpha else jax.lax.stop_gradient(params["alpha"])
         personal = interpolate(params["v"], jax.lax.stop_gradient(params["w"]), mix)
         ones = jnp.ones((1, x.shape[0]), jnp.float32)
-        global_loss = trainer.per_sample_loss(trainer.apply_fn(one_model(params["w"]), x), y)
-        personal_loss = trainer.per_sample_loss(trainer.apply_fn(one_model(personal), x), y)
+        global_loss = update.per_sample_loss(update.apply_fn(take_first(params["w"]), x), y)
+        personal_loss = update.per_sample_loss(update.apply_fn(take_first(personal), x), y)
         return mixture.weighted_batch_loss(global_loss[None], ones, mask) + mixture.weighted_batch_loss(
             personal_loss[None], ones, mask
         )
@@ -68,53 +81,58 @@ def make_apfl(
         return {**params, "alpha": jnp.clip(params["alpha"], 0.0, 1.0)}
 
     not_alpha = lambda params: {"w": True, "v": True, "alpha": False}  # noqa: E731
-    apfl_trainer = dataclasses.replace(
-        trainer,
+    return dataclasses.replace(
+        update,
         batch_loss=batch_loss,
         post_step=clip_alpha,
-        direction=optax.masked(trainer.direction, not_alpha),
+        direction=optax.masked(update.direction, not_alpha),
     )
-    evaluate_personal = make_personal_evaluate(task, trainer)
 
-    def init(data) -> PersonalState:
-        state = local.init(data)
-        start = one_model(state.params)  # the common initial model, leaves [1, ...]
-        one_client = {"w": start, "v": start, "alpha": jnp.asarray(alpha, jnp.float32)}
-        opt_state = broadcast_to_clients(apfl_trainer.direction.init(one_client), data.n_clients)
+
+def make_apfl(ctx: Context, hp: APFLHyperparams) -> Algorithm:
+    update = apfl_update(ctx, hp.learn_alpha)
+
+    def init(data: FederatedData) -> APFLState:
+        state = init_personal(ctx, data)
+        start = take_first(state.params)  # the common initial model, leaves [1, ...]
+        one_client = {"w": start, "v": start, "alpha": jnp.asarray(hp.apfl_alpha, jnp.float32)}
+        opt_state = broadcast_to_clients(update.direction.init(one_client), data.n_clients)
         opt_state = jax.tree.map(jnp.array, opt_state)  # materialise the broadcast
-        personal = {"v": state.params, "alpha": jnp.full((data.n_clients,), alpha, jnp.float32)}
+        personal = {"v": state.params, "alpha": jnp.full((data.n_clients,), hp.apfl_alpha, jnp.float32)}
         clients = state.clients.replace(opt_state=opt_state)
-        return PersonalState(params=personal, clients=clients, round=state.round, server=start)
+        return APFLState(params=personal, clients=clients, round=state.round, global_model=start)
 
-    def round_fn(state: PersonalState, train: ClientSplit):
-        key = round_key(seed, state.round)
-        participates = sample_participants(key, train, 0, sampling_rate)
-        n_clients = participates.shape[0]
-        own = {"w": broadcast_to_clients(state.server, n_clients), **state.params}
-        template = jax.tree.map(lambda a: a[0], own)
-        ones = jnp.ones((1, train.y.shape[0]), jnp.float32)
-        result = apfl_trainer.train_clients(
-            template, state.clients.opt_state, state.clients.epochs_done, ones, participates,
-            jnp.zeros(participates.shape), jax.random.fold_in(key, 1), train, own_params=own,
-        )  # fmt: skip
-        weights = jnp.where(participates, aggregation.client_weights(train.counts), 0.0)
-        delta = aggregation.weighted_delta_sum(state.server, result.params["w"], weights)
-        server = aggregation.apply_delta(state.server, delta)
+    def round_fn(state: APFLState, train: ClientSplit):
+        key = ctx.round_key(state.round)
+        participates = ctx.participants(key, train)
+        own = {"w": broadcast_to_clients(state.global_model, participates.shape[0]), **state.params}
+        result = update.train(state.clients, train, jax.random.fold_in(key, 1), participates, own=own)
+        weights = jnp.where(participates, ctx.client_weights(train), 0.0)
+        delta = aggregation.weighted_delta_sum(state.global_model, result.params["w"], weights)
+        server = aggregation.apply_delta(state.global_model, ctx.layout.client_sum(delta))
         personal = {"v": result.params["v"], "alpha": result.params["alpha"]}
-        clients = state.clients.replace(opt_state=result.opt_states, epochs_done=result.epochs_done)
-        metrics = {
-            "train_nll_start": jnp.zeros(()),
-            "params_finite": all_finite((server, personal)),
-            "participants": participates,
-            "mean_alpha": personal["alpha"].mean(),
-        }
-        return PersonalState(personal, clients, state.round + 1, server), metrics
+        real = ctx.real(train)
+        mean_alpha = ctx.layout.client_sum(jnp.where(real, personal["alpha"], 0.0).sum()) / ctx.n_clients
+        new_state = state.replace(
+            params=personal,
+            clients=result.client_state(state.clients),
+            round=state.round + 1,
+            global_model=server,
+        )
+        finite = all_finite((server, personal))
+        return new_state, round_metrics(ctx, participates, finite=finite, mean_alpha=mean_alpha)
 
-    def evaluate(state: PersonalState, split: ClientSplit):
+    def evaluate(state: APFLState, split: ClientSplit):
         n_clients = state.params["alpha"].shape[0]
         models = interpolate(
-            state.params["v"], broadcast_to_clients(state.server, n_clients), state.params["alpha"]
+            state.params["v"], broadcast_to_clients(state.global_model, n_clients), state.params["alpha"]
         )
-        return evaluate_personal(models, state.clients.pi, split)
+        return evaluate_personal(ctx, models, state.clients.pi, split)
 
-    return local._replace(init=init, round=round_fn, evaluate=evaluate)
+    return Algorithm(init=init, round=round_fn, evaluate=evaluate)
+
+
+METHODS = (
+    Method("APFL", make_apfl, "adaptive personalized FL (Deng et al., 2020)", APFLHyperparams,
+           Capabilities(personal=True, batch_norm=False)),
+)  # fmt: skip

@@ -1,43 +1,28 @@
-"""Pieces shared by the algorithm factories: keys, per-sample losses, per-client reductions."""
+"""Pieces shared by method modules: per-sample losses, per-client reductions and evaluation."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from fedem_jax.core.local import LocalTrainer
-from fedem_jax.data.federated import ClientSplit
+from fedem_jax.algorithms.base import Context, PersonalState, broadcast_to_clients
+from fedem_jax.core import mixture
+from fedem_jax.core.client_update import ClientUpdate
+from fedem_jax.data.federated import ClientSplit, FederatedData
 
 
-def round_key(seed: int, round_index: jax.Array) -> jax.Array:
-    """``fold_in(fold_in(PRNGKey(seed), 1), round)``: the key of one round (see fedem.py)."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 1), round_index)
-
-
-def all_finite(tree) -> jax.Array:
-    """Whether every leaf of ``tree`` is finite (checked before checkpointing)."""
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
-def broadcast_to_clients(tree, n_clients: int):
-    """A copy of ``tree`` for every client: leaves ``[C, ...]``. Run eagerly it materialises the
-    result once; an eager ``jnp.repeat`` holds two copies at its peak (3.2 GB extra for the
-    per-client momentum of full CIFAR-10)."""
-    return jax.tree.map(lambda a: jnp.broadcast_to(a, (n_clients, *a.shape)), tree)
-
-
-def shared_sample_losses(trainer: LocalTrainer, params, split: ClientSplit, eval_chunk: int) -> jax.Array:
+def shared_sample_losses(update: ClientUpdate, params, split: ClientSplit, eval_chunk: int) -> jax.Array:
     """``[M, N]`` per-sample loss of every component of one shared model on every sample,
     ``eval_chunk`` samples per forward pass (the E-step input, paper eq. (4))."""
     losses = jax.lax.map(
-        lambda xy: trainer.learner_losses(params, xy[0][None], xy[1][None])[:, 0],
+        lambda xy: update.learner_losses(params, xy[0][None], xy[1][None])[:, 0],
         (split.x, split.y),
         batch_size=eval_chunk,
     )
     return losses.T
 
 
-def personal_sample_losses(trainer: LocalTrainer, params, split: ClientSplit) -> jax.Array:
+def personal_sample_losses(update: ClientUpdate, params, split: ClientSplit) -> jax.Array:
     """``[M, N]`` per-sample loss when client ``c`` has its own components ``params[c]``
     (leaves ``[C, M, ...]``); computed one client at a time over its padded sample range."""
     positions = jnp.arange(split.max_count)
@@ -46,7 +31,7 @@ def personal_sample_losses(trainer: LocalTrainer, params, split: ClientSplit) ->
     def one_client(args):
         client_params, offset, count = args
         idx = offset + jnp.minimum(positions, jnp.maximum(count - 1, 0))
-        return trainer.learner_losses(client_params, split.x[idx], split.y[idx])  # [M, max_count]
+        return update.learner_losses(client_params, split.x[idx], split.y[idx])  # [M, max_count]
 
     per_client = jax.lax.map(one_client, (params, split.offsets, split.counts))  # [C, M, max_count]
     index = split.offsets[:, None] + positions[None, :]
@@ -61,3 +46,48 @@ def client_means(values: jax.Array, split: ClientSplit) -> jax.Array:
     n_clients = split.counts.shape[0]
     sums = jax.ops.segment_sum(values, split.client_id, n_clients)
     return sums / jnp.maximum(split.counts, 1).astype(values.dtype)
+
+
+def client_average(ctx: Context, client_params, weights):
+    """``sum_t w_t theta_t`` over every client (leaves ``[C, ...]``; ``w`` sums to 1 over blocks)."""
+    local = jax.tree.map(lambda a: jnp.tensordot(weights.astype(a.dtype), a, axes=1), client_params)
+    return ctx.layout.client_sum(local)
+
+
+def evaluate_personal(ctx: Context, params, pi, split: ClientSplit) -> dict:
+    """Per-client ``(correct, loss_sum, count)`` of each client's own mixture ``params[c]``
+    (leaves ``[C, M, ...]``) weighted by ``pi[c]``."""
+    positions = jnp.arange(split.max_count)
+    task = ctx.task
+
+    def one_client(args):
+        client_params, client_pi, offset, count = args
+        idx = offset + jnp.minimum(positions, jnp.maximum(count - 1, 0))
+        mask = positions < count
+        logits = ctx.update.learner_logits(client_params, split.x[idx])  # [M, n, out]
+        probs = mixture.mixture_probs(client_pi, task.class_probs(logits))
+        y = split.y[idx]
+        correct = jnp.sum(jnp.where(mask, task.sample_correct(probs, y), 0.0))
+        loss = jnp.sum(jnp.where(mask, task.sample_nll(probs, y), 0.0))
+        return correct.astype(jnp.float32), loss
+
+    correct, loss_sum = jax.lax.map(one_client, (params, pi, split.offsets, split.counts))
+    return {"correct": correct, "loss_sum": loss_sum, "count": split.counts}
+
+
+def evaluate_own_models(ctx: Context):
+    """``evaluate`` of a :class:`PersonalState`: every client with its own models."""
+
+    def evaluate(state: PersonalState, split: ClientSplit) -> dict:
+        return evaluate_personal(ctx, state.params, state.clients.pi, split)
+
+    return evaluate
+
+
+def init_personal(ctx: Context, data: FederatedData) -> PersonalState:
+    """The same initial components on every client (as the reference), leaves ``[C, M, ...]``."""
+    params = ctx.init_components(data)
+    clients = ctx.init_clients(data, params)
+    return PersonalState(
+        params=broadcast_to_clients(params, data.n_clients), clients=clients, round=jnp.zeros((), jnp.int32)
+    )

@@ -14,16 +14,33 @@ self-weights the gossip converges to the average.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedem_jax.algorithms.common import all_finite, personal_sample_losses, round_key
-from fedem_jax.algorithms.fedem import FedEM, sample_participants
-from fedem_jax.algorithms.personalized import PersonalState
+from fedem_jax.algorithms.base import (
+    Algorithm,
+    Context,
+    PersonalState,
+    all_finite,
+    padded_mixing,
+    round_metrics,
+)
+from fedem_jax.algorithms.common import evaluate_own_models, init_personal, personal_sample_losses
+from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
 from fedem_jax.core import mixture
-from fedem_jax.core.local import LocalTrainer
 from fedem_jax.data.federated import ClientSplit
+from fedem_jax.errors import check
+
+
+@dataclasses.dataclass(frozen=True)
+class DFedEMHyperparams:
+    graph_p: float = hyperparam(0.5, "D-FedEM: edge probability of the Erdos-Renyi graph")
+
+    def validate(self) -> None:
+        check(0 < self.graph_p <= 1, f"--graph_p must be in (0, 1], got {self.graph_p}")
 
 
 def _connected(adjacency: np.ndarray) -> bool:
@@ -62,30 +79,41 @@ def mixing_matrix(n_clients: int, graph_p: float, seed: int) -> np.ndarray:
     return metropolis_hastings_weights(erdos_renyi_graph(n_clients, graph_p, seed))
 
 
-def make_dfedem(trainer: LocalTrainer, local: FedEM, *, seed: int, mixing: np.ndarray) -> FedEM:
-    """``local`` must have been built on the M-component FedEM (same init on every client);
-    ``mixing`` is the ``[C, C]`` gossip matrix. All clients take part in every round."""
-    mixing = jnp.asarray(mixing)
+def make_dfedem(ctx: Context, hp: DFedEMHyperparams) -> Algorithm:
+    """All clients take part in every round; gossip over the seeded graph of the data seed."""
+    mixing = mixing_matrix(ctx.n_clients, hp.graph_p, ctx.data_seed)
+    layout = ctx.layout
 
     def round_fn(state: PersonalState, train: ClientSplit):
-        key = round_key(seed, state.round)
-        participates = sample_participants(key, train, 0, 1.0)
-        losses = personal_sample_losses(trainer, state.params, train)  # [M, N], own components
+        key = ctx.round_key(state.round)
+        participates = ctx.participants(key, train, 1.0)
+        losses = personal_sample_losses(ctx.update, state.params, train)  # [M, N], own components
         log_pi = jnp.log(state.clients.pi)[train.client_id].T
         q = mixture.e_step(log_pi, losses)
         pi = mixture.update_pi_all_clients(q, train.client_id, train.counts)
-        template = jax.tree.map(lambda a: a[0], state.params)
-        result = trainer.train_clients(
-            template, state.clients.opt_state, state.clients.epochs_done, q, participates,
-            jnp.zeros(participates.shape), jax.random.fold_in(key, 1), train, own_params=state.params,
-        )  # fmt: skip
-        params = jax.tree.map(lambda a: jnp.tensordot(mixing.astype(a.dtype), a, axes=1), result.params)
-        clients = state.clients.replace(pi=pi, opt_state=result.opt_states, epochs_done=result.epochs_done)
-        metrics = {
-            "train_nll_start": mixture.mixture_nll_from_losses(log_pi, losses).mean(),
-            "params_finite": all_finite(params),
-            "participants": participates,
-        }
-        return PersonalState(params, clients, state.round + 1), metrics
+        result = ctx.update.train(
+            state.clients, train, jax.random.fold_in(key, 1), participates, own=state.params, weights=q
+        )
+        # Gossip: this block's rows of W against every client's models.
+        rows = padded_mixing(mixing, train.global_ids, layout.all_clients(train.global_ids))
+        everyone = layout.all_clients(result.params)
+        params = jax.tree.map(lambda a: jnp.tensordot(rows.astype(a.dtype), a, axes=1), everyone)
+        valid = train.client_id < train.counts.shape[0]
+        nll = jnp.where(valid, mixture.mixture_nll_from_losses(log_pi, losses), 0.0)
+        new_state = state.replace(
+            params=params, clients=result.client_state(state.clients, pi=pi), round=state.round + 1
+        )
+        metrics = round_metrics(
+            ctx, participates, finite=all_finite(params), nll_sum=nll.sum(), n_samples=valid.sum()
+        )
+        return new_state, metrics
 
-    return local._replace(round=round_fn)
+    return Algorithm(
+        init=lambda data: init_personal(ctx, data), round=round_fn, evaluate=evaluate_own_models(ctx)
+    )
+
+
+METHODS = (
+    Method("D-FedEM", make_dfedem, "FedEM without a server: gossip on a random graph (Marfoq et al., 2021)",
+           DFedEMHyperparams, Capabilities(components=True, personal=True, full_participation=True)),
+)  # fmt: skip

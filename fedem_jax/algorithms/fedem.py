@@ -1,256 +1,201 @@
 """Centralized FedEM (Marfoq et al., "Federated Multi-Task Learning under a Mixture of
-Distributions", NeurIPS 2021, Algorithm 1). FedAvg is the ``n_learners == 1`` case.
+Distributions", NeurIPS 2021, Algorithm 1), and the methods that are its special cases:
 
-``make_fedem(...)`` returns pure ``init``, ``round`` and ``evaluate`` functions:
-
-- ``init(data) -> FedEMState``
-- ``round(state, train_split) -> (state, metrics)``: client sampling, E-step, ``pi`` update,
-  local epochs of every learner on every sampled client, and the server aggregation; compiled
-  once with ``jax.jit``.
-- ``evaluate(state, split) -> per-client (correct, loss_sum, count)`` of the mixture prediction.
+- ``FedEM``: M components, E-step, ``pi`` update, M-step of every component on every client, and
+  the server's ``n_t``-weighted average;
+- ``FedAvg`` (McMahan et al., 2017): ``n_learners = 1``;
+- ``FedProx`` (Li et al., MLSys 2020): FedAvg with ``mu (theta - theta_global)`` added to every
+  local gradient (prox-SGD: momentum 0 unless set);
+- ``FedAdam`` / ``FedYogi`` (Reddi et al., ICLR 2021): FedAvg whose server applies an adaptive
+  optimizer to the averaged update; ``--server_optimizer`` gives FedEM and FedAvg the same option.
 
 Randomness: the round key is ``fold_in(fold_in(seed, 1), round)``; client sampling uses
 ``fold_in(round_key, 0)`` and client ``c``'s shuffles ``fold_in(fold_in(round_key, 1), c)`` with
 ``c`` the global client index, so results do not depend on the client layout, chunk size or
-number of devices. All learners of a client see the
-same batches, so there are no per-learner keys.
+number of devices. All learners of a client see the same batches.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import ClassVar
 
-import flax.struct
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec
 
-from fedem_jax.algorithms.common import all_finite, broadcast_to_clients, shared_sample_losses
+from fedem_jax.algorithms.base import Algorithm, Context, GlobalState, Params, all_finite, round_metrics
+from fedem_jax.algorithms.common import shared_sample_losses
+from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
 from fedem_jax.core import aggregation, mixture
-from fedem_jax.core.local import LocalTrainer
-from fedem_jax.core.tasks import Task
-from fedem_jax.data.federated import ClientSplit
-from fedem_jax.data.sharding import CLIENTS_AXIS
-from fedem_jax.models import init_stacked_params
-from fedem_jax.pretrained import apply_weights
+from fedem_jax.core.server_opt import DEFAULT_SERVER_LR, SERVER_OPTIMIZERS, server_direction
+from fedem_jax.data.federated import ClientSplit, FederatedData
+from fedem_jax.errors import check
 
 
-@flax.struct.dataclass
-class ClientState:
-    """Per-client state, leading axis ``[C]``."""
+class ServerOptState(GlobalState):
+    """FedEM state with an adaptive server optimizer: its moments ``(m, v)``, leaves ``[M, ...]``."""
 
-    pi: jax.Array  # [C, M] mixture weights
-    opt_state: object  # optimizer state, leaves [C, M, ...] (SGD momentum survives rounds)
-    epochs_done: jax.Array  # [C] local epochs done: the clock of the lr schedule
+    server_opt: Params
 
-
-@flax.struct.dataclass
-class FedEMState:
-    params: object  # global components, leaves [M, ...]
-    clients: ClientState
-    round: jax.Array  # scalar int32: rounds completed
-    server: object = None  # method-specific server state (AFL: lambda)
+    CLIENT_FIELDS: ClassVar[tuple[str, ...]] = ("clients",)
 
 
-class FedEM(NamedTuple):
-    """An algorithm's pure functions. The loop evaluates with
-    ``evaluate(prepare_eval(state, train_split), split)``; ``prepare_eval`` is the identity except
-    for methods that adapt models before evaluating (FedAvg+ fine-tunes a copy)."""
+@dataclasses.dataclass(frozen=True)
+class ServerHyperparams:
+    server_optimizer: str = hyperparam("avg", "server step on the averaged update: avg, adam or yogi")
+    server_lr: float = hyperparam(0.0, "server learning rate (0: 1.0 for avg, 0.01 for adam/yogi)")
+    server_beta1: float = hyperparam(0.9, "adam/yogi server: first-moment decay")
+    server_beta2: float = hyperparam(0.99, "adam/yogi server: second-moment decay")
+    server_tau: float = hyperparam(1e-3, "adam/yogi server: adaptivity tau")
 
-    init: object
-    round: object
-    evaluate: object
-    evaluate_unseen: object
-    prepare_eval: object = None
+    def validate(self) -> None:
+        check(
+            self.server_optimizer in SERVER_OPTIMIZERS,
+            f"--server_optimizer: unknown value {self.server_optimizer!r}; "
+            f"valid: {', '.join(SERVER_OPTIMIZERS)}",
+        )
+        check(self.server_lr >= 0, f"--server_lr must be >= 0, got {self.server_lr}")
+        check(0 <= self.server_beta1 < 1, f"--server_beta1 must be in [0, 1), got {self.server_beta1}")
+        check(0 <= self.server_beta2 < 1, f"--server_beta2 must be in [0, 1), got {self.server_beta2}")
+        check(self.server_tau > 0, f"--server_tau must be > 0, got {self.server_tau}")
 
-
-def n_sampled_clients(n_clients: int, sampling_rate: float) -> int:
-    """Exactly ``max(1, round(rate * C))`` clients take part in each round."""
-    return max(1, min(n_clients, int(round(sampling_rate * n_clients))))
-
-
-def sample_participants(round_key, train: ClientSplit, n_real_clients: int, sampling_rate: float):
-    """``[C]`` booleans: exactly ``n_sampled_clients`` real clients, drawn by their global index
-    with ``fold_in(round_key, 0)``, so the draw is the same on any number of devices."""
-    n_clients = n_real_clients or train.counts.shape[0]
-    order = jax.random.permutation(jax.random.fold_in(round_key, 0), n_clients)
-    rank = jnp.zeros((n_clients,), jnp.int32).at[order].set(jnp.arange(n_clients, dtype=jnp.int32))
-    real = train.global_ids < n_clients
-    chosen = rank[jnp.minimum(train.global_ids, n_clients - 1)] < n_sampled_clients(n_clients, sampling_rate)
-    return real & chosen
+    @property
+    def lr(self) -> float:
+        return self.server_lr or DEFAULT_SERVER_LR[self.server_optimizer]
 
 
-def make_fedem(
-    model,
-    task: Task,
-    trainer: LocalTrainer,
-    *,
-    n_learners: int,
-    sampling_rate: float,
-    eval_chunk: int,
-    seed: int,
-    mesh: Mesh | None = None,
-    n_real_clients: int = 0,
-    init_weights: dict | None = None,
-) -> FedEM:
-    """Build FedEM's pure functions; all arguments are static (closed over).
+@dataclasses.dataclass(frozen=True)
+class FedProxHyperparams(ServerHyperparams):
+    mu: float = hyperparam(0.01, "FedProx, pFedMe: proximal coefficient")
 
-    With a ``mesh``, the client axis is sharded over its ``clients`` axis (data laid out by
-    :func:`fedem_jax.data.sharding.shard_data`; ``n_real_clients`` is the federation's size
-    without padding): each device runs its clients and the aggregation is an all-reduce.
+    def validate(self) -> None:
+        super().validate()
+        check(self.mu >= 0, f"--mu must be >= 0, got {self.mu}")
+
+
+def e_step(ctx: Context, params, pi, train: ClientSplit):
+    """Responsibilities ``q [M, N]``, the new ``pi [C, M]`` (paper eqs. (4)-(5)), and the
+    mixture NLL summed over this block's samples with the parameters the round started from."""
+    # All clients share the broadcast parameters: one large batched forward pass.
+    losses = shared_sample_losses(ctx.update, params, train, ctx.eval_chunk)
+    log_pi = jnp.log(pi)[train.client_id].T  # [M, N]
+    q = mixture.e_step(log_pi, losses)
+    new_pi = mixture.update_pi_all_clients(q, train.client_id, train.counts)
+    valid = train.client_id < train.counts.shape[0]  # padded samples of a device block
+    nll = jnp.where(valid, mixture.mixture_nll_from_losses(log_pi, losses), 0.0)
+    return q, new_pi, nll.sum(), valid.sum()
+
+
+def evaluate_mixture(ctx: Context, params, pi, split: ClientSplit) -> dict:
+    """Per-client ``(correct, loss_sum, count)`` of ``p = sum_m pi_m p_theta_m`` (eq. (2))."""
+    task = ctx.task
+
+    def one_sample(args):
+        x, y, client = args
+        logits = ctx.update.learner_logits(params, x[None])  # [M, 1, out]
+        probs = mixture.mixture_probs(pi[client], task.class_probs(logits))
+        return task.sample_correct(probs, y[None])[0], task.sample_nll(probs, y[None])[0]
+
+    correct, nll = jax.lax.map(one_sample, (split.x, split.y, split.client_id), batch_size=ctx.eval_chunk)
+    n_clients = split.counts.shape[0]
+    return {
+        "correct": jax.ops.segment_sum(correct, split.client_id, n_clients),
+        "loss_sum": jax.ops.segment_sum(nll, split.client_id, n_clients),
+        "count": split.counts,
+    }
+
+
+def fit_pi(ctx: Context, params, split: ClientSplit, max_iters: int, tol: float = 1e-6) -> jax.Array:
+    """EM on ``pi`` alone, components frozen, iterated to convergence (``max |dpi| < tol``).
+
+    The paper's adaptation of FedEM to clients unseen at training time (section 3.3); the
+    reference does a single EM step per evaluation.
     """
-    base_key = jax.random.PRNGKey(seed)
+    losses = shared_sample_losses(ctx.update, params, split, ctx.eval_chunk)
+    n_clients = split.counts.shape[0]
 
-    def init(data) -> FedEMState:
-        n_clients = data.n_clients
-        params = init_stacked_params(model, jax.random.fold_in(base_key, 0), data.train.x[:1], n_learners)
-        if init_weights:  # --init_from: the file's leaves in every component
-            params, _ = apply_weights(params, init_weights)
-        one_client = trainer.direction.init(params)
-        opt_state = broadcast_to_clients(one_client, n_clients)
-        clients = ClientState(
-            pi=jnp.full((n_clients, n_learners), 1.0 / n_learners, jnp.float32),
-            opt_state=opt_state,
-            epochs_done=jnp.zeros((n_clients,), jnp.int32),
+    def keep_going(carry):
+        it, _, change = carry
+        return (it < max_iters) & (change > tol)
+
+    def em_step(carry):
+        it, pi, _ = carry
+        q = mixture.e_step(jnp.log(pi)[split.client_id].T, losses)
+        new_pi = mixture.update_pi_all_clients(q, split.client_id, split.counts)
+        return it + 1, new_pi, jnp.max(jnp.abs(new_pi - pi))
+
+    start = jnp.full((n_clients, ctx.n_learners), 1.0 / ctx.n_learners, jnp.float32)
+    _, pi, _ = jax.lax.while_loop(keep_going, em_step, (0, start, jnp.inf))
+    return pi
+
+
+def make_fedem(ctx: Context, hp: ServerHyperparams) -> Algorithm:
+    """FedEM's pure functions; FedAvg, FedProx and the server optimizers are settings of it."""
+    if isinstance(hp, FedProxHyperparams) and hp.mu:
+        ctx = dataclasses.replace(ctx, update=dataclasses.replace(ctx.update, prox_mu=hp.mu))
+    server = server_direction(hp.server_optimizer, hp.server_beta1, hp.server_beta2, hp.server_tau)
+    adaptive = hp.server_optimizer != "avg"
+
+    def init(data: FederatedData) -> GlobalState:
+        params = ctx.init_components(data)
+        fields = dict(params=params, clients=ctx.init_clients(data, params), round=jnp.zeros((), jnp.int32))
+        return ServerOptState(**fields, server_opt=server.init(params)) if adaptive else GlobalState(**fields)
+
+    def server_step(state, delta_sum):
+        """``theta + lr * direction(Delta)``; plain averaging adds ``Delta`` itself (lr 1)."""
+        if not adaptive and hp.lr == 1.0:
+            return aggregation.apply_delta(state.params, delta_sum), {}
+        step, opt = server.update(delta_sum, state.server_opt if adaptive else server.init(delta_sum))
+        params = jax.tree.map(lambda p, s: p + hp.lr * s, state.params, step)
+        return params, ({"server_opt": opt} if adaptive else {})
+
+    def round_fn(state: GlobalState, train: ClientSplit):
+        key = ctx.round_key(state.round)
+        participates = ctx.participants(key, train)
+        q, pi, nll_sum, n_samples = e_step(ctx, state.params, state.clients.pi, train)
+        result = ctx.update.train(
+            state.clients, train, jax.random.fold_in(key, 1), participates,
+            start=state.params, weights=q, agg_weights=ctx.client_weights(train),
+        )  # fmt: skip
+        params, server_fields = server_step(state, ctx.layout.client_sum(result.delta_sum))
+        clients = result.client_state(
+            state.clients, pi=jnp.where(participates[:, None], pi, state.clients.pi)
         )
-        return FedEMState(params=params, clients=clients, round=jnp.zeros((), jnp.int32))
-
-    def per_sample_map(fn, arrays):
-        """``fn`` on each sample, batched ``eval_chunk`` at a time over all clients' samples."""
-        return jax.lax.map(fn, arrays, batch_size=eval_chunk)
-
-    def all_sample_losses(params, split: ClientSplit) -> jax.Array:
-        """``[M, N]`` per-sample loss of every component (E-step input, paper eq. (4))."""
-        return shared_sample_losses(trainer, params, split, eval_chunk)
-
-    def local_round(params, clients: ClientState, train: ClientSplit, participates, agg_weights, key):
-        """The round on one block of clients (all of them on one device, or one device's share).
-
-        Returns ``(delta_sum, clients, nll_sum, n_samples)``; sums are over this block only.
-        """
-        # E-step with the broadcast parameters; all clients share them, so this is one large
-        # batched forward pass over every client's samples.
-        losses = all_sample_losses(params, train)
-        log_pi = jnp.log(clients.pi)[train.client_id].T  # [M, N]
-        q = mixture.e_step(log_pi, losses)
-        pi_estimate = mixture.update_pi_all_clients(q, train.client_id, train.counts)
-        pi = jnp.where(participates[:, None], pi_estimate, clients.pi)
-        delta_sum, opt_state, epochs_done, _, _ = trainer.train_clients(
-            params, clients.opt_state, clients.epochs_done, q, participates, agg_weights, key, train
+        new_state = state.replace(params=params, clients=clients, round=state.round + 1, **server_fields)
+        metrics = round_metrics(
+            ctx, participates, finite=all_finite(params), nll_sum=nll_sum, n_samples=n_samples
         )
-        valid = train.client_id < train.counts.shape[0]  # padded samples of a device block
-        nll = jnp.where(valid, mixture.mixture_nll_from_losses(log_pi, losses), 0.0)
-        new_clients = ClientState(pi=pi, opt_state=opt_state, epochs_done=epochs_done)
-        return delta_sum, new_clients, nll.sum(), valid.sum()
+        return new_state, metrics
 
-    if mesh is not None:
-        spec = PartitionSpec(CLIENTS_AXIS)
-
-        def all_reduced_round(*args):
-            delta_sum, clients, nll_sum, n = local_round(*args)
-            return jax.lax.psum((delta_sum, nll_sum, n), CLIENTS_AXIS) + (clients,)
-
-        sharded = jax.shard_map(
-            all_reduced_round,
-            mesh=mesh,
-            in_specs=(PartitionSpec(), spec, spec, spec, spec, PartitionSpec()),
-            out_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(), spec),
-            # The local loop starts from replicated params and makes them per-device; the sums that
-            # leave the map are all-reduced explicitly above.
-            check_vma=False,
-        )
-
-        def block_round(*args):
-            delta_sum, nll_sum, n, clients = sharded(*args)
-            return delta_sum, clients, nll_sum, n
-    else:
-        block_round = local_round
-
-    def round_fn(state: FedEMState, train: ClientSplit):
-        round_key = jax.random.fold_in(jax.random.fold_in(base_key, 1), state.round)
-        participates = sample_participants(round_key, train, n_real_clients, sampling_rate)
-        agg_weights = aggregation.client_weights(train.counts)  # padded clients have 0 samples
-        delta_sum, clients, nll_sum, n_samples = block_round(
-            state.params, state.clients, train, participates, agg_weights, jax.random.fold_in(round_key, 1)
-        )
-        params = aggregation.apply_delta(state.params, delta_sum)
-        metrics = {
-            # Mixture NLL on train of the parameters this round started from.
-            "train_nll_start": nll_sum / n_samples,
-            # Whether the new global parameters are all finite (checked before checkpointing).
-            "params_finite": all_finite(params),
-            "participants": participates,
-        }
-        return FedEMState(params=params, clients=clients, round=state.round + 1), metrics
-
-    def local_evaluate_mixture(params, pi, split: ClientSplit):
-        """Per-client ``(correct, loss_sum, count)`` of ``p = sum_m pi_m p_theta_m`` (eq. (2))."""
-
-        def one_sample(args):
-            x, y, client = args
-            logits = trainer.learner_logits(params, x[None])  # [M, 1, out]
-            probs = mixture.mixture_probs(pi[client], task.class_probs(logits))
-            return task.sample_correct(probs, y[None])[0], task.sample_nll(probs, y[None])[0]
-
-        correct, nll = per_sample_map(one_sample, (split.x, split.y, split.client_id))
-        n_clients = split.counts.shape[0]
-        return {
-            "correct": jax.ops.segment_sum(correct, split.client_id, n_clients),
-            "loss_sum": jax.ops.segment_sum(nll, split.client_id, n_clients),
-            "count": split.counts,
-        }
-
-    if mesh is not None:
-        spec = PartitionSpec(CLIENTS_AXIS)
-        evaluate_mixture = jax.shard_map(
-            local_evaluate_mixture,
-            mesh=mesh,
-            in_specs=(PartitionSpec(), spec, spec),
-            out_specs=spec,
-            check_vma=False,
-        )
-    else:
-        evaluate_mixture = local_evaluate_mixture
-
-    def evaluate(state: FedEMState, split: ClientSplit):
+    def evaluate(state: GlobalState, split: ClientSplit):
         """Training clients, each with its own ``pi`` (per client, in the split's layout)."""
-        return evaluate_mixture(state.params, state.clients.pi, split)
+        return evaluate_mixture(ctx, state.params, state.clients.pi, split)
 
-    def fit_pi(params, split: ClientSplit, max_iters: int, tol: float = 1e-6) -> jax.Array:
-        """EM on ``pi`` alone, components frozen, iterated to convergence (``max |dpi| < tol``).
+    def evaluate_unseen(state: GlobalState, train: ClientSplit, test: ClientSplit, max_iters: int = 500):
+        """Clients held out of training: fit ``pi`` on their train split, evaluate on test."""
+        pi = fit_pi(ctx, state.params, train, max_iters)
+        return evaluate_mixture(ctx, state.params, pi, test), pi
 
-        The paper's adaptation of FedEM to clients unseen at training time (section 3.3); the
-        reference does a single EM step per evaluation.
-        """
-        losses = all_sample_losses(params, split)
-        n_clients = split.counts.shape[0]
+    return Algorithm(init=init, round=round_fn, evaluate=evaluate, evaluate_unseen=evaluate_unseen)
 
-        def keep_going(carry):
-            it, _, change = carry
-            return (it < max_iters) & (change > tol)
 
-        def em_step(carry):
-            it, pi, _ = carry
-            q = mixture.e_step(jnp.log(pi)[split.client_id].T, losses)
-            new_pi = mixture.update_pi_all_clients(q, split.client_id, split.counts)
-            return it + 1, new_pi, jnp.max(jnp.abs(new_pi - pi))
+def _preset_server(kind: str):
+    def factory(ctx: Context, hp: ServerHyperparams) -> Algorithm:
+        return make_fedem(ctx, dataclasses.replace(hp, server_optimizer=kind))
 
-        start = jnp.full((n_clients, n_learners), 1.0 / n_learners, jnp.float32)
-        _, pi, _ = jax.lax.while_loop(keep_going, em_step, (0, start, jnp.inf))
-        return pi
+    return factory
 
-    def evaluate_unseen(state: FedEMState, train: ClientSplit, test: ClientSplit, max_iters: int = 500):
-        """Clients held out of training: fit ``pi`` on their train split, evaluate on test.
 
-        Returns ``(stats, pi)``.
-        """
-        pi = fit_pi(state.params, train, max_iters)
-        return local_evaluate_mixture(state.params, pi, test), pi
-
-    return FedEM(
-        init=init,
-        round=round_fn,
-        evaluate=evaluate,
-        evaluate_unseen=evaluate_unseen,
-        prepare_eval=lambda state, train: state,
-    )
+_SHARED = dict(unseen=True, multi_process=True)
+METHODS = (
+    Method("FedEM", make_fedem, "mixture of M shared components (Marfoq et al., 2021)", ServerHyperparams,
+           Capabilities(components=True, **_SHARED)),
+    Method("FedAvg", make_fedem, "one shared model, n_t-weighted averaging (McMahan et al., 2017)",
+           ServerHyperparams, Capabilities(**_SHARED)),
+    Method("FedProx", make_fedem, "FedAvg with a proximal term mu (Li et al., 2020)", FedProxHyperparams,
+           Capabilities(proximal=True, **_SHARED)),
+    Method("FedAdam", _preset_server("adam"), "FedAvg with an Adam server step (Reddi et al., 2021)",
+           ServerHyperparams, Capabilities(**_SHARED)),
+    Method("FedYogi", _preset_server("yogi"), "FedAvg with a Yogi server step (Reddi et al., 2021)",
+           ServerHyperparams, Capabilities(**_SHARED)),
+)  # fmt: skip

@@ -13,34 +13,37 @@ averaging step was a no-op, which turned L2SGD into local training.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
-from fedem_jax.algorithms.common import all_finite, round_key
-from fedem_jax.algorithms.fedem import FedEM, sample_participants
-from fedem_jax.algorithms.personalized import PersonalState
-from fedem_jax.algorithms.pfedme import weighted_client_average
-from fedem_jax.core import aggregation
-from fedem_jax.core.local import LocalTrainer
+from fedem_jax.algorithms.base import Algorithm, Context, PersonalState, all_finite, round_metrics
+from fedem_jax.algorithms.common import client_average, evaluate_own_models, init_personal
+from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
 from fedem_jax.data.federated import ClientSplit
+from fedem_jax.errors import check
 
 
-def make_l2sgd(
-    trainer: LocalTrainer, local: FedEM, *, seed: int, sampling_rate: float, penalty: float, comm_prob: float
-) -> FedEM:
-    """Built on ``local`` (its initial state and per-client evaluation)."""
+@dataclasses.dataclass(frozen=True)
+class L2SGDHyperparams:
+    penalty: float = hyperparam(1.0, "L2SGD: penalty lambda pulling local models to their mean")
+    comm_prob: float = hyperparam(0.2, "L2SGD: probability p of an averaging step, in (0, 1]")
 
+    def validate(self) -> None:
+        check(self.penalty >= 0, f"--penalty must be >= 0, got {self.penalty}")
+        check(0 < self.comm_prob <= 1, f"--comm_prob must be in (0, 1], got {self.comm_prob}")
+
+
+def make_l2sgd(ctx: Context, hp: L2SGDHyperparams) -> Algorithm:
     def round_fn(state: PersonalState, train: ClientSplit):
-        key = round_key(seed, state.round)
-        participates = sample_participants(key, train, 0, sampling_rate)
-        ones = jnp.ones((1, train.y.shape[0]), jnp.float32)
-        template = jax.tree.map(lambda a: a[0], state.params)
-        result = trainer.train_clients(
-            template, state.clients.opt_state, state.clients.epochs_done, ones, participates,
-            jnp.zeros(participates.shape), jax.random.fold_in(key, 1), train, own_params=state.params,
-        )  # fmt: skip
-        average = weighted_client_average(result.params, aggregation.client_weights(train.counts))
-        pull = jnp.minimum(1.0, trainer.schedule(state.clients.epochs_done) * penalty / comm_prob)
+        key = ctx.round_key(state.round)
+        participates = ctx.participants(key, train)
+        result = ctx.update.train(
+            state.clients, train, jax.random.fold_in(key, 1), participates, own=state.params
+        )
+        average = client_average(ctx, result.params, ctx.client_weights(train))
+        pull = jnp.minimum(1.0, ctx.update.schedule(state.clients.epochs_done) * hp.penalty / hp.comm_prob)
         pull = jnp.where(participates, pull, 0.0)
 
         def pull_toward_average(x, mean):
@@ -48,12 +51,17 @@ def make_l2sgd(
             return x - p * (x - mean[None])
 
         params = jax.tree.map(pull_toward_average, result.params, average)
-        clients = state.clients.replace(opt_state=result.opt_states, epochs_done=result.epochs_done)
-        metrics = {
-            "train_nll_start": jnp.zeros(()),
-            "params_finite": all_finite(params),
-            "participants": participates,
-        }
-        return PersonalState(params, clients, state.round + 1), metrics
+        new_state = state.replace(
+            params=params, clients=result.client_state(state.clients), round=state.round + 1
+        )
+        return new_state, round_metrics(ctx, participates, finite=all_finite(params))
 
-    return local._replace(round=round_fn)
+    return Algorithm(
+        init=lambda data: init_personal(ctx, data), round=round_fn, evaluate=evaluate_own_models(ctx)
+    )
+
+
+METHODS = (
+    Method("L2SGD", make_l2sgd, "loopless local SGD toward the mean model (Hanzely et al., 2020)",
+           L2SGDHyperparams, Capabilities(personal=True)),
+)  # fmt: skip

@@ -6,57 +6,77 @@ client models, ``w = sum_t (n_t / n) theta_t``. The average is recomputed on the
 round but never copied into the clients: each client evaluates its own model.
 
 This is not the Moreau-envelope algorithm of Dinh, Tran and Nguyen ("Personalized Federated
-Learning with Moreau Envelopes", NeurIPS 2020); it is the method the FedEM paper's reference
-code ran under that name.
+Learning with Moreau Envelopes", NeurIPS 2020): that one is ``pFedMe-true``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
-import jax.numpy as jnp
 
-from fedem_jax.algorithms.common import all_finite, round_key
-from fedem_jax.algorithms.fedem import FedEM, sample_participants
-from fedem_jax.algorithms.personalized import PersonalState
-from fedem_jax.core import aggregation
-from fedem_jax.core.local import LocalTrainer
-from fedem_jax.data.federated import ClientSplit
+from fedem_jax.algorithms.base import (
+    Algorithm,
+    Context,
+    Params,
+    PersonalState,
+    all_finite,
+    round_metrics,
+    take_first,
+)
+from fedem_jax.algorithms.common import client_average, evaluate_own_models, init_personal
+from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
+from fedem_jax.data.federated import ClientSplit, FederatedData
+from fedem_jax.errors import check
 
 
-def weighted_client_average(client_params, weights):
-    """``sum_t w_t theta_t`` for leaves ``[C, ...]``."""
-    return jax.tree.map(lambda a: jnp.tensordot(weights.astype(a.dtype), a, axes=1), client_params)
+class PFedMeState(PersonalState):
+    """Per-client models ``params [C, 1, ...]`` and their weighted average ``anchor [1, ...]``."""
+
+    anchor: Params
 
 
-def make_pfedme(trainer: LocalTrainer, local: FedEM, *, seed: int, sampling_rate: float) -> FedEM:
-    """``trainer`` must carry the proximal coefficient (``prox_mu``); ``local`` is the ``local``
-    method, whose initial state (the same model on every client) and evaluation are reused."""
-    if trainer.prox_mu <= 0:
-        raise ValueError("pFedMe needs trainer.prox_mu > 0")
+@dataclasses.dataclass(frozen=True)
+class PFedMeHyperparams:
+    mu: float = hyperparam(0.01, "FedProx, pFedMe: proximal coefficient")
 
-    def init(data) -> PersonalState:
-        state = local.init(data)
-        return state.replace(server=jax.tree.map(lambda a: a[0], state.params))
+    def validate(self) -> None:
+        check(self.mu > 0, f"--mu must be > 0 for pFedMe, got {self.mu}")
 
-    def round_fn(state: PersonalState, train: ClientSplit):
-        key = round_key(seed, state.round)
-        participates = sample_participants(key, train, 0, sampling_rate)
-        ones = jnp.ones((1, train.y.shape[0]), jnp.float32)
-        result = trainer.train_clients(
-            state.server, state.clients.opt_state, state.clients.epochs_done, ones, participates,
-            jnp.zeros(participates.shape), jax.random.fold_in(key, 1), train,
-            own_params=state.params, anchor=state.server,
-        )  # fmt: skip
-        average = weighted_client_average(result.params, aggregation.client_weights(train.counts))
-        clients = state.clients.replace(opt_state=result.opt_states, epochs_done=result.epochs_done)
-        metrics = {
-            "train_nll_start": jnp.zeros(()),
-            "params_finite": all_finite(result.params),
-            "participants": participates,
-        }
-        new_state = PersonalState(
-            params=result.params, clients=clients, round=state.round + 1, server=average
+
+def make_pfedme(ctx: Context, hp: PFedMeHyperparams) -> Algorithm:
+    update = dataclasses.replace(ctx.update, prox_mu=hp.mu)
+
+    def init(data: FederatedData) -> PFedMeState:
+        state = init_personal(ctx, data)
+        return PFedMeState(
+            params=state.params, clients=state.clients, round=state.round, anchor=take_first(state.params)
         )
-        return new_state, metrics
 
-    return local._replace(init=init, round=round_fn)
+    def round_fn(state: PFedMeState, train: ClientSplit):
+        key = ctx.round_key(state.round)
+        participates = ctx.participants(key, train)
+        result = update.train(
+            state.clients,
+            train,
+            jax.random.fold_in(key, 1),
+            participates,
+            own=state.params,
+            anchor=state.anchor,
+        )
+        average = client_average(ctx, result.params, ctx.client_weights(train))
+        new_state = state.replace(
+            params=result.params,
+            clients=result.client_state(state.clients),
+            round=state.round + 1,
+            anchor=average,
+        )
+        return new_state, round_metrics(ctx, participates, finite=all_finite(result.params))
+
+    return Algorithm(init=init, round=round_fn, evaluate=evaluate_own_models(ctx))
+
+
+METHODS = (
+    Method("pFedMe", make_pfedme, "the reference's pFedMe: personal models, prox-SGD toward their average",
+           PFedMeHyperparams, Capabilities(personal=True, batch_norm=True, proximal=True)),
+)  # fmt: skip

@@ -18,33 +18,49 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedem_jax.algorithms.common import all_finite, broadcast_to_clients, round_key
-from fedem_jax.algorithms.fedem import FedEM, sample_participants
-from fedem_jax.algorithms.personalized import PersonalState, make_personal_evaluate
+from fedem_jax.algorithms.base import (
+    Algorithm,
+    Context,
+    Params,
+    PersonalState,
+    all_finite,
+    broadcast_to_clients,
+    round_metrics,
+    take_first,
+)  # fmt: skip
+from fedem_jax.algorithms.common import client_average, evaluate_own_models, init_personal
+from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
 from fedem_jax.core import mixture
-from fedem_jax.core.local import LocalTrainer
-from fedem_jax.data.federated import ClientSplit
+from fedem_jax.data.federated import ClientSplit, FederatedData
+from fedem_jax.errors import check
 
 
-def make_pfedme_moreau(
-    task,
-    trainer: LocalTrainer,
-    local: FedEM,
-    *,
-    seed: int,
-    sampling_rate: float,
-    lam: float,
-    inner_steps: int,
-    personal_lr: float,
-    beta: float,
-) -> FedEM:
-    """Built on ``local`` (its initial model and per-client evaluation of ``theta``)."""
+class MoreauState(PersonalState):
+    """Personalised models ``params = theta [C, 1, ...]`` and the global model ``w [1, ...]``."""
 
-    def one_model(stacked):
-        return jax.tree.map(lambda a: a[0], stacked)
+    global_model: Params
+
+
+@dataclasses.dataclass(frozen=True)
+class MoreauHyperparams:
+    pfedme_lambda: float = hyperparam(15.0, "pFedMe-true: Moreau-envelope regularisation lambda")
+    pfedme_k: int = hyperparam(5, "pFedMe-true: inner steps K per batch")
+    personal_lr: float = hyperparam(0.09, "pFedMe-true: step size of the inner (personalised) steps")
+    beta: float = hyperparam(1.0, "pFedMe-true: server mixing beta")
+
+    def validate(self) -> None:
+        check(self.pfedme_lambda > 0, f"--pfedme_lambda must be > 0, got {self.pfedme_lambda}")
+        check(self.pfedme_k >= 1, f"--pfedme_k must be >= 1, got {self.pfedme_k}")
+        check(self.personal_lr > 0, f"--personal_lr must be > 0, got {self.personal_lr}")
+        check(self.beta > 0, f"--beta must be > 0, got {self.beta}")
+
+
+def moreau_step_fn(ctx: Context, hp: MoreauHyperparams):
+    """The custom local step: K inner steps on the Moreau envelope, then ``w`` toward ``theta``."""
+    update, lam = ctx.update, hp.pfedme_lambda
 
     def batch_loss(theta, x, y, mask):
-        losses = trainer.per_sample_loss(trainer.apply_fn(one_model(theta), x), y)
+        losses = update.per_sample_loss(update.apply_fn(take_first(theta), x), y)
         return mixture.weighted_batch_loss(losses[None], jnp.ones((1, x.shape[0])), mask)
 
     def moreau_step(params, opt_state, x, y, _weights, mask, lr):
@@ -52,49 +68,48 @@ def make_pfedme_moreau(
 
         def inner(theta, _):
             grads = jax.grad(batch_loss)(theta, x, y, mask)
-            return jax.tree.map(lambda t, g, a: t - personal_lr * (g + lam * (t - a)), theta, grads, w), None
+            step = lambda t, g, a: t - hp.personal_lr * (g + lam * (t - a))  # noqa: E731
+            return jax.tree.map(step, theta, grads, w), None
 
-        theta, _ = jax.lax.scan(inner, params["theta"], None, length=inner_steps)
+        theta, _ = jax.lax.scan(inner, params["theta"], None, length=hp.pfedme_k)
         w = jax.tree.map(lambda a, t: a - lr * lam * (a - t), w, theta)
         return {"w": w, "theta": theta}, opt_state
 
-    moreau_trainer = dataclasses.replace(trainer, custom_step=moreau_step, direction=optax.identity())
-    evaluate_personal = make_personal_evaluate(task, trainer)
+    return moreau_step
 
-    def init(data) -> PersonalState:
-        state = local.init(data)
-        start = one_model(state.params)
-        opt_state = broadcast_to_clients(
-            moreau_trainer.direction.init({"w": start, "theta": start}), data.n_clients
-        )
+
+def make_pfedme_moreau(ctx: Context, hp: MoreauHyperparams) -> Algorithm:
+    update = dataclasses.replace(ctx.update, custom_step=moreau_step_fn(ctx, hp), direction=optax.identity())
+
+    def init(data: FederatedData) -> MoreauState:
+        state = init_personal(ctx, data)
+        start = take_first(state.params)
+        opt_state = broadcast_to_clients(update.direction.init({"w": start, "theta": start}), data.n_clients)
         clients = state.clients.replace(opt_state=opt_state)
-        return PersonalState(params=state.params, clients=clients, round=state.round, server=start)
+        return MoreauState(params=state.params, clients=clients, round=state.round, global_model=start)
 
-    def round_fn(state: PersonalState, train: ClientSplit):
-        key = round_key(seed, state.round)
-        participates = sample_participants(key, train, 0, sampling_rate)
-        n_clients = participates.shape[0]
-        own = {"w": broadcast_to_clients(state.server, n_clients), "theta": state.params}
-        ones = jnp.ones((1, train.y.shape[0]), jnp.float32)
-        result = moreau_trainer.train_clients(
-            jax.tree.map(lambda a: a[0], own), state.clients.opt_state, state.clients.epochs_done, ones,
-            participates, jnp.zeros(participates.shape), jax.random.fold_in(key, 1), train, own_params=own,
-        )  # fmt: skip
+    def round_fn(state: MoreauState, train: ClientSplit):
+        key = ctx.round_key(state.round)
+        participates = ctx.participants(key, train)
+        own = {"w": broadcast_to_clients(state.global_model, participates.shape[0]), "theta": state.params}
+        result = update.train(state.clients, train, jax.random.fold_in(key, 1), participates, own=own)
         counts = jnp.where(participates, train.counts, 0).astype(jnp.float32)
-        weights = counts / jnp.maximum(counts.sum(), 1.0)
-        mean_local = jax.tree.map(
-            lambda a: jnp.tensordot(weights.astype(a.dtype), a, axes=1), result.params["w"]
+        weights = counts / jnp.maximum(ctx.layout.client_sum(counts.sum()), 1.0)
+        mean_local = client_average(ctx, result.params["w"], weights)
+        server = jax.tree.map(lambda g, m: (1 - hp.beta) * g + hp.beta * m, state.global_model, mean_local)
+        theta = result.params["theta"]
+        new_state = state.replace(
+            params=theta,
+            clients=result.client_state(state.clients),
+            round=state.round + 1,
+            global_model=server,
         )
-        server = jax.tree.map(lambda g, m: (1 - beta) * g + beta * m, state.server, mean_local)
-        clients = state.clients.replace(opt_state=result.opt_states, epochs_done=result.epochs_done)
-        metrics = {
-            "train_nll_start": jnp.zeros(()),
-            "params_finite": all_finite((server, result.params["theta"])),
-            "participants": participates,
-        }
-        return PersonalState(result.params["theta"], clients, state.round + 1, server), metrics
+        return new_state, round_metrics(ctx, participates, finite=all_finite((server, theta)))
 
-    def evaluate(state: PersonalState, split: ClientSplit):
-        return evaluate_personal(state.params, state.clients.pi, split)
+    return Algorithm(init=init, round=round_fn, evaluate=evaluate_own_models(ctx))
 
-    return local._replace(init=init, round=round_fn, evaluate=evaluate)
+
+METHODS = (
+    Method("pFedMe-true", make_pfedme_moreau, "pFedMe with Moreau envelopes (Dinh et al., 2020)",
+           MoreauHyperparams, Capabilities(personal=True, batch_norm=False)),
+)  # fmt: skip

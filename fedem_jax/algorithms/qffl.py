@@ -14,44 +14,65 @@ The reference's version of this update was always zero.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
-from fedem_jax.algorithms.common import all_finite, client_means, round_key, shared_sample_losses
-from fedem_jax.algorithms.fedem import FedEM, FedEMState, sample_participants
+from fedem_jax.algorithms.base import Algorithm, Context, GlobalState, all_finite, round_metrics
+from fedem_jax.algorithms.common import client_means, shared_sample_losses
+from fedem_jax.algorithms.fedem import ServerHyperparams, make_fedem
+from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
 from fedem_jax.core import aggregation
-from fedem_jax.core.local import LocalTrainer
 from fedem_jax.data.federated import ClientSplit
+from fedem_jax.errors import check
 
 
-def make_qffl(
-    trainer: LocalTrainer, fedavg: FedEM, *, seed: int, sampling_rate: float, q: float, eval_chunk: int
-) -> FedEM:
-    """Built on ``fedavg`` (its initial state, evaluation and unseen-client evaluation)."""
+@dataclasses.dataclass(frozen=True)
+class QFFLHyperparams:
+    q: float = hyperparam(1.0, "q-FFL: fairness exponent q >= 0")
 
-    def round_fn(state: FedEMState, train: ClientSplit):
-        key = round_key(seed, state.round)
-        participates = sample_participants(key, train, 0, sampling_rate)
-        losses = client_means(shared_sample_losses(trainer, state.params, train, eval_chunk)[0], train)
+    def validate(self) -> None:
+        check(self.q >= 0, f"--q must be >= 0, got {self.q}")
+
+
+def make_qffl(ctx: Context, hp: QFFLHyperparams) -> Algorithm:
+    fedavg = make_fedem(ctx, ServerHyperparams())
+    update, layout, q = ctx.update, ctx.layout, hp.q
+
+    def round_fn(state: GlobalState, train: ClientSplit):
+        key = ctx.round_key(state.round)
+        participates = ctx.participants(key, train)
+        losses = client_means(shared_sample_losses(update, state.params, train, ctx.eval_chunk)[0], train)
         losses = jnp.maximum(losses, 1e-10)
-        lipschitz = 1.0 / trainer.schedule(state.clients.epochs_done)  # [C]
+        lipschitz = 1.0 / update.schedule(state.clients.epochs_done)  # [C]
         scaled = jnp.where(participates, lipschitz * losses**q, 0.0)  # L F^q
-        ones = jnp.ones((1, train.y.shape[0]), jnp.float32)
-        result = trainer.train_clients(
-            state.params, state.clients.opt_state, state.clients.epochs_done, ones, participates,
-            scaled, jax.random.fold_in(key, 1), train,
-        )  # fmt: skip
+        result = update.train(
+            state.clients,
+            train,
+            jax.random.fold_in(key, 1),
+            participates,
+            start=state.params,
+            agg_weights=scaled,
+        )
         # result.delta_sum = sum_k L F_k^q (w_k - w) = -sum_k Delta_k
         curvature = q * losses ** (q - 1) * lipschitz**2 * result.delta_sq_norm if q else 0.0
-        h = jnp.where(participates, curvature + scaled, 0.0)
-        step = jax.tree.map(lambda d: d / jnp.sum(h).astype(d.dtype), result.delta_sum)
+        h_sum = layout.client_sum(jnp.sum(jnp.where(participates, curvature + scaled, 0.0)))
+        step = jax.tree.map(lambda d: d / h_sum.astype(d.dtype), layout.client_sum(result.delta_sum))
         params = aggregation.apply_delta(state.params, step)
-        clients = state.clients.replace(opt_state=result.opt_states, epochs_done=result.epochs_done)
-        metrics = {
-            "train_nll_start": jnp.sum(losses * train.counts) / jnp.sum(train.counts),
-            "params_finite": all_finite(params),
-            "participants": participates,
-        }
-        return FedEMState(params, clients, state.round + 1, state.server), metrics
+        new_state = state.replace(
+            params=params, clients=result.client_state(state.clients), round=state.round + 1
+        )
+        metrics = round_metrics(
+            ctx, participates, finite=all_finite(params), nll_sum=jnp.sum(losses * train.counts),
+            n_samples=jnp.sum(train.counts),
+        )  # fmt: skip
+        return new_state, metrics
 
     return fedavg._replace(round=round_fn)
+
+
+METHODS = (
+    Method("q-FFL", make_qffl, "fair aggregation with exponent q (Li et al., 2020)", QFFLHyperparams,
+           Capabilities(unseen=True)),
+)  # fmt: skip

@@ -94,14 +94,18 @@ def split_clusters(gram, weights, cluster_id, n_clusters, tol_1: float, tol_2: f
     return jax.lax.fori_loop(0, n, visit, (cluster_id, n_clusters))
 
 
-def cluster_average(client_params, weights, cluster_id):
-    """Every client receives its cluster's ``weights``-weighted average model (leaves ``[C, ...]``)."""
-    n = cluster_id.shape[0]
-    mass = jax.ops.segment_sum(weights, cluster_id, n)
+def cluster_average(client_params, weights, cluster_id, n_slots: int | None = None, client_sum=lambda x: x):
+    """Every client receives its cluster's ``weights``-weighted average model (leaves ``[C, ...]``).
+
+    ``n_slots`` bounds the cluster ids (default: ``C``); ``client_sum`` adds the per-cluster sums
+    of every block of clients when the client axis is sharded.
+    """
+    n = cluster_id.shape[0] if n_slots is None else n_slots
+    mass = client_sum(jax.ops.segment_sum(weights, cluster_id, n))
 
     def leaf(a):
-        w = weights.reshape((n,) + (1,) * (a.ndim - 1)).astype(a.dtype)
-        sums = jax.ops.segment_sum(w * a, cluster_id, n)
+        w = weights.reshape((-1,) + (1,) * (a.ndim - 1)).astype(a.dtype)
+        sums = client_sum(jax.ops.segment_sum(w * a, cluster_id, n))
         means = sums / jnp.maximum(mass, 1e-30).reshape((n,) + (1,) * (a.ndim - 1)).astype(a.dtype)
         return means[cluster_id]
 

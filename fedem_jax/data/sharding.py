@@ -22,8 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.distributed import to_host
-
-CLIENTS_AXIS = "clients"
+from fedem_jax.execution.layout import CLIENTS_AXIS  # noqa: E402
 
 
 def client_mesh(n_devices: int) -> Mesh:

@@ -1,0 +1,228 @@
+"""Wiring: build an experiment's model, client update, layout and algorithm once from its config.
+
+The loop (:mod:`fedem_jax.loop`) only runs what this module builds; neither knows method names:
+the method comes from the registry (:mod:`fedem_jax.algorithms.registry`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import optax
+
+from fedem_jax.algorithms.base import Algorithm, Context, state_specs
+from fedem_jax.config import Config, ConfigError
+from fedem_jax.core.client_update import ClientUpdate
+from fedem_jax.core.optim import lr_schedule, make_direction
+from fedem_jax.data import FederatedData
+from fedem_jax.data.sharding import client_mesh, place, shard_data
+from fedem_jax.execution.layout import CLIENT_SPEC, REPLICATED, Layout
+from fedem_jax.models import STATEFUL_MODELS, build_model, count_params
+from fedem_jax.pretrained import load_weights
+
+AUTO_MICRO_BATCH = 32
+
+
+def resolve_layout(cfg: Config, model_name: str) -> tuple[int, bool]:
+    """``(client_chunk, learner_vmap)``; ``-1`` picks the measured per-backend default.
+
+    Measured on CPU (``benchmarks/layouts.py``, README): a sequential client loop wins for every
+    model, because it really skips the masked steps of small clients; learners are vmapped for
+    the linear model and looped for conv nets. On GPU/TPU everything is vmapped.
+    """
+    on_cpu = jax.default_backend() == "cpu"
+    small_model = model_name in ("linear", "mlp")
+    client_chunk = cfg.client_chunk
+    if client_chunk == -1:
+        client_chunk = 1 if on_cpu else 0
+    learner_vmap = cfg.learner_vmap
+    if learner_vmap == -1:
+        learner_vmap = 0 if (on_cpu and not small_model) else 1
+    return client_chunk, bool(learner_vmap)
+
+
+def resolve_micro_batch(cfg: Config, client_chunk: int) -> int:
+    """``--micro_batch``; auto (-1): 32 when clients run sequentially (only that layout skips the
+    unused sub-batches), else off. See ``benchmarks/efficiency.py``."""
+    if cfg.micro_batch >= 0:
+        return cfg.micro_batch
+    return AUTO_MICRO_BATCH if client_chunk == 1 and cfg.batch_size > AUTO_MICRO_BATCH else 0
+
+
+def default_model(dataset: str, data: FederatedData) -> str:
+    """Per dataset; for your own data by input shape: ``mlp`` for vectors, ``cnn`` for images."""
+    if dataset == "npz":
+        return "mlp" if data.train.x.ndim == 2 else "cnn"
+    return {
+        "synthetic": "linear",
+        "cifar10": "cifar10_cnn",
+        "cifar100": "cifar10_cnn",
+        "emnist": "femnist_cnn",
+    }[dataset]
+
+
+def resolve_devices(cfg: Config) -> int:
+    """Devices to shard the client axis over: ``--n_devices`` (0: all)."""
+    available = jax.device_count()
+    wanted = available if cfg.n_devices == 0 else cfg.n_devices
+    if wanted > available:
+        raise ConfigError(
+            f"--n_devices {wanted}: only {available} {jax.default_backend()} device(s) available"
+        )
+    return wanted
+
+
+def make_layout(cfg: Config, model_name: str, n_devices: int = 1) -> Layout:
+    client_chunk, learner_vmap = resolve_layout(cfg, model_name)
+    return Layout(
+        client_chunk=client_chunk,
+        learner_vmap=learner_vmap,
+        micro_batch=resolve_micro_batch(cfg, client_chunk),
+        mesh=client_mesh(n_devices) if n_devices > 1 else None,
+    )
+
+
+def make_update(cfg: Config, data: FederatedData, model_name: str, layout: Layout) -> ClientUpdate:
+    """The local training of ``cfg`` (see :class:`fedem_jax.core.client_update.ClientUpdate`)."""
+    model = build_model(model_name, data.task.output_dim, cfg.conv_impl)
+    # Forward-only passes (E-step, evaluation) use XLA's convolution, the fastest there on
+    # every backend; the parameters of both implementations are the same pytree.
+    forward_model = build_model(model_name, data.task.output_dim, "xla")
+    direction = make_direction(cfg.optimizer, cfg.momentum, cfg.weight_decay)
+    stateful = model_name in STATEFUL_MODELS
+    if stateful:  # BatchNorm statistics: no gradient step, no decay; replaced after each step
+
+        def apply_fn(variables, x):
+            return model.apply(variables, x, train=True, mutable=["batch_stats"])
+
+        def forward_fn(variables, x):
+            return model.apply(variables, x, train=False)
+
+        direction = optax.masked(direction, lambda v: {"params": True, "batch_stats": False})
+    else:
+
+        def apply_fn(params, x):
+            return model.apply({"params": params}, x)
+
+        def forward_fn(params, x):
+            return forward_model.apply({"params": params}, x)
+
+    return ClientUpdate(
+        apply_fn=apply_fn,
+        forward_fn=forward_fn,
+        stateful=stateful,
+        per_sample_loss=data.task.per_sample_loss,
+        direction=direction,
+        schedule=lr_schedule(cfg.lr_scheduler, cfg.lr, cfg.n_rounds),
+        batch_size=cfg.batch_size,
+        local_epochs=cfg.local_epochs,
+        drop_last=cfg.drop_last,
+        layout=layout,
+    )
+
+
+def on_layout(algorithm: Algorithm, layout: Layout) -> Algorithm:
+    """``algorithm`` whose round and evaluation run over the layout's mesh: client fields of the
+    state and the data sharded, the rest replicated (a no-op without a mesh)."""
+    if layout.mesh is None:
+        return algorithm
+
+    def round_fn(state, train):
+        specs = state_specs(state)
+
+        def block(state, train):
+            new, metrics = algorithm.round(state, train)
+            participants = metrics.pop("participants")
+            return new, metrics, participants
+
+        run = layout.shard(block, (specs, CLIENT_SPEC), (specs, REPLICATED, CLIENT_SPEC))
+        new, metrics, participants = run(state, train)
+        return new, {**metrics, "participants": participants}
+
+    def evaluate(state, split):
+        return layout.shard(algorithm.evaluate, (state_specs(state), CLIENT_SPEC), CLIENT_SPEC)(state, split)
+
+    return algorithm._replace(round=round_fn, evaluate=evaluate)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """What :func:`build` makes: the algorithm (on its layout), the layout and a description."""
+
+    model: object
+    algorithm: Algorithm  # round and evaluate already run over the layout's mesh
+    raw: Algorithm  # the method's functions for one block of clients
+    layout: Layout
+    info: dict  # model, layout and devices, for the start-up line and summary.json
+
+    def evaluate_splits(self, state, train, splits):
+        """Per-client stats of ``splits``; methods that adapt models first (FedAvg+) do it once."""
+
+        def evaluate_all(state, train, splits):
+            view = self.raw.prepare_eval(state, train)
+            return [self.raw.evaluate(view, split) for split in splits]
+
+        if self.layout.mesh is None:
+            return evaluate_all(state, train, splits)
+        specs = (state_specs(state), CLIENT_SPEC, [CLIENT_SPEC] * len(splits))
+        return self.layout.shard(evaluate_all, specs, [CLIENT_SPEC] * len(splits))(state, train, splits)
+
+
+def build(cfg: Config, data: FederatedData, n_devices: int = 1) -> Experiment:
+    """Model, client update, layout and the ``cfg.method`` algorithm on ``data``.
+
+    With ``n_devices > 1`` the algorithm expects data laid out by ``shard_data(data, layout.mesh)``
+    and a state placed by :func:`place_state`.
+    """
+    model_name = cfg.model or default_model(cfg.dataset, data)
+    model = build_model(model_name, data.task.output_dim, cfg.conv_impl)
+    layout = make_layout(cfg, model_name, n_devices)
+    ctx = Context(
+        model=model,
+        task=data.task,
+        update=make_update(cfg, data, model_name, layout),
+        n_learners=cfg.n_learners,
+        n_clients=data.n_clients,
+        sampling_rate=cfg.sampling_rate,
+        seed=cfg.seed,
+        data_seed=cfg.data_seed,
+        eval_chunk=cfg.eval_chunk,
+        init_weights=load_weights(cfg.init_from) if cfg.init_from else None,
+    )
+    raw = cfg.method_info.factory(ctx, cfg.hyperparams)
+    info = {
+        "devices": n_devices,
+        "model": model_name,
+        "conv_impl": getattr(model, "conv_impl", None),
+        "client_chunk": layout.client_chunk,
+        "learner_vmap": layout.learner_vmap,
+    }
+    return Experiment(model, on_layout(raw, layout), raw, layout, info)
+
+
+def place_state(state, layout: Layout):
+    """Lay ``state`` out on the layout's mesh: client fields sharded, the rest replicated."""
+    if layout.mesh is None:
+        return state
+    specs = state_specs(state)
+    fields = {
+        f.name: place(getattr(state, f.name), layout.mesh, getattr(specs, f.name))
+        for f in dataclasses.fields(state)
+    }
+    return type(state)(**fields)
+
+
+def setup(cfg: Config, data: FederatedData):
+    """Build the experiment, lay the data out on the devices and initialise the state.
+
+    Returns ``(experiment, data, state)``; with several devices ``data`` is the sharded copy
+    (see :mod:`fedem_jax.data.sharding`) and the state is placed to match.
+    """
+    experiment = build(cfg, data, resolve_devices(cfg))
+    shapes = jax.eval_shape(experiment.model.init, jax.random.PRNGKey(0), data.train.x[:1])
+    experiment.info["n_params"] = count_params(shapes["params"])  # one component, BatchNorm stats excluded
+    if experiment.layout.mesh is not None:
+        data = shard_data(data, experiment.layout.mesh)
+    state = place_state(experiment.algorithm.init(data), experiment.layout)
+    return experiment, data, state

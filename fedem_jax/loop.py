@@ -1,0 +1,240 @@
+"""The experiment loop: rounds, evaluation cadence, checkpoints and outputs; it knows no method.
+
+A library, not a script: ``run(config)`` returns the summary dict and writes into
+``config.workdir``: ``config.json``, ``metrics.jsonl``, TensorBoard events, ``clients.csv``,
+``summary.json`` (see :mod:`fedem_jax.outputs`) and ``checkpoints/`` (see
+:mod:`fedem_jax.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import jax
+import numpy as np
+
+from fedem_jax import outputs
+from fedem_jax.checkpoint import Checkpointer, check_compatible
+from fedem_jax.config import Config, ConfigError
+from fedem_jax.data import FederatedData, load_dataset
+from fedem_jax.data.sharding import real_clients
+from fedem_jax.distributed import is_main_process
+from fedem_jax.evaluation import eval_split, evaluate_both, evaluation_row, method_metrics
+from fedem_jax.experiment import Experiment, setup
+
+
+class DivergenceError(RuntimeError):
+    """Training loss became NaN or Inf."""
+
+
+class _Run:
+    """One run's mutable bookkeeping: history, timings, the last good checkpoint, writers."""
+
+    def __init__(self, cfg: Config, experiment: Experiment, data: FederatedData, n_clients: int):
+        self.cfg, self.experiment, self.data, self.n_clients = cfg, experiment, data, n_clients
+        self.history: list[dict] = []
+        self.round_seconds: list[float] = []
+        self.checkpointer = Checkpointer(cfg.workdir) if cfg.checkpoint_every > 0 else None
+        self.last_good: int | None = None
+        self.final_stats = None  # per-client (train, eval-split) stats of the last evaluation
+        algorithm = experiment.algorithm
+        self.round_jit = jax.jit(algorithm.round, donate_argnums=0)
+        # One jit returning only statistics: a jitted identity on the state would copy it whole.
+        self.evaluate_jit = jax.jit(experiment.evaluate_splits)
+        self.unseen_jit = None
+        if algorithm.evaluate_unseen is not None:
+            self.unseen_jit = jax.jit(algorithm.evaluate_unseen, static_argnums=3)
+
+    def eval_fn(self, state, splits):
+        return self.evaluate_jit(state, self.data.train, splits)
+
+    def resume(self, state, log):
+        round_done = self.checkpointer.latest_round() if self.checkpointer else None
+        if round_done is None:
+            return state
+        if round_done > self.cfg.n_rounds:
+            raise ConfigError(
+                f"--n_rounds {self.cfg.n_rounds} is below the checkpoint's round {round_done} in "
+                f"{self.checkpointer.directory}"
+            )
+        state, record = self.checkpointer.restore(round_done, state)
+        self.history, self.round_seconds = record["history"], record["round_seconds"]
+        self.last_good = round_done
+        log(f"resumed from round {round_done} ({self.checkpointer.directory})")
+        return state
+
+    def check_finite(self, finite: bool, round_done: int) -> None:
+        """Stop a diverged run; the checkpoints on disk were all saved from finite states."""
+        if finite:
+            return
+        kept = (
+            f"; the last good checkpoint (round {self.last_good}) is kept in {self.checkpointer.directory}"
+            if self.checkpointer and self.last_good
+            else ""
+        )
+        raise DivergenceError(
+            f"the loss became non-finite at round {round_done}; try a lower --lr (now {self.cfg.lr}){kept}"
+        )
+
+    def evaluate(self, state, done: int, round_metrics: dict) -> dict:
+        cfg = self.cfg
+        row, self.final_stats = evaluation_row(
+            self.eval_fn, self.unseen_jit, state, self.data, cfg, self.n_clients, done,
+            self.round_seconds[-cfg.log_freq :],
+        )  # fmt: skip
+        row.update(method_metrics(round_metrics))
+        self.check_finite(
+            math.isfinite(row["train_loss"] + row[f"{eval_split(cfg, self.data)[0]}_loss"]), done
+        )
+        self.history.append(row)
+        return row
+
+    def save(self, state, done: int) -> None:
+        cfg = self.cfg
+        if self.checkpointer and (done % cfg.checkpoint_every == 0 or done == cfg.n_rounds):
+            record = {"config": cfg.to_dict(), "history": self.history, "round_seconds": self.round_seconds}
+            self.checkpointer.save(done, state, record)
+            self.last_good = done
+
+    def close(self) -> None:
+        if self.checkpointer:
+            self.checkpointer.close()
+
+
+def train_rounds(run: _Run, state, compiled, writer, progress):
+    """Rounds from the state's round to ``n_rounds``: evaluate every ``log_freq``, checkpoint."""
+    cfg, split_name = run.cfg, eval_split(run.cfg, run.data)[0]
+    for r in range(int(state.round), cfg.n_rounds):
+        t0 = time.perf_counter()
+        state, round_metrics = compiled(state, run.data.train)
+        round_metrics = jax.block_until_ready(round_metrics)
+        run.round_seconds.append(time.perf_counter() - t0)
+        finite = bool(round_metrics["params_finite"]) and math.isfinite(round_metrics["train_nll_start"])
+        run.check_finite(finite, r + 1)
+        done = r + 1
+        if done % cfg.log_freq == 0 or done == cfg.n_rounds:
+            writer.write(run.evaluate(state, done, round_metrics))
+        run.save(state, done)
+        if progress is not None:
+            progress.set_postfix(
+                acc=f"{run.history[-1][split_name + '_accuracy']:.4f}" if run.history else "-",
+                s_per_round=f"{run.round_seconds[-1]:.3f}",
+                refresh=False,  # update() below redraws, at most every mininterval
+            )
+            progress.update(1)
+    return state
+
+
+def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
+    """Train ``cfg`` end to end, resuming from ``workdir/checkpoints`` if a checkpoint is there.
+
+    Returns the summary (also written to ``summary.json``).
+    """
+    start = time.perf_counter()
+    main_process = is_main_process()  # with --distributed only process 0 writes outputs
+    _check_resumable(cfg)
+    if main_process:
+        outputs.write_config(cfg.workdir, cfg)
+    federation = data if data is not None else load_dataset(cfg)  # its client order is the outputs'
+    experiment, data, state = setup(cfg, federation)
+    data_seconds = time.perf_counter() - start
+    log(federation.summary())
+    log(_describe(cfg, experiment.info))
+    bookkeeping = _Run(cfg, experiment, data, federation.n_clients)
+    try:
+        state = bookkeeping.resume(state, log)
+        t0 = time.perf_counter()
+        compiled = bookkeeping.round_jit.lower(state, data.train).compile()
+        compile_seconds = time.perf_counter() - t0
+        log(f"compiled the round in {compile_seconds:.1f}s")
+        writer = _writer(cfg, bookkeeping.history, int(state.round), main_process)
+        progress = _progress(cfg, int(state.round)) if main_process else None
+        try:
+            state = train_rounds(bookkeeping, state, compiled, writer, progress)
+        finally:
+            writer.close()
+            if progress is not None:
+                progress.close()
+    finally:
+        bookkeeping.close()
+    timings = {"compile_seconds": compile_seconds, "data_seconds": data_seconds, "start": start}
+    return _finish(bookkeeping, state, federation, timings, main_process)
+
+
+def _check_resumable(cfg: Config) -> None:
+    """Refuse a workdir holding another experiment's checkpoint before anything is written."""
+    if cfg.checkpoint_every <= 0:
+        return
+    checkpointer = Checkpointer(cfg.workdir)
+    try:
+        round_done = checkpointer.latest_round()
+        if round_done is not None:
+            check_compatible(checkpointer.restore_record(round_done)["config"], cfg)
+    finally:
+        checkpointer.close()
+
+
+def _finish(run: _Run, state, federation: FederatedData, timings: dict, main_process: bool) -> dict:
+    """``clients.csv`` and ``summary.json`` from the last evaluation."""
+    cfg, data = run.cfg, run.data
+    if run.final_stats is None:  # resumed from the final checkpoint: nothing was evaluated this time
+        run.final_stats = evaluate_both(run.eval_fn, state, data, cfg, federation.n_clients)
+    train_stats, test_stats = run.final_stats
+    pi = real_clients(state.clients.pi, data.train, federation.n_clients)
+    if main_process:
+        outputs.write_clients_csv(cfg.workdir, train_stats, test_stats, pi)
+    steady = run.round_seconds[1:] if len(run.round_seconds) > 1 else run.round_seconds
+    final = run.history[-1]
+    summary = {
+        "dataset": cfg.dataset,
+        "method": cfg.method,
+        "model": run.experiment.info["model"],
+        "n_learners": cfg.n_learners,
+        "n_clients": federation.n_clients,
+        "n_unseen_clients": federation.n_unseen,
+        "n_rounds": cfg.n_rounds,
+        **{k: v for k, v in final.items() if k not in ("round", *outputs.TIMING_KEYS)},
+        "seconds_per_round": float(np.mean(steady)) if steady else 0.0,
+        "compile_seconds": timings["compile_seconds"],
+        "data_seconds": timings["data_seconds"],
+        "total_seconds": time.perf_counter() - timings["start"],
+        "layout": run.experiment.info,
+    }
+    if main_process:
+        outputs.write_json(cfg.workdir, "summary.json", summary)
+    return summary
+
+
+def _describe(cfg: Config, info: dict) -> str:
+    chunk = {0: "vmap", 1: "sequential"}.get(info["client_chunk"], f"chunks of {info['client_chunk']}")
+    return (
+        f"{cfg.method}: model {info['model']} ({info['n_params']:,} params x {cfg.n_learners} learners), "
+        f"{jax.device_count()} {jax.default_backend()} device(s), layout: clients {chunk}, "
+        f"learners {'vmap' if info['learner_vmap'] else 'sequential'}"
+    )
+
+
+def _writer(cfg: Config, history: list[dict], first_round: int, main_process: bool):
+    if main_process:
+        return outputs.MetricsWriter(cfg.workdir, history, first_round, tensorboard=cfg.tensorboard)
+    return outputs.NullWriter()
+
+
+def _progress(cfg: Config, first_round: int):
+    if cfg.quiet:
+        return None
+    import sys
+
+    from tqdm import tqdm
+
+    # In a log file (not a terminal) redraw at most every 30 s instead of on every update.
+    interval = 0.1 if sys.stderr.isatty() else 30.0
+    return tqdm(
+        total=cfg.n_rounds,
+        initial=first_round,
+        desc="rounds",
+        unit="round",
+        dynamic_ncols=True,
+        mininterval=interval,
+    )
