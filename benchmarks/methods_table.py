@@ -16,11 +16,11 @@ from timing import write_result
 
 from fedem_jax.config import resolve
 from fedem_jax.data import load_dataset
-from fedem_jax.train import run
+from fedem_jax.loop import run
 
 METHODS = (
     "local", "FedAvg", "FedProx", "FedAvg+", "pFedMe", "clustered", "APFL", "AFL", "q-FFL", "L2SGD",
-    "D-FedEM", "pFedMe-true", "FedEM",
+    "D-FedEM", "pFedMe-true", "Ditto", "FedPer", "FedRep", "FedAdam", "FedYogi", "FedEM",
 )  # fmt: skip
 
 

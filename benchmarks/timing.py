@@ -9,7 +9,7 @@ import time
 
 import jax
 
-from fedem_jax.train import setup
+from fedem_jax.experiment import setup
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -17,7 +17,8 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 def time_rounds(cfg, data, rounds: int) -> dict:
     """Compile the round (timed apart), run one warm-up round, then time ``rounds`` rounds with
     ``jax.block_until_ready``; returns the median seconds per round, the compile time and layout."""
-    algorithm, layout, data, state = setup(cfg, data)
+    experiment, data, state = setup(cfg, data)
+    algorithm = experiment.algorithm
     t0 = time.perf_counter()
     compiled = jax.jit(algorithm.round, donate_argnums=0).lower(state, data.train).compile()
     compile_seconds = time.perf_counter() - t0
@@ -33,7 +34,7 @@ def time_rounds(cfg, data, rounds: int) -> dict:
         "seconds_per_round": statistics.median(times),
         "compile_seconds": compile_seconds,
         "rounds": rounds,
-        "layout": layout,
+        "layout": experiment.info,
     }
 
 

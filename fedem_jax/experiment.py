@@ -151,6 +151,7 @@ class Experiment:
     """What :func:`build` makes: the algorithm (on its layout), the layout and a description."""
 
     model: object
+    ctx: Context  # what the method's factory was given
     algorithm: Algorithm  # round and evaluate already run over the layout's mesh
     raw: Algorithm  # the method's functions for one block of clients
     layout: Layout
@@ -163,6 +164,7 @@ class Experiment:
             view = self.raw.prepare_eval(state, train)
             return [self.raw.evaluate(view, split) for split in splits]
 
+        splits = list(splits)
         if self.layout.mesh is None:
             return evaluate_all(state, train, splits)
         specs = (state_specs(state), CLIENT_SPEC, [CLIENT_SPEC] * len(splits))
@@ -198,7 +200,7 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1) -> Experiment:
         "client_chunk": layout.client_chunk,
         "learner_vmap": layout.learner_vmap,
     }
-    return Experiment(model, on_layout(raw, layout), raw, layout, info)
+    return Experiment(model, ctx, on_layout(raw, layout), raw, layout, info)
 
 
 def place_state(state, layout: Layout):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedem_jax.config import Config, validate
+from fedem_jax.config import Config, make_config
 from fedem_jax.core.tasks import BINARY
 from fedem_jax.data import FederatedData, build_split
 
@@ -35,4 +35,4 @@ def tiny_config(workdir, **overrides) -> Config:
         learner_vmap=1,
     )
     values.update(overrides)
-    return validate(Config(**values))
+    return make_config(**values)

@@ -1,4 +1,5 @@
-"""Run by test_sharding.py in its own process, with 8 forced CPU devices (XLA_FLAGS set there)."""
+"""Run by test_sharding.py in its own process, with 8 forced CPU devices (XLA_FLAGS set there):
+every registered method, sharded over the ``clients`` mesh, matches its single-device run."""
 
 import sys
 
@@ -6,45 +7,70 @@ import chex
 import jax
 import numpy as np
 from helpers import tiny_binary_data, tiny_config
-from jax.sharding import PartitionSpec
 
-from fedem_jax.data.sharding import CLIENTS_AXIS, place, real_clients, shard_data
-from fedem_jax.train import build
+from fedem_jax.algorithms import registry
+from fedem_jax.data.sharding import real_clients, shard_data
+from fedem_jax.experiment import build, place_state
+
+N_CLIENTS = 13
 
 
 def run(cfg, data, n_devices, rounds=3):
-    _, algo, layout = build(cfg, data, n_devices)
-    mesh = layout["mesh"]
-    if mesh is not None:
-        data = shard_data(data, mesh)
-    state = algo.init(data)
-    if mesh is not None:
-        state = state.replace(clients=place(state.clients, mesh, PartitionSpec(CLIENTS_AXIS)))
+    experiment = build(cfg, data, n_devices)
+    algo, layout = experiment.algorithm, experiment.layout
+    if layout.mesh is not None:
+        data = shard_data(data, layout.mesh)
+    state = place_state(algo.init(data), layout)
     round_fn = jax.jit(algo.round)
-    participants = []
+    participants, metrics = [], {}
     for _ in range(rounds):
         state, metrics = round_fn(state, data.train)
-        participants.append(real_clients(metrics["participants"], data.train, 13))
-    stats = real_clients(jax.jit(algo.evaluate)(state, data.test), data.test, 13)
-    pi = real_clients(state.clients.pi, data.train, 13)
-    return state, pi, participants, stats, float(metrics["train_nll_start"])
+        participants.append(real_clients(metrics["participants"], data.train, N_CLIENTS))
+    stats = real_clients(
+        jax.jit(experiment.evaluate_splits)(state, data.train, [data.test])[0], data.test, N_CLIENTS
+    )
+    pi = real_clients(state.clients.pi, data.train, N_CLIENTS)
+    scalars = {k: float(v) for k, v in metrics.items() if k != "participants"}
+    return state, pi, participants, stats, scalars
+
+
+def method_config(workdir, method):
+    caps = registry.get(method).capabilities
+    rate = 1.0 if caps.full_participation else 0.5
+    learners = 3 if caps.components else 1
+    extra = {
+        "clustered": {"tol_1": 10.0, "tol_2": 0.01},  # so that clusters split
+        "FedPer": {"head": "Dense_0/bias"},  # the linear model's one layer: split inside it
+        "FedRep": {"head": "Dense_0/bias"},
+    }.get(method, {})
+    return tiny_config(
+        workdir, method=method, sampling_rate=rate, batch_size=4, n_learners=learners, client_chunk=1, **extra
+    )
+
+
+def check(method, one, eight):
+    for a, b in zip(one[2], eight[2], strict=True):
+        np.testing.assert_array_equal(a, b)  # identical client sampling
+    chex.assert_trees_all_close(one[1], eight[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(one[3]["correct"], eight[3]["correct"])
+    np.testing.assert_allclose(one[3]["loss_sum"], eight[3]["loss_sum"], rtol=1e-5, atol=1e-6)
+    assert one[4].keys() == eight[4].keys(), method
+    for key, value in one[4].items():
+        np.testing.assert_allclose(eight[4][key], value, rtol=1e-5, atol=1e-6, err_msg=f"{method} {key}")
 
 
 def main(workdir):
     assert jax.device_count() == 8, jax.devices()
     data = tiny_binary_data(sizes=(7, 3, 12, 5, 9, 2, 6, 11, 4, 8, 3, 10, 5), dim=5)
-    cfg = tiny_config(workdir, sampling_rate=0.5, batch_size=4, n_learners=3, client_chunk=1)
-    one = run(cfg, data, 1)
-    eight = run(cfg, data, 8)
-    assert eight[0].params["Dense_0"]["kernel"].sharding.is_fully_replicated
-    for a, b in zip(one[2], eight[2], strict=True):
-        np.testing.assert_array_equal(a, b)  # identical client sampling
-    chex.assert_trees_all_close(one[0].params, eight[0].params, rtol=1e-5, atol=1e-6)
-    chex.assert_trees_all_close(one[1], eight[1], rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(one[3]["correct"], eight[3]["correct"])
-    np.testing.assert_allclose(one[3]["loss_sum"], eight[3]["loss_sum"], rtol=1e-5)
-    np.testing.assert_allclose(one[4], eight[4], rtol=1e-5)
-    print("sharded run matches single-device run")
+    methods = sys.argv[2].split(",") if len(sys.argv) > 2 else list(registry.methods())
+    for method in methods:
+        cfg = method_config(workdir, method)
+        one, eight = run(cfg, data, 1), run(cfg, data, 8)
+        check(method, one, eight)
+        if method == "FedEM":
+            assert eight[0].params["Dense_0"]["kernel"].sharding.is_fully_replicated
+            chex.assert_trees_all_close(one[0].params, eight[0].params, rtol=1e-5, atol=1e-6)
+        print(f"{method}: sharded run matches single-device run", flush=True)
 
 
 if __name__ == "__main__":

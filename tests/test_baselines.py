@@ -7,8 +7,8 @@ import numpy_reference as ref
 import pytest
 from helpers import tiny_binary_data, tiny_config
 
+from fedem_jax.experiment import build
 from fedem_jax.main import main
-from fedem_jax.train import build
 
 LR, WD = 0.1, 5e-4
 
@@ -27,7 +27,7 @@ def _clients(split):
 def test_local_trains_each_client_alone(tmp_path):
     data = tiny_binary_data()
     cfg = tiny_config(tmp_path, method="local", n_learners=1, local_epochs=2)
-    _, algo, _ = build(cfg, data)
+    algo = build(cfg, data).algorithm
     state = algo.init(data)
     W0, b0 = _linear(jax.tree.map(lambda a: a[0], state.params))
     for _ in range(2):
@@ -42,7 +42,7 @@ def test_local_trains_each_client_alone(tmp_path):
 def test_fedavg_plus_tunes_a_copy_and_leaves_the_global_model(tmp_path):
     data = tiny_binary_data()
     cfg = tiny_config(tmp_path, method="FedAvg+", n_learners=1, local_epochs=1, tune_epochs=2)
-    _, algo, _ = build(cfg, data)
+    algo = build(cfg, data).algorithm
     state, _ = jax.jit(algo.round)(algo.init(data), data.train)
     before = jax.tree.map(np.asarray, state)
     view = jax.jit(algo.prepare_eval)(state, data.train)
@@ -69,7 +69,7 @@ def test_fedprox_with_mu_zero_equals_fedavg_without_momentum(tmp_path):
     results = []
     for method in ("FedProx", "FedAvg"):
         cfg = tiny_config(tmp_path, method=method, n_learners=1, mu=0.0, momentum=0.0, batch_size=4)
-        _, algo, _ = build(cfg, data)
+        algo = build(cfg, data).algorithm
         state = algo.init(data)
         for _ in range(3):
             state, _ = jax.jit(algo.round)(state, data.train)
@@ -80,7 +80,7 @@ def test_fedprox_with_mu_zero_equals_fedavg_without_momentum(tmp_path):
 def test_fedprox_round_matches_numpy(tmp_path):
     data = tiny_binary_data()
     cfg = tiny_config(tmp_path, method="FedProx", n_learners=1, mu=0.5, momentum=0.0, local_epochs=3)
-    _, algo, _ = build(cfg, data)
+    algo = build(cfg, data).algorithm
     state = algo.init(data)
     W0, b0 = _linear(state.params)
     state, _ = jax.jit(algo.round)(state, data.train)

@@ -8,9 +8,8 @@ import numpy_reference as ref
 import pytest
 from helpers import tiny_binary_data, tiny_config
 
-from fedem_jax.core.local import LocalTrainer
-from fedem_jax.core.optim import lr_schedule, make_direction
-from fedem_jax.train import build
+from fedem_jax.execution import Layout
+from fedem_jax.experiment import build
 
 LAYOUTS = [(0, 1), (1, 0), (2, 1), (1, 1)]  # (client_chunk, learner_vmap)
 
@@ -28,7 +27,7 @@ def test_two_rounds_match_numpy_reference(tmp_path, client_chunk, learner_vmap, 
     cfg = tiny_config(
         tmp_path, client_chunk=client_chunk, learner_vmap=learner_vmap, sampling_rate=sampling_rate
     )
-    _, algo, _ = build(cfg, data)
+    algo = build(cfg, data).algorithm
     state = algo.init(data)
     round_fn = jax.jit(algo.round)
 
@@ -67,7 +66,7 @@ def test_two_rounds_match_numpy_reference(tmp_path, client_chunk, learner_vmap, 
 
 def test_state_axes(tmp_path):
     data = tiny_binary_data()
-    _, algo, _ = build(tiny_config(tmp_path, n_learners=3), data)
+    algo = build(tiny_config(tmp_path, n_learners=3), data).algorithm
     state = algo.init(data)
     chex.assert_tree_shape_prefix(state.params, (3,))
     chex.assert_tree_shape_prefix(state.clients.opt_state, (3, 3))
@@ -83,7 +82,7 @@ def test_fully_masked_round_is_an_exact_no_op(tmp_path, client_chunk):
     """drop_last with batches larger than every client: every step is masked."""
     data = tiny_binary_data()
     cfg = tiny_config(tmp_path, batch_size=32, drop_last=True, client_chunk=client_chunk)
-    _, algo, _ = build(cfg, data)
+    algo = build(cfg, data).algorithm
     state = algo.init(data)
     before = jax.tree.map(np.asarray, (state.params, state.clients.opt_state))
     state, _ = jax.jit(algo.round)(state, data.train)
@@ -96,7 +95,7 @@ def test_fully_masked_round_is_an_exact_no_op(tmp_path, client_chunk):
 def test_absent_client_state_is_bit_identical(tmp_path, client_chunk):
     data = tiny_binary_data()
     cfg = tiny_config(tmp_path, sampling_rate=0.34, client_chunk=client_chunk)
-    _, algo, _ = build(cfg, data)
+    algo = build(cfg, data).algorithm
     state = algo.init(data)
     round_fn = jax.jit(algo.round)
     state, _ = round_fn(state, data.train)  # give every client some momentum history
@@ -112,23 +111,12 @@ def test_absent_client_state_is_bit_identical(tmp_path, client_chunk):
 
 @pytest.mark.parametrize("client_chunk", [0, 1])
 def test_masked_helper_returns_old_state_exactly(client_chunk):
-    trainer = LocalTrainer(
-        apply_fn=None,
-        forward_fn=None,
-        per_sample_loss=None,
-        direction=make_direction("sgd"),
-        schedule=lr_schedule("constant", 0.1, 1),
-        batch_size=4,
-        local_epochs=1,
-        drop_last=False,
-        learner_vmap=True,
-        client_chunk=client_chunk,
-    )
+    layout = Layout(client_chunk=client_chunk)
     state = {"a": jnp.asarray([1.5, np.nan, -0.0]), "b": jnp.asarray(3)}
     bump = lambda s: jax.tree.map(lambda x: x + 1, s)  # noqa: E731
-    out = jax.jit(lambda s: trainer.masked(jnp.asarray(False), bump, s))(state)
+    out = jax.jit(lambda s: layout.masked(jnp.asarray(False), bump, s))(state)
     chex.assert_trees_all_equal(out, state)
-    out = jax.jit(lambda s: trainer.masked(jnp.asarray(True), bump, s))(state)
+    out = jax.jit(lambda s: layout.masked(jnp.asarray(True), bump, s))(state)
     chex.assert_trees_all_equal(out["b"], jnp.asarray(4))
 
 
@@ -139,7 +127,7 @@ def test_layouts_agree(tmp_path):
         cfg = tiny_config(
             tmp_path, client_chunk=client_chunk, learner_vmap=learner_vmap, batch_size=4, n_learners=3
         )
-        _, algo, _ = build(cfg, data)
+        algo = build(cfg, data).algorithm
         state = algo.init(data)
         for _ in range(2):
             state, _ = jax.jit(algo.round)(state, data.train)
@@ -150,7 +138,7 @@ def test_layouts_agree(tmp_path):
 
 def test_round_compiles_once(tmp_path):
     data = tiny_binary_data()
-    _, algo, _ = build(tiny_config(tmp_path, batch_size=4), data)
+    algo = build(tiny_config(tmp_path, batch_size=4), data).algorithm
     state = algo.init(data)
     round_fn = jax.jit(chex.assert_max_traces(algo.round, n=1))
     for _ in range(4):
@@ -162,7 +150,7 @@ def test_same_seed_same_result_different_seed_different(tmp_path):
     data = tiny_binary_data()
 
     def final(seed):
-        _, algo, _ = build(tiny_config(tmp_path, seed=seed, batch_size=4, sampling_rate=0.67), data)
+        algo = build(tiny_config(tmp_path, seed=seed, batch_size=4, sampling_rate=0.67), data).algorithm
         state = algo.init(data)
         for _ in range(3):
             state, _ = jax.jit(algo.round)(state, data.train)
@@ -175,7 +163,7 @@ def test_same_seed_same_result_different_seed_different(tmp_path):
 
 def test_evaluate_counts_mixture_predictions(tmp_path):
     data = tiny_binary_data()
-    _, algo, _ = build(tiny_config(tmp_path), data)
+    algo = build(tiny_config(tmp_path), data).algorithm
     state = algo.init(data)
     stats = jax.jit(algo.evaluate)(state, data.test)
     W, b = _linear_numpy(state.params)
@@ -196,13 +184,13 @@ def test_partial_batches_as_sub_batches_give_the_same_round(tmp_path):
     import numpy as np
     from helpers import tiny_binary_data, tiny_config
 
-    from fedem_jax.train import build
+    from fedem_jax.experiment import build
 
     data = tiny_binary_data(sizes=(21, 7, 13), dim=4)
     results = []
     for micro in (0, 4):
         cfg = tiny_config(tmp_path, batch_size=8, client_chunk=1, micro_batch=micro, local_epochs=2)
-        _, algo, _ = build(cfg, data)
+        algo = build(cfg, data).algorithm
         state = algo.init(data)
         for _ in range(2):
             state, _ = jax.jit(algo.round)(state, data.train)

@@ -11,8 +11,8 @@ from helpers import tiny_binary_data, tiny_config
 
 from fedem_jax.core.tasks import BINARY
 from fedem_jax.data.federated import assemble
+from fedem_jax.experiment import build
 from fedem_jax.main import main
-from fedem_jax.train import build
 
 
 def _client_arrays(sizes, rng):
@@ -40,7 +40,7 @@ def test_assemble_val_and_unseen_parts():
 
 def test_unseen_pi_is_em_to_convergence(tmp_path):
     data = tiny_binary_data(sizes=(30, 25), dim=4)
-    _, algo, _ = build(tiny_config(tmp_path, n_learners=3), data)
+    algo = build(tiny_config(tmp_path, n_learners=3), data).algorithm
     state = algo.init(data)
     _, pi = jax.jit(algo.evaluate_unseen, static_argnums=3)(state, data.train, data.test, 500)
     W = np.asarray(state.params["Dense_0"]["kernel"][..., 0], np.float64)

@@ -4,18 +4,18 @@ import jax
 import numpy as np
 from helpers import tiny_binary_data, tiny_config
 
+from fedem_jax.experiment import build
 from fedem_jax.main import main
 from fedem_jax.pretrained import save_component
-from fedem_jax.train import build
 
 
 def test_every_component_starts_from_the_file(tmp_path):
     data = tiny_binary_data()
-    _, algo, _ = build(tiny_config(tmp_path, n_learners=1, seed=99), data)
+    algo = build(tiny_config(tmp_path, n_learners=1, seed=99), data).algorithm
     source = jax.tree.map(lambda a: np.asarray(a[0]), algo.init(data).params)
     path = str(tmp_path / "w.npz")
     save_component(source, path)
-    _, algo, _ = build(tiny_config(tmp_path, n_learners=3, init_from=path), data)
+    algo = build(tiny_config(tmp_path, n_learners=3, init_from=path), data).algorithm
     params = algo.init(data).params
     for m in range(3):
         np.testing.assert_array_equal(np.asarray(params["Dense_0"]["kernel"][m]), source["Dense_0"]["kernel"])
@@ -25,10 +25,10 @@ def test_leaves_missing_from_the_file_keep_their_random_init(tmp_path):
     data = tiny_binary_data()
     path = str(tmp_path / "w.npz")
     np.savez(path, **{"params/Dense_0/kernel": np.ones((4, 1), np.float32)})  # no bias in the file
-    _, algo, _ = build(tiny_config(tmp_path, n_learners=2, init_from=path), data)
+    algo = build(tiny_config(tmp_path, n_learners=2, init_from=path), data).algorithm
     params = algo.init(data).params
     np.testing.assert_array_equal(np.asarray(params["Dense_0"]["kernel"]), 1.0)
-    _, plain, _ = build(tiny_config(tmp_path, n_learners=2), data)
+    plain = build(tiny_config(tmp_path, n_learners=2), data).algorithm
     np.testing.assert_array_equal(
         np.asarray(params["Dense_0"]["bias"]), np.asarray(plain.init(data).params["Dense_0"]["bias"])
     )

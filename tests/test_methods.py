@@ -10,13 +10,17 @@ import pytest
 from helpers import tiny_binary_data, tiny_config
 
 from fedem_jax.algorithms.afl import project_to_simplex
-from fedem_jax.algorithms.decentralized import erdos_renyi_graph, make_dfedem, mixing_matrix
-from fedem_jax.algorithms.personalized import make_local
+from fedem_jax.algorithms.decentralized import (
+    DFedEMHyperparams,
+    erdos_renyi_graph,
+    make_dfedem,
+    mixing_matrix,
+)
 from fedem_jax.core import clustering
 from fedem_jax.core.tasks import BINARY
 from fedem_jax.data import FederatedData, build_split
+from fedem_jax.experiment import build
 from fedem_jax.main import main
-from fedem_jax.train import build, make_trainer
 
 LR, WD = 0.1, 5e-4
 
@@ -39,7 +43,7 @@ def _weights(split):
 
 
 def _run(cfg, data, rounds):
-    _, algo, _ = build(cfg, data)
+    algo = build(cfg, data).algorithm
     state = algo.init(data)
     start = jax.tree.map(np.asarray, state)
     for _ in range(rounds):
@@ -56,7 +60,7 @@ def test_pfedme_matches_numpy(tmp_path):
     data = tiny_binary_data()
     cfg = tiny_config(tmp_path, method="pFedMe", n_learners=1, mu=0.5, momentum=0.0)
     _, start, state, _ = _run(cfg, data, rounds=2)
-    W0, b0 = _linear(start.server)
+    W0, b0 = _linear(start.anchor)
     models = [(W0.copy(), b0.copy()) for _ in range(3)]
     anchor = (W0, b0)
     for _ in range(2):
@@ -72,7 +76,7 @@ def test_pfedme_matches_numpy(tmp_path):
             sum(pc * b for pc, (_, b) in zip(p, models, strict=True)),
         )
     _close(_linear(state.params), (np.stack([W for W, _ in models]), np.stack([b for _, b in models])))
-    _close(_linear(state.server), anchor)  # the average is computed ...
+    _close(_linear(state.anchor), anchor)  # the average is computed ...
     assert not np.allclose(_linear(state.params)[0][0], anchor[0])  # ... but not copied to clients
 
 
@@ -88,7 +92,7 @@ def test_pfedme_moreau_matches_numpy(tmp_path):
         beta=0.7,
     )
     _, start, state, _ = _run(cfg, data, rounds=2)
-    w, bw = (a[0] for a in _linear(start.server))
+    w, bw = (a[0] for a in _linear(start.global_model))
     thetas = [(w, bw)] * 3
     for _ in range(2):
         locals_ = []
@@ -105,7 +109,7 @@ def test_pfedme_moreau_matches_numpy(tmp_path):
         p = _weights(data.train)
         w = 0.3 * w + 0.7 * sum(pc * lw for pc, (lw, _) in zip(p, locals_, strict=True))
         bw = 0.3 * bw + 0.7 * sum(pc * lb for pc, (_, lb) in zip(p, locals_, strict=True))
-    _close(tuple(a[0] for a in _linear(state.server)), (w, bw))
+    _close(tuple(a[0] for a in _linear(state.global_model)), (w, bw))
     got_W, got_b = _linear(state.params)
     _close((got_W[:, 0], got_b[:, 0]), (np.stack([t for t, _ in thetas]), np.array([b for _, b in thetas])))
 
@@ -118,7 +122,7 @@ def test_apfl_matches_numpy(tmp_path, learn_alpha):
         tmp_path, method="APFL", n_learners=1, momentum=0.0, apfl_alpha=0.3, learn_alpha=learn_alpha
     )
     algo, start, state, _ = _run(cfg, data, rounds=2)
-    w, bw = (a[0] for a in _linear(start.server))
+    w, bw = (a[0] for a in _linear(start.global_model))
     clients = [(w, bw, w, bw, 0.3) for _ in range(3)]
     for _ in range(2):
         clients = [
@@ -129,7 +133,7 @@ def test_apfl_matches_numpy(tmp_path, learn_alpha):
         w = sum(pc * c[0] for pc, c in zip(p, clients, strict=True))
         bw = sum(pc * c[1] for pc, c in zip(p, clients, strict=True))
         clients = [(w, bw, *c[2:]) for c in clients]
-    _close(tuple(a[0] for a in _linear(state.server)), (w, bw))
+    _close(tuple(a[0] for a in _linear(state.global_model)), (w, bw))
     v_got, bv_got = _linear(state.params["v"])
     _close(
         (v_got[:, 0], bv_got[:, 0]), (np.stack([c[2] for c in clients]), np.array([c[3] for c in clients]))
@@ -176,7 +180,7 @@ def test_afl_matches_numpy(tmp_path):
         W, b = new_W, new_b
         lam = np.asarray(project_to_simplex(jnp.asarray(lam + 0.5 * losses, jnp.float32)), np.float64)
     _close(tuple(a[0] for a in _linear(state.params)), (W, b))
-    _close(np.asarray(state.server, np.float64), lam)
+    _close(np.asarray(state.lam, np.float64), lam)
     assert lam.max() > _weights(data.train).max() - 1e-3  # lambda moved toward the worst client
 
 
@@ -280,7 +284,7 @@ def test_clustered_splits_two_populations(tmp_path):
         tmp_path, method="clustered", n_learners=1, tol_1=100.0, tol_2=0.0, batch_size=64, lr=0.5
     )
     _, _, state, metrics = _run(cfg, data, rounds=1)
-    ids = np.asarray(state.server.cluster_id)
+    ids = np.asarray(state.cluster_id)
     assert int(metrics["n_clusters"]) == 2
     assert len(set(ids[:3])) == 1 and len(set(ids[3:])) == 1 and ids[0] != ids[3]
     W, b = _linear(state.params)
@@ -345,10 +349,9 @@ def test_mixing_matrix_is_doubly_stochastic_on_a_connected_graph():
 def test_dfedem_with_uniform_mixing_equals_fedem(tmp_path):
     data = tiny_binary_data(sizes=(6, 6, 6, 6))  # equal sizes: FedEM's n_t / n is uniform
     cfg = tiny_config(tmp_path, method="FedEM", n_learners=2)
-    model, fedem, layout = build(cfg, data)
-    trainer = make_trainer(cfg, data, layout["model"])
-    local = make_local(model, data.task, trainer, fedem, cfg.seed)
-    dfedem = make_dfedem(trainer, local, seed=cfg.seed, mixing=np.full((4, 4), 0.25, np.float32))
+    experiment = build(cfg, data)
+    fedem = experiment.algorithm
+    dfedem = make_dfedem(experiment.ctx, DFedEMHyperparams(), mixing=np.full((4, 4), 0.25, np.float32))
     a, b = fedem.init(data), dfedem.init(data)
     for _ in range(3):
         a, _ = jax.jit(fedem.round)(a, data.train)
@@ -387,7 +390,7 @@ def test_dfedem_round_matches_numpy(tmp_path):
         (["--method", "APFL", "--apfl_alpha", "2"], "--apfl_alpha must be in [0, 1]"),
         (["--method", "L2SGD", "--comm_prob", "0"], "--comm_prob must be in (0, 1]"),
         (["--method", "D-FedEM", "--graph_p", "0"], "--graph_p must be in (0, 1]"),
-        (["--method", "APFL", "--n_devices", "2"], "APFL runs on one device"),
+        (["--method", "FedAvg", "--n_learners", "3"], "--n_learners must be 1 for FedAvg"),
         (["--method", "APFL", "--test_clients_frac", "0.2"], "unseen clients are not supported"),
     ],
 )

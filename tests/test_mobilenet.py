@@ -11,9 +11,9 @@ from helpers import tiny_config
 
 from fedem_jax.core.tasks import Task
 from fedem_jax.data import FederatedData, build_split
+from fedem_jax.experiment import build
 from fedem_jax.mobilenet import MobileNetV2
 from fedem_jax.models import MODELS, count_params
-from fedem_jax.train import build
 
 
 def _shapes(model):
@@ -47,8 +47,8 @@ def test_batch_stats_are_trained_and_averaged_like_weights(tmp_path, monkeypatch
         lr=0.05,
         drop_last=True,
     )
-    _, fedavg, _ = build(tiny_config(tmp_path, method="FedAvg", **common), data)
-    _, local, _ = build(tiny_config(tmp_path, method="local", **common), data)
+    fedavg = build(tiny_config(tmp_path, method="FedAvg", **common), data).algorithm
+    local = build(tiny_config(tmp_path, method="local", **common), data).algorithm
     start = fedavg.init(data)
     averaged, _ = jax.jit(fedavg.round)(start, data.train)
     personal, _ = jax.jit(local.round)(local.init(data), data.train)  # same keys, same batches

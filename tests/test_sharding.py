@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+from fedem_jax.algorithms import registry
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -23,7 +25,8 @@ def test_eight_devices_match_one(tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "matches single-device run" in result.stdout
+    for method in registry.methods():
+        assert f"{method}: sharded run matches single-device run" in result.stdout, result.stdout
 
 
 def test_cli_on_eight_devices(tmp_path):

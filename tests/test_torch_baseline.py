@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
 from torch_reference import ReferenceStyleFedEM, TabularDataset, TorchLinear  # noqa: E402
 
-from fedem_jax.train import build  # noqa: E402
+from fedem_jax.experiment import build  # noqa: E402
 
 
 def test_one_full_batch_round_matches_fedem_jax(tmp_path):
@@ -20,7 +20,7 @@ def test_one_full_batch_round_matches_fedem_jax(tmp_path):
 
     data = tiny_binary_data(sizes=(6, 9, 4), dim=4)
     cfg = tiny_config(tmp_path, local_epochs=1, batch_size=16)
-    _, algo, _ = build(cfg, data)
+    algo = build(cfg, data).algorithm
     state = algo.init(data)
     x, y = np.asarray(data.train.x), np.asarray(data.train.y)
     datasets = [

@@ -79,9 +79,11 @@ def mixing_matrix(n_clients: int, graph_p: float, seed: int) -> np.ndarray:
     return metropolis_hastings_weights(erdos_renyi_graph(n_clients, graph_p, seed))
 
 
-def make_dfedem(ctx: Context, hp: DFedEMHyperparams) -> Algorithm:
-    """All clients take part in every round; gossip over the seeded graph of the data seed."""
-    mixing = mixing_matrix(ctx.n_clients, hp.graph_p, ctx.data_seed)
+def make_dfedem(ctx: Context, hp: DFedEMHyperparams, mixing: np.ndarray | None = None) -> Algorithm:
+    """All clients take part in every round; gossip with ``mixing`` (default: Metropolis-Hastings
+    weights on the seeded graph of the data seed)."""
+    if mixing is None:
+        mixing = mixing_matrix(ctx.n_clients, hp.graph_p, ctx.data_seed)
     layout = ctx.layout
 
     def round_fn(state: PersonalState, train: ClientSplit):

@@ -63,6 +63,8 @@ _MODULES = (
     "qffl",
     "l2sgd",
     "decentralized",
+    "ditto",
+    "fedrep",  # FedPer, FedRep
 )
 
 

@@ -1,0 +1,110 @@
+"""Ditto: fair and robust federated learning through personalization (Li, Hu, Beirami and Smith,
+ICML 2021, Algorithm 1).
+
+The global model ``w`` is trained as in FedAvg. Every client also keeps a personal model ``v_k``
+and, in the same local epochs, takes steps on its regularised objective
+
+    f_k(v_k) + (lambda / 2) ||v_k - w^t||^2,
+
+where ``w^t`` is the global model of the round's start. Here one gradient of
+``f_k(w) + f_k(v) + (lambda / 2) ||v - stop_grad(w^t)||^2`` on each batch does both updates (the
+two models share no parameters, so the sum separates). Clients are evaluated with ``v_k``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedem_jax.algorithms.base import (
+    Algorithm,
+    Context,
+    Params,
+    PersonalState,
+    all_finite,
+    broadcast_to_clients,
+    round_metrics,
+    take_first,
+)  # fmt: skip
+from fedem_jax.algorithms.common import evaluate_own_models, init_personal
+from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
+from fedem_jax.core import aggregation, mixture
+from fedem_jax.data.federated import ClientSplit, FederatedData
+from fedem_jax.errors import check
+
+
+class DittoState(PersonalState):
+    """Personal models ``params = v [C, 1, ...]`` and the global model ``global_model = w [1, ...]``."""
+
+    global_model: Params
+
+
+@dataclasses.dataclass(frozen=True)
+class DittoHyperparams:
+    ditto_lambda: float = hyperparam(0.1, "Ditto: pull lambda of the personal models toward the global one")
+
+    def validate(self) -> None:
+        check(self.ditto_lambda >= 0, f"--ditto_lambda must be >= 0, got {self.ditto_lambda}")
+
+
+def ditto_update(ctx: Context, lam: float):
+    """Local training of ``{"w", "v", "anchor"}``; ``anchor`` (``w^t``) is never changed."""
+    update = ctx.update
+
+    def model_loss(params, x, y, mask):
+        losses = update.per_sample_loss(update.apply_fn(take_first(params), x), y)
+        return mixture.weighted_batch_loss(losses[None], jnp.ones((1, x.shape[0]), jnp.float32), mask)
+
+    def batch_loss(params, x, y, _weights, mask):
+        anchor = jax.lax.stop_gradient(params["anchor"])
+        pull = sum(
+            jnp.sum(jnp.square(v - a))
+            for v, a in zip(*map(jax.tree.leaves, (params["v"], anchor)), strict=True)
+        )
+        return model_loss(params["w"], x, y, mask) + model_loss(params["v"], x, y, mask) + 0.5 * lam * pull
+
+    trained = lambda params: {"w": True, "v": True, "anchor": False}  # noqa: E731
+    # The anchor's gradient is 0 and, masked out of the optimizer, it gets no decay or momentum.
+    return dataclasses.replace(
+        update, batch_loss=batch_loss, direction=optax.masked(update.direction, trained)
+    )
+
+
+def make_ditto(ctx: Context, hp: DittoHyperparams) -> Algorithm:
+    update = ditto_update(ctx, hp.ditto_lambda)
+
+    def init(data: FederatedData) -> DittoState:
+        state = init_personal(ctx, data)
+        start = take_first(state.params)
+        opt_state = update.direction.init({"w": start, "v": start, "anchor": start})
+        clients = state.clients.replace(opt_state=broadcast_to_clients(opt_state, data.n_clients))
+        return DittoState(params=state.params, clients=clients, round=state.round, global_model=start)
+
+    def round_fn(state: DittoState, train: ClientSplit):
+        key = ctx.round_key(state.round)
+        participates = ctx.participants(key, train)
+        global_copies = broadcast_to_clients(state.global_model, participates.shape[0])
+        own = {"w": global_copies, "v": state.params, "anchor": global_copies}
+        result = update.train(state.clients, train, jax.random.fold_in(key, 1), participates, own=own)
+        weights = jnp.where(participates, ctx.client_weights(train), 0.0)
+        delta = aggregation.weighted_delta_sum(state.global_model, result.params["w"], weights)
+        server = aggregation.apply_delta(state.global_model, ctx.layout.client_sum(delta))
+        personal = result.params["v"]
+        new_state = state.replace(
+            params=personal,
+            clients=result.client_state(state.clients),
+            round=state.round + 1,
+            global_model=server,
+        )
+        return new_state, round_metrics(ctx, participates, finite=all_finite((server, personal)))
+
+    return Algorithm(init=init, round=round_fn, evaluate=evaluate_own_models(ctx))
+
+
+METHODS = (
+    Method("Ditto", make_ditto, "personal models regularised toward the global one (Li et al., 2021)",
+           DittoHyperparams, Capabilities(personal=True, batch_norm=False)),
+)  # fmt: skip

@@ -1,0 +1,161 @@
+"""Shared body, personal head: FedPer (Arivazhagan et al., "Federated Learning with
+Personalization Layers", 2019) and FedRep (Collins et al., "Exploiting Shared Representations for
+Personalized Federated Learning", ICML 2021, Algorithm 1).
+
+The model's parameters are split by path: those whose ``/``-joined path starts with ``--head``
+(default: the model's last layer) are the client's own head, the rest the shared body.
+
+- FedPer: every client trains body and head together for ``local_epochs``; the server averages
+  the bodies (``n_t / n`` weights), each head stays with its client.
+- FedRep: every client first trains its head alone for ``--head_epochs`` with the body frozen,
+  then the body alone for ``local_epochs`` with its head frozen; the server averages the bodies.
+
+Clients are evaluated with the global body and their own head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+from fedem_jax.algorithms.base import (
+    Algorithm,
+    Context,
+    Params,
+    PersonalState,
+    all_finite,
+    broadcast_to_clients,
+    round_metrics,
+    take_first,
+)  # fmt: skip
+from fedem_jax.algorithms.common import evaluate_personal, init_personal
+from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
+from fedem_jax.core import aggregation, mixture
+from fedem_jax.data.federated import ClientSplit, FederatedData
+from fedem_jax.errors import ConfigError, check
+
+
+class SplitState(PersonalState):
+    """Per-client models ``params [C, 1, ...]`` (their head leaves are the clients' own) and the
+    global model ``global_model [1, ...]`` (its body leaves are the shared body)."""
+
+    global_model: Params
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitHyperparams:
+    head: str = hyperparam("", "FedPer, FedRep: path prefix of the personal head (default: last layer)")
+    head_epochs: int = hyperparam(1, "FedRep: epochs of head training before the body's")
+
+    def validate(self) -> None:
+        check(self.head_epochs >= 1, f"--head_epochs must be >= 1, got {self.head_epochs}")
+
+
+def head_mask(params, head: str):
+    """A tree of bools like ``params``: True on the head's leaves."""
+    flat = traverse_util.flatten_dict(params, sep="/")
+    prefix = head or next(reversed(params))  # the last top-level module
+    mask = {path: path == prefix or path.startswith(prefix + "/") for path in flat}
+    if not any(mask.values()) or all(mask.values()):
+        valid = ", ".join(sorted(flat))
+        raise ConfigError(f"--head {prefix!r} must name some but not all parameters; paths: {valid}")
+    return traverse_util.unflatten_dict(mask, sep="/")
+
+
+def merge(body_from, head_from, mask):
+    """Head leaves of ``head_from``, body leaves of ``body_from``."""
+    return jax.tree.map(lambda b, h, m: h if m else b, body_from, head_from, mask)
+
+
+def part_update(ctx: Context, mask, trained_head: bool, epochs: int):
+    """Local training of one part (head or body) with the other frozen: no gradient, no decay."""
+    update = ctx.update
+
+    def batch_loss(params, x, y, _weights, mask_batch):
+        frozen = jax.lax.stop_gradient(params)
+        model = merge(frozen, params, mask) if trained_head else merge(params, frozen, mask)
+        losses = update.per_sample_loss(update.apply_fn(take_first(model), x), y)
+        return mixture.weighted_batch_loss(losses[None], jnp.ones((1, x.shape[0]), jnp.float32), mask_batch)
+
+    trains = jax.tree.map(lambda m: bool(m) == trained_head, mask)
+    return dataclasses.replace(
+        update, batch_loss=batch_loss, direction=optax.masked(update.direction, trains), local_epochs=epochs
+    )
+
+
+def make_split_method(ctx: Context, hp: SplitHyperparams, representation: bool) -> Algorithm:
+    """FedRep if ``representation`` else FedPer."""
+
+    def updates(params):
+        """The head mask of ``params`` (keys only: works on traced values) and both part updates."""
+        mask = head_mask(params, hp.head)
+        head = part_update(ctx, mask, True, hp.head_epochs)
+        body = part_update(ctx, mask, False, ctx.update.local_epochs)
+        return mask, head, body
+
+    def init(data: FederatedData) -> SplitState:
+        state = init_personal(ctx, data)
+        start = take_first(state.params)
+        if representation:
+            _, head, body = updates(start)
+            opt = {"head": head.direction.init(start), "body": body.direction.init(start)}
+            state = state.replace(
+                clients=state.clients.replace(opt_state=broadcast_to_clients(opt, data.n_clients))
+            )
+        else:
+            head_mask(start, hp.head)  # a bad --head fails here, before compiling
+        return SplitState(params=state.params, clients=state.clients, round=state.round, global_model=start)
+
+    def local_training(state: SplitState, train, key, participates, mask):
+        own = merge(broadcast_to_clients(state.global_model, participates.shape[0]), state.params, mask)
+        if not representation:
+            result = ctx.update.train(state.clients, train, key, participates, own=own)
+            return result.params, result.client_state(state.clients)
+        _, head, body = updates(state.global_model)
+        opt = state.clients.opt_state
+        first = head.train(state.clients.replace(opt_state=opt["head"]), train, jax.random.fold_in(key, 0),
+                           participates, own=own)  # fmt: skip
+        second = body.train(state.clients.replace(opt_state=opt["body"]), train, jax.random.fold_in(key, 1),
+                            participates, own=first.params)  # fmt: skip
+        opt = {"head": first.opt_states, "body": second.opt_states}
+        return second.params, state.clients.replace(opt_state=opt, epochs_done=second.epochs_done)
+
+    def round_fn(state: SplitState, train: ClientSplit):
+        mask = updates(state.global_model)[0]
+        key = ctx.round_key(state.round)
+        participates = ctx.participants(key, train)
+        params, clients = local_training(state, train, jax.random.fold_in(key, 1), participates, mask)
+        weights = jnp.where(participates, ctx.client_weights(train), 0.0)
+        delta = aggregation.weighted_delta_sum(state.global_model, params, weights)
+        delta = jax.tree.map(lambda d, m: jnp.zeros_like(d) if m else d, delta, mask)  # bodies only
+        server = aggregation.apply_delta(state.global_model, ctx.layout.client_sum(delta))
+        new_state = state.replace(params=params, clients=clients, round=state.round + 1, global_model=server)
+        return new_state, round_metrics(ctx, participates, finite=all_finite((server, params)))
+
+    def evaluate(state: SplitState, split: ClientSplit):
+        mask = updates(state.global_model)[0]
+        models = merge(broadcast_to_clients(state.global_model, split.counts.shape[0]), state.params, mask)
+        return evaluate_personal(ctx, models, state.clients.pi, split)
+
+    return Algorithm(init=init, round=round_fn, evaluate=evaluate)
+
+
+def make_fedper(ctx: Context, hp: SplitHyperparams) -> Algorithm:
+    return make_split_method(ctx, hp, representation=False)
+
+
+def make_fedrep(ctx: Context, hp: SplitHyperparams) -> Algorithm:
+    return make_split_method(ctx, hp, representation=True)
+
+
+_CAPS = Capabilities(personal=True, batch_norm=False)
+METHODS = (
+    Method("FedPer", make_fedper, "shared body, personal head trained together (Arivazhagan et al., 2019)",
+           SplitHyperparams, _CAPS),
+    Method("FedRep", make_fedrep, "shared body, personal head trained first (Collins et al., 2021)",
+           SplitHyperparams, _CAPS),
+)  # fmt: skip
