@@ -201,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     for field in _cli_fields():
-        arg_type = {"int": int, "float": float, "str": str, "bool": _parse_bool}[field.type]
-        flag_kwargs = {"nargs": "?", "const": True} if field.type == "bool" else {}
+        kind = getattr(field.type, "__name__", field.type)  # a type, or its name under PEP 563
+        arg_type = {"int": int, "float": float, "str": str, "bool": _parse_bool}[kind]
+        flag_kwargs = {"nargs": "?", "const": True} if kind == "bool" else {}
         parser.add_argument(
             f"--{field.name}",
             type=arg_type,
