@@ -224,7 +224,8 @@ def make_config(**values) -> Config:
         values.setdefault("n_learners", 1)
     if caps.proximal:
         values.setdefault("momentum", 0.0)
-    hyper = {k: values.pop(k) for k in list(values) if k in registry.hyperparam_fields()}
+    method_fields = registry.hyperparam_fields()
+    hyper = {k: values.pop(k) for k in list(values) if k in method_fields}
     return validate(Config(**values, hyperparams=registry.make_hyperparams(method.name, hyper)))
 
 

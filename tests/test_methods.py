@@ -60,7 +60,7 @@ def test_pfedme_matches_numpy(tmp_path):
     data = tiny_binary_data()
     cfg = tiny_config(tmp_path, method="pFedMe", n_learners=1, mu=0.5, momentum=0.0)
     _, start, state, _ = _run(cfg, data, rounds=2)
-    W0, b0 = _linear(start.anchor)
+    W0, b0 = _linear(start.global_model)
     models = [(W0.copy(), b0.copy()) for _ in range(3)]
     anchor = (W0, b0)
     for _ in range(2):
@@ -76,7 +76,7 @@ def test_pfedme_matches_numpy(tmp_path):
             sum(pc * b for pc, (_, b) in zip(p, models, strict=True)),
         )
     _close(_linear(state.params), (np.stack([W for W, _ in models]), np.stack([b for _, b in models])))
-    _close(_linear(state.anchor), anchor)  # the average is computed ...
+    _close(_linear(state.global_model), anchor)  # the average is computed ...
     assert not np.allclose(_linear(state.params)[0][0], anchor[0])  # ... but not copied to clients
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from fedem_jax.algorithms.base import Algorithm, Context, GlobalState, all_finite, round_metrics
-from fedem_jax.algorithms.common import client_means, shared_sample_losses
+from fedem_jax.algorithms.common import client_losses
 from fedem_jax.algorithms.fedem import ServerHyperparams, make_fedem
 from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
 from fedem_jax.core import aggregation
@@ -64,7 +64,7 @@ def make_afl(ctx: Context, hp: AFLHyperparams) -> Algorithm:
     def round_fn(state: AFLState, train: ClientSplit):
         key = ctx.round_key(state.round)
         participates = ctx.participants(key, train)
-        losses = client_means(shared_sample_losses(ctx.update, state.params, train, ctx.eval_chunk)[0], train)
+        losses = client_losses(ctx, state.params, train)
         weights = jnp.where(participates, state.lam, 0.0)
         result = ctx.update.train(
             state.clients,

@@ -24,24 +24,16 @@ import optax
 from fedem_jax.algorithms.base import (
     Algorithm,
     Context,
-    Params,
-    PersonalState,
+    PersonalGlobalState,
     all_finite,
     broadcast_to_clients,
     round_metrics,
-    take_first,
 )  # fmt: skip
-from fedem_jax.algorithms.common import evaluate_personal, init_personal
+from fedem_jax.algorithms.common import evaluate_personal, init_with_global
 from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
-from fedem_jax.core import aggregation, mixture
+from fedem_jax.core import aggregation
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.errors import check
-
-
-class APFLState(PersonalState):
-    """``params = {"v": local models [C, 1, ...], "alpha": [C]}`` and the global model ``w [1, ...]``."""
-
-    global_model: Params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,12 +62,7 @@ def apfl_update(ctx: Context, learn_alpha: bool):
     def batch_loss(params, x, y, _weights, mask):
         mix = params["alpha"] if learn_alpha else jax.lax.stop_gradient(params["alpha"])
         personal = interpolate(params["v"], jax.lax.stop_gradient(params["w"]), mix)
-        ones = jnp.ones((1, x.shape[0]), jnp.float32)
-        global_loss = update.per_sample_loss(update.apply_fn(take_first(params["w"]), x), y)
-        personal_loss = update.per_sample_loss(update.apply_fn(take_first(personal), x), y)
-        return mixture.weighted_batch_loss(global_loss[None], ones, mask) + mixture.weighted_batch_loss(
-            personal_loss[None], ones, mask
-        )
+        return update.one_model_loss(params["w"], x, y, mask) + update.one_model_loss(personal, x, y, mask)
 
     def clip_alpha(params):
         return {**params, "alpha": jnp.clip(params["alpha"], 0.0, 1.0)}
@@ -92,17 +79,14 @@ def apfl_update(ctx: Context, learn_alpha: bool):
 def make_apfl(ctx: Context, hp: APFLHyperparams) -> Algorithm:
     update = apfl_update(ctx, hp.learn_alpha)
 
-    def init(data: FederatedData) -> APFLState:
-        state = init_personal(ctx, data)
-        start = take_first(state.params)  # the common initial model, leaves [1, ...]
-        one_client = {"w": start, "v": start, "alpha": jnp.asarray(hp.apfl_alpha, jnp.float32)}
-        opt_state = broadcast_to_clients(update.direction.init(one_client), data.n_clients)
-        opt_state = jax.tree.map(jnp.array, opt_state)  # materialise the broadcast
+    def init(data: FederatedData) -> PersonalGlobalState:
+        """``params = {"v": local models [C, 1, ...], "alpha": [C]}``; ``global_model = w [1, ...]``."""
+        alpha = jnp.asarray(hp.apfl_alpha, jnp.float32)
+        state = init_with_global(ctx, data, lambda w: update.direction.init({"w": w, "v": w, "alpha": alpha}))
         personal = {"v": state.params, "alpha": jnp.full((data.n_clients,), hp.apfl_alpha, jnp.float32)}
-        clients = state.clients.replace(opt_state=opt_state)
-        return APFLState(params=personal, clients=clients, round=state.round, global_model=start)
+        return state.replace(params=personal)
 
-    def round_fn(state: APFLState, train: ClientSplit):
+    def round_fn(state: PersonalGlobalState, train: ClientSplit):
         key = ctx.round_key(state.round)
         participates = ctx.participants(key, train)
         own = {"w": broadcast_to_clients(state.global_model, participates.shape[0]), **state.params}
@@ -122,7 +106,7 @@ def make_apfl(ctx: Context, hp: APFLHyperparams) -> Algorithm:
         finite = all_finite((server, personal))
         return new_state, round_metrics(ctx, participates, finite=finite, mean_alpha=mean_alpha)
 
-    def evaluate(state: APFLState, split: ClientSplit):
+    def evaluate(state: PersonalGlobalState, split: ClientSplit):
         n_clients = state.params["alpha"].shape[0]
         models = interpolate(
             state.params["v"], broadcast_to_clients(state.global_model, n_clients), state.params["alpha"]

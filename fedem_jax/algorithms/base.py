@@ -73,6 +73,13 @@ class PersonalState(State):
     CLIENT_FIELDS: ClassVar[tuple[str, ...]] = ("clients", "params")
 
 
+class PersonalGlobalState(PersonalState):
+    """Per-client models ``params`` and one shared model ``global_model [M, ...]`` (each method's
+    module says what the two are: Ditto's global and personal models, APFL's ``w`` and ``v``...)."""
+
+    global_model: Params
+
+
 def state_specs(state: State):
     """The ``PartitionSpec`` prefix tree of ``state``: client fields sharded, the rest replicated."""
     specs = {
@@ -115,10 +122,9 @@ class Context:
         """``fold_in(fold_in(PRNGKey(seed), 1), round)``: the key of one round."""
         return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.seed), 1), round_index)
 
-    def participants(self, round_key, train: ClientSplit, sampling_rate: float | None = None):
+    def participants(self, round_key, train: ClientSplit):
         """``[C]`` booleans of this block's clients taking part (see :func:`sample_participants`)."""
-        rate = self.sampling_rate if sampling_rate is None else sampling_rate
-        return sample_participants(round_key, train, self.n_clients, rate)
+        return sample_participants(round_key, train, self.n_clients, self.sampling_rate)
 
     def client_weights(self, train: ClientSplit) -> jax.Array:
         """``p_t = n_t / n`` of this block's clients, ``n`` over all blocks (0 for padding)."""

@@ -59,7 +59,7 @@ def make_clustered(ctx: Context, hp: ClusteredHyperparams) -> Algorithm:
 
     def round_fn(state: ClusteredState, train: ClientSplit):
         key = ctx.round_key(state.round)
-        participates = ctx.participants(key, train, 1.0)
+        participates = ctx.participants(key, train)  # validation: rate 1
         result = ctx.update.train(
             state.clients, train, jax.random.fold_in(key, 1), participates, own=state.params
         )

@@ -5,7 +5,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fedem_jax.algorithms.base import Context, PersonalState, broadcast_to_clients
+from fedem_jax.algorithms.base import (
+    Context,
+    PersonalGlobalState,
+    PersonalState,
+    broadcast_to_clients,
+    take_first,
+)
 from fedem_jax.core import mixture
 from fedem_jax.core.client_update import ClientUpdate
 from fedem_jax.data.federated import ClientSplit, FederatedData
@@ -39,6 +45,11 @@ def personal_sample_losses(update: ClientUpdate, params, split: ClientSplit) -> 
     n_learners = per_client.shape[1]
     flat = jnp.zeros((n_learners, n_samples), per_client.dtype)
     return flat.at[:, index].set(jnp.moveaxis(per_client, 1, 0), mode="drop")
+
+
+def client_losses(ctx: Context, params, train: ClientSplit) -> jax.Array:
+    """``[C]`` mean training loss of each client with one shared single model ``params [1, ...]``."""
+    return client_means(shared_sample_losses(ctx.update, params, train, ctx.eval_chunk)[0], train)
 
 
 def client_means(values: jax.Array, split: ClientSplit) -> jax.Array:
@@ -82,6 +93,17 @@ def evaluate_own_models(ctx: Context):
         return evaluate_personal(ctx, state.params, state.clients.pi, split)
 
     return evaluate
+
+
+def init_with_global(ctx: Context, data: FederatedData, one_client_opt=None) -> PersonalGlobalState:
+    """:func:`init_personal`, with the initial model also as the global one; every client's
+    optimizer state is ``one_client_opt(model)`` (default: the local optimizer's, as there)."""
+    state = init_personal(ctx, data)
+    start = take_first(state.params)
+    clients = state.clients
+    if one_client_opt is not None:
+        clients = clients.replace(opt_state=broadcast_to_clients(one_client_opt(start), data.n_clients))
+    return PersonalGlobalState(params=state.params, clients=clients, round=state.round, global_model=start)
 
 
 def init_personal(ctx: Context, data: FederatedData) -> PersonalState:

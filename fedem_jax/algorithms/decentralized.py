@@ -88,7 +88,7 @@ def make_dfedem(ctx: Context, hp: DFedEMHyperparams, mixing: np.ndarray | None =
 
     def round_fn(state: PersonalState, train: ClientSplit):
         key = ctx.round_key(state.round)
-        participates = ctx.participants(key, train, 1.0)
+        participates = ctx.participants(key, train)  # validation: rate 1
         losses = personal_sample_losses(ctx.update, state.params, train)  # [M, N], own components
         log_pi = jnp.log(state.clients.pi)[train.client_id].T
         q = mixture.e_step(log_pi, losses)

@@ -22,24 +22,17 @@ import optax
 from fedem_jax.algorithms.base import (
     Algorithm,
     Context,
-    Params,
-    PersonalState,
+    PersonalGlobalState,
     all_finite,
     broadcast_to_clients,
     round_metrics,
-    take_first,
 )  # fmt: skip
-from fedem_jax.algorithms.common import evaluate_own_models, init_personal
+from fedem_jax.algorithms.common import evaluate_own_models, init_with_global
 from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
-from fedem_jax.core import aggregation, mixture
+from fedem_jax.core import aggregation
+from fedem_jax.core.client_update import tree_sq_distance
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.errors import check
-
-
-class DittoState(PersonalState):
-    """Personal models ``params = v [C, 1, ...]`` and the global model ``global_model = w [1, ...]``."""
-
-    global_model: Params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,17 +47,14 @@ def ditto_update(ctx: Context, lam: float):
     """Local training of ``{"w", "v", "anchor"}``; ``anchor`` (``w^t``) is never changed."""
     update = ctx.update
 
-    def model_loss(params, x, y, mask):
-        losses = update.per_sample_loss(update.apply_fn(take_first(params), x), y)
-        return mixture.weighted_batch_loss(losses[None], jnp.ones((1, x.shape[0]), jnp.float32), mask)
-
     def batch_loss(params, x, y, _weights, mask):
         anchor = jax.lax.stop_gradient(params["anchor"])
-        pull = sum(
-            jnp.sum(jnp.square(v - a))
-            for v, a in zip(*map(jax.tree.leaves, (params["v"], anchor)), strict=True)
+        pull = tree_sq_distance(params["v"], anchor)
+        return (
+            update.one_model_loss(params["w"], x, y, mask)
+            + update.one_model_loss(params["v"], x, y, mask)
+            + 0.5 * lam * pull
         )
-        return model_loss(params["w"], x, y, mask) + model_loss(params["v"], x, y, mask) + 0.5 * lam * pull
 
     trained = lambda params: {"w": True, "v": True, "anchor": False}  # noqa: E731
     # The anchor's gradient is 0 and, masked out of the optimizer, it gets no decay or momentum.
@@ -76,14 +66,11 @@ def ditto_update(ctx: Context, lam: float):
 def make_ditto(ctx: Context, hp: DittoHyperparams) -> Algorithm:
     update = ditto_update(ctx, hp.ditto_lambda)
 
-    def init(data: FederatedData) -> DittoState:
-        state = init_personal(ctx, data)
-        start = take_first(state.params)
-        opt_state = update.direction.init({"w": start, "v": start, "anchor": start})
-        clients = state.clients.replace(opt_state=broadcast_to_clients(opt_state, data.n_clients))
-        return DittoState(params=state.params, clients=clients, round=state.round, global_model=start)
+    def init(data: FederatedData) -> PersonalGlobalState:
+        """Personal models ``params = v [C, 1, ...]``, the global model ``global_model = w [1, ...]``."""
+        return init_with_global(ctx, data, lambda w: update.direction.init({"w": w, "v": w, "anchor": w}))
 
-    def round_fn(state: DittoState, train: ClientSplit):
+    def round_fn(state: PersonalGlobalState, train: ClientSplit):
         key = ctx.round_key(state.round)
         participates = ctx.participants(key, train)
         global_copies = broadcast_to_clients(state.global_model, participates.shape[0])

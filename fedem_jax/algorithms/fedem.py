@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from fedem_jax.algorithms.base import Algorithm, Context, GlobalState, Params, all_finite, round_metrics
 from fedem_jax.algorithms.common import shared_sample_losses
 from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
-from fedem_jax.core import aggregation, mixture
+from fedem_jax.core import mixture
 from fedem_jax.core.server_opt import DEFAULT_SERVER_LR, SERVER_OPTIMIZERS, server_direction
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.errors import check
@@ -133,8 +133,9 @@ def make_fedem(ctx: Context, hp: ServerHyperparams) -> Algorithm:
     """FedEM's pure functions; FedAvg, FedProx and the server optimizers are settings of it."""
     if isinstance(hp, FedProxHyperparams) and hp.mu:
         ctx = dataclasses.replace(ctx, update=dataclasses.replace(ctx.update, prox_mu=hp.mu))
-    server = server_direction(hp.server_optimizer, hp.server_beta1, hp.server_beta2, hp.server_tau)
     adaptive = hp.server_optimizer != "avg"
+    if adaptive:
+        server = server_direction(hp.server_optimizer, hp.server_beta1, hp.server_beta2, hp.server_tau)
 
     def init(data: FederatedData) -> GlobalState:
         params = ctx.init_components(data)
@@ -142,12 +143,11 @@ def make_fedem(ctx: Context, hp: ServerHyperparams) -> Algorithm:
         return ServerOptState(**fields, server_opt=server.init(params)) if adaptive else GlobalState(**fields)
 
     def server_step(state, delta_sum):
-        """``theta + lr * direction(Delta)``; plain averaging adds ``Delta`` itself (lr 1)."""
-        if not adaptive and hp.lr == 1.0:
-            return aggregation.apply_delta(state.params, delta_sum), {}
-        step, opt = server.update(delta_sum, state.server_opt if adaptive else server.init(delta_sum))
-        params = jax.tree.map(lambda p, s: p + hp.lr * s, state.params, step)
-        return params, ({"server_opt": opt} if adaptive else {})
+        """``theta + lr * Delta`` (avg: FedAvg at lr 1, exactly), or ``+ lr * m / (sqrt(v) + tau)``."""
+        if not adaptive:
+            return jax.tree.map(lambda p, d: p + hp.lr * d, state.params, delta_sum), {}
+        step, opt = server.update(delta_sum, state.server_opt)
+        return jax.tree.map(lambda p, s: p + hp.lr * s, state.params, step), {"server_opt": opt}
 
     def round_fn(state: GlobalState, train: ClientSplit):
         key = ctx.round_key(state.round)

@@ -25,25 +25,16 @@ from flax import traverse_util
 from fedem_jax.algorithms.base import (
     Algorithm,
     Context,
-    Params,
-    PersonalState,
+    PersonalGlobalState,
     all_finite,
     broadcast_to_clients,
     round_metrics,
-    take_first,
 )  # fmt: skip
-from fedem_jax.algorithms.common import evaluate_personal, init_personal
+from fedem_jax.algorithms.common import evaluate_personal, init_with_global
 from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
-from fedem_jax.core import aggregation, mixture
+from fedem_jax.core import aggregation
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.errors import ConfigError, check
-
-
-class SplitState(PersonalState):
-    """Per-client models ``params [C, 1, ...]`` (their head leaves are the clients' own) and the
-    global model ``global_model [1, ...]`` (its body leaves are the shared body)."""
-
-    global_model: Params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +69,7 @@ def part_update(ctx: Context, mask, trained_head: bool, epochs: int):
     def batch_loss(params, x, y, _weights, mask_batch):
         frozen = jax.lax.stop_gradient(params)
         model = merge(frozen, params, mask) if trained_head else merge(params, frozen, mask)
-        losses = update.per_sample_loss(update.apply_fn(take_first(model), x), y)
-        return mixture.weighted_batch_loss(losses[None], jnp.ones((1, x.shape[0]), jnp.float32), mask_batch)
+        return update.one_model_loss(model, x, y, mask_batch)
 
     trains = jax.tree.map(lambda m: bool(m) == trained_head, mask)
     return dataclasses.replace(
@@ -90,32 +80,34 @@ def part_update(ctx: Context, mask, trained_head: bool, epochs: int):
 def make_split_method(ctx: Context, hp: SplitHyperparams, representation: bool) -> Algorithm:
     """FedRep if ``representation`` else FedPer."""
 
-    def updates(params):
-        """The head mask of ``params`` (keys only: works on traced values) and both part updates."""
-        mask = head_mask(params, hp.head)
-        head = part_update(ctx, mask, True, hp.head_epochs)
-        body = part_update(ctx, mask, False, ctx.update.local_epochs)
-        return mask, head, body
+    def parts(mask):
+        """The head's and the body's local updates (FedRep)."""
+        return part_update(ctx, mask, True, hp.head_epochs), part_update(
+            ctx, mask, False, ctx.update.local_epochs
+        )
 
-    def init(data: FederatedData) -> SplitState:
-        state = init_personal(ctx, data)
-        start = take_first(state.params)
+    def init(data: FederatedData) -> PersonalGlobalState:
+        """Per-client models ``params [C, 1, ...]`` (their head leaves are the clients' own) and the
+        global model ``global_model [1, ...]`` (its body leaves are the shared body)."""
+        state = init_with_global(ctx, data)
+        mask = head_mask(state.global_model, hp.head)  # a bad --head fails here, before compiling
         if representation:
-            _, head, body = updates(start)
-            opt = {"head": head.direction.init(start), "body": body.direction.init(start)}
+            head, body = parts(mask)
+            opt = {
+                "head": head.direction.init(state.global_model),
+                "body": body.direction.init(state.global_model),
+            }
             state = state.replace(
                 clients=state.clients.replace(opt_state=broadcast_to_clients(opt, data.n_clients))
             )
-        else:
-            head_mask(start, hp.head)  # a bad --head fails here, before compiling
-        return SplitState(params=state.params, clients=state.clients, round=state.round, global_model=start)
+        return state
 
-    def local_training(state: SplitState, train, key, participates, mask):
+    def local_training(state: PersonalGlobalState, train, key, participates, mask):
         own = merge(broadcast_to_clients(state.global_model, participates.shape[0]), state.params, mask)
         if not representation:
             result = ctx.update.train(state.clients, train, key, participates, own=own)
             return result.params, result.client_state(state.clients)
-        _, head, body = updates(state.global_model)
+        head, body = parts(mask)
         opt = state.clients.opt_state
         first = head.train(state.clients.replace(opt_state=opt["head"]), train, jax.random.fold_in(key, 0),
                            participates, own=own)  # fmt: skip
@@ -124,8 +116,8 @@ def make_split_method(ctx: Context, hp: SplitHyperparams, representation: bool) 
         opt = {"head": first.opt_states, "body": second.opt_states}
         return second.params, state.clients.replace(opt_state=opt, epochs_done=second.epochs_done)
 
-    def round_fn(state: SplitState, train: ClientSplit):
-        mask = updates(state.global_model)[0]
+    def round_fn(state: PersonalGlobalState, train: ClientSplit):
+        mask = head_mask(state.global_model, hp.head)
         key = ctx.round_key(state.round)
         participates = ctx.participants(key, train)
         params, clients = local_training(state, train, jax.random.fold_in(key, 1), participates, mask)
@@ -136,8 +128,8 @@ def make_split_method(ctx: Context, hp: SplitHyperparams, representation: bool) 
         new_state = state.replace(params=params, clients=clients, round=state.round + 1, global_model=server)
         return new_state, round_metrics(ctx, participates, finite=all_finite((server, params)))
 
-    def evaluate(state: SplitState, split: ClientSplit):
-        mask = updates(state.global_model)[0]
+    def evaluate(state: PersonalGlobalState, split: ClientSplit):
+        mask = head_mask(state.global_model, hp.head)
         models = merge(broadcast_to_clients(state.global_model, split.counts.shape[0]), state.params, mask)
         return evaluate_personal(ctx, models, state.clients.pi, split)
 

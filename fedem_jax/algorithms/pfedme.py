@@ -18,22 +18,14 @@ import jax
 from fedem_jax.algorithms.base import (
     Algorithm,
     Context,
-    Params,
-    PersonalState,
+    PersonalGlobalState,
     all_finite,
     round_metrics,
-    take_first,
 )
-from fedem_jax.algorithms.common import client_average, evaluate_own_models, init_personal
+from fedem_jax.algorithms.common import client_average, evaluate_own_models, init_with_global
 from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.errors import check
-
-
-class PFedMeState(PersonalState):
-    """Per-client models ``params [C, 1, ...]`` and their weighted average ``anchor [1, ...]``."""
-
-    anchor: Params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,13 +39,11 @@ class PFedMeHyperparams:
 def make_pfedme(ctx: Context, hp: PFedMeHyperparams) -> Algorithm:
     update = dataclasses.replace(ctx.update, prox_mu=hp.mu)
 
-    def init(data: FederatedData) -> PFedMeState:
-        state = init_personal(ctx, data)
-        return PFedMeState(
-            params=state.params, clients=state.clients, round=state.round, anchor=take_first(state.params)
-        )
+    def init(data: FederatedData) -> PersonalGlobalState:
+        """Per-client models ``params [C, 1, ...]``; their weighted average ``global_model [1, ...]``."""
+        return init_with_global(ctx, data)
 
-    def round_fn(state: PFedMeState, train: ClientSplit):
+    def round_fn(state: PersonalGlobalState, train: ClientSplit):
         key = ctx.round_key(state.round)
         participates = ctx.participants(key, train)
         result = update.train(
@@ -62,14 +52,14 @@ def make_pfedme(ctx: Context, hp: PFedMeHyperparams) -> Algorithm:
             jax.random.fold_in(key, 1),
             participates,
             own=state.params,
-            anchor=state.anchor,
+            anchor=state.global_model,
         )
         average = client_average(ctx, result.params, ctx.client_weights(train))
         new_state = state.replace(
             params=result.params,
             clients=result.client_state(state.clients),
             round=state.round + 1,
-            anchor=average,
+            global_model=average,
         )
         return new_state, round_metrics(ctx, participates, finite=all_finite(result.params))
 

@@ -21,24 +21,15 @@ import optax
 from fedem_jax.algorithms.base import (
     Algorithm,
     Context,
-    Params,
-    PersonalState,
+    PersonalGlobalState,
     all_finite,
     broadcast_to_clients,
     round_metrics,
-    take_first,
 )  # fmt: skip
-from fedem_jax.algorithms.common import client_average, evaluate_own_models, init_personal
+from fedem_jax.algorithms.common import client_average, evaluate_own_models, init_with_global
 from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
-from fedem_jax.core import mixture
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.errors import check
-
-
-class MoreauState(PersonalState):
-    """Personalised models ``params = theta [C, 1, ...]`` and the global model ``w [1, ...]``."""
-
-    global_model: Params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,15 +50,11 @@ def moreau_step_fn(ctx: Context, hp: MoreauHyperparams):
     """The custom local step: K inner steps on the Moreau envelope, then ``w`` toward ``theta``."""
     update, lam = ctx.update, hp.pfedme_lambda
 
-    def batch_loss(theta, x, y, mask):
-        losses = update.per_sample_loss(update.apply_fn(take_first(theta), x), y)
-        return mixture.weighted_batch_loss(losses[None], jnp.ones((1, x.shape[0])), mask)
-
     def moreau_step(params, opt_state, x, y, _weights, mask, lr):
         w = params["w"]
 
         def inner(theta, _):
-            grads = jax.grad(batch_loss)(theta, x, y, mask)
+            grads = jax.grad(update.one_model_loss)(theta, x, y, mask)
             step = lambda t, g, a: t - hp.personal_lr * (g + lam * (t - a))  # noqa: E731
             return jax.tree.map(step, theta, grads, w), None
 
@@ -81,14 +68,11 @@ def moreau_step_fn(ctx: Context, hp: MoreauHyperparams):
 def make_pfedme_moreau(ctx: Context, hp: MoreauHyperparams) -> Algorithm:
     update = dataclasses.replace(ctx.update, custom_step=moreau_step_fn(ctx, hp), direction=optax.identity())
 
-    def init(data: FederatedData) -> MoreauState:
-        state = init_personal(ctx, data)
-        start = take_first(state.params)
-        opt_state = broadcast_to_clients(update.direction.init({"w": start, "theta": start}), data.n_clients)
-        clients = state.clients.replace(opt_state=opt_state)
-        return MoreauState(params=state.params, clients=clients, round=state.round, global_model=start)
+    def init(data: FederatedData) -> PersonalGlobalState:
+        """Personalised models ``params = theta [C, 1, ...]``, the global model ``w [1, ...]``."""
+        return init_with_global(ctx, data, lambda w: update.direction.init({"w": w, "theta": w}))
 
-    def round_fn(state: MoreauState, train: ClientSplit):
+    def round_fn(state: PersonalGlobalState, train: ClientSplit):
         key = ctx.round_key(state.round)
         participates = ctx.participants(key, train)
         own = {"w": broadcast_to_clients(state.global_model, participates.shape[0]), "theta": state.params}

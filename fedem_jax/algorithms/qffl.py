@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from fedem_jax.algorithms.base import Algorithm, Context, GlobalState, all_finite, round_metrics
-from fedem_jax.algorithms.common import client_means, shared_sample_losses
+from fedem_jax.algorithms.common import client_losses
 from fedem_jax.algorithms.fedem import ServerHyperparams, make_fedem
 from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
 from fedem_jax.core import aggregation
@@ -43,7 +43,7 @@ def make_qffl(ctx: Context, hp: QFFLHyperparams) -> Algorithm:
     def round_fn(state: GlobalState, train: ClientSplit):
         key = ctx.round_key(state.round)
         participates = ctx.participants(key, train)
-        losses = client_means(shared_sample_losses(update, state.params, train, ctx.eval_chunk)[0], train)
+        losses = client_losses(ctx, state.params, train)
         losses = jnp.maximum(losses, 1e-10)
         lipschitz = 1.0 / update.schedule(state.clients.epochs_done)  # [C]
         scaled = jnp.where(participates, lipschitz * losses**q, 0.0)  # L F^q

@@ -64,6 +64,11 @@ class ClientUpdate:
         """Per-sample loss of every learner on one batch: ``[M, B]``."""
         return jax.vmap(self.per_sample_loss, in_axes=(0, None))(self.learner_logits(params, x), y)
 
+    def one_model_loss(self, params, x, y, mask) -> jax.Array:
+        """Mean loss on one batch of a single-model method's params (leaves ``[1, ...]``)."""
+        losses = self.per_sample_loss(self.apply_fn(jax.tree.map(lambda a: a[0], params), x), y)
+        return mixture.weighted_batch_loss(losses[None], jnp.ones((1, x.shape[0]), jnp.float32), mask)
+
     def batch_grads(self, params, x, y, q, mask):
         """Gradient of ``weighted_batch_loss`` with respect to the stacked ``[M, ...]`` params
         (or of the method's own ``batch_loss``). Stateful models also return the new statistics

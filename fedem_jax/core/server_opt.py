@@ -9,7 +9,8 @@ pointing downhill), the server keeps ``m`` and ``v`` per parameter:
 - ``theta <- theta + lr m / (sqrt(v) + tau)``,
 
 with ``m = 0`` and ``v = tau^2`` at the start and no bias correction, as in the paper.
-``avg`` is plain averaging, ``theta <- theta + lr Delta`` (FedAvg at ``lr = 1``).
+``avg`` (plain averaging, ``theta <- theta + lr Delta``, FedAvg at ``lr = 1``) needs no state and
+no transformation.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ DEFAULT_SERVER_LR = {"avg": 1.0, "adam": 0.01, "yogi": 0.01}
 
 
 def server_direction(kind: str, b1: float, b2: float, tau: float) -> optax.GradientTransformation:
-    """``Delta -> m / (sqrt(v) + tau)`` (``avg``: the identity)."""
-    if kind == "avg":
-        return optax.identity()
+    """``Delta -> m / (sqrt(v) + tau)`` for ``kind`` ``adam`` or ``yogi``."""
+    if kind not in ("adam", "yogi"):
+        raise ValueError(f"no adaptive server optimizer {kind!r}")
 
     def init(params):
         zeros = jax.tree.map(jnp.zeros_like, params)
