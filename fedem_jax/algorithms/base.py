@@ -143,10 +143,10 @@ class Context:
             params, _ = apply_weights(params, self.init_weights)
         return params
 
-    def init_clients(self, data: FederatedData, params: Params, direction=None) -> ClientState:
-        """Uniform ``pi``, zero epoch counters, and the optimizer state of ``params`` for every
-        client (``direction`` defaults to the local optimizer's)."""
-        direction = self.update.direction if direction is None else direction
+    def init_clients(self, data: FederatedData, params: Params) -> ClientState:
+        """Uniform ``pi``, zero epoch counters, and the local optimizer's state of ``params`` for
+        every client."""
+        direction = self.update.direction
         n_clients = data.n_clients
         return ClientState(
             pi=jnp.full((n_clients, self.n_learners), 1.0 / self.n_learners, jnp.float32),
