@@ -222,7 +222,7 @@ def make_config(**values) -> Config:
     caps = method.capabilities
     if not caps.components:
         values.setdefault("n_learners", 1)
-    if caps.proximal:
+    if caps.plain_sgd:
         values.setdefault("momentum", 0.0)
     method_fields = registry.hyperparam_fields()
     hyper = {k: values.pop(k) for k in list(values) if k in method_fields}

@@ -89,12 +89,19 @@ def make_update(cfg: Config, data: FederatedData, model_name: str, layout: Layou
     # Forward-only passes (E-step, evaluation) use XLA's convolution, the fastest there on
     # every backend; the parameters of both implementations are the same pytree.
     forward_model = build_model(model_name, data.task.output_dim, "xla")
+    return update_for_model(cfg, data.task, model, layout, forward_model, model_name in STATEFUL_MODELS)
+
+
+def update_for_model(cfg: Config, task, model, layout: Layout, forward_model=None, stateful=False):
+    """The :class:`ClientUpdate` of ``cfg`` with any flax ``model`` (``stateful``: it has
+    BatchNorm statistics and takes ``train=`` and the batch's sample ``mask=``);
+    ``forward_model`` computes the same function for forward-only passes (default: ``model``)."""
+    forward_model = forward_model or model
     direction = make_direction(cfg.optimizer, cfg.momentum, cfg.weight_decay)
-    stateful = model_name in STATEFUL_MODELS
     if stateful:  # BatchNorm statistics: no gradient step, no decay; replaced after each step
 
-        def apply_fn(variables, x):
-            return model.apply(variables, x, train=True, mutable=["batch_stats"])
+        def apply_fn(variables, x, mask):
+            return model.apply(variables, x, train=True, mask=mask, mutable=["batch_stats"])
 
         def forward_fn(variables, x):
             return model.apply(variables, x, train=False)
@@ -112,7 +119,7 @@ def make_update(cfg: Config, data: FederatedData, model_name: str, layout: Layou
         apply_fn=apply_fn,
         forward_fn=forward_fn,
         stateful=stateful,
-        per_sample_loss=data.task.per_sample_loss,
+        per_sample_loss=task.per_sample_loss,
         direction=direction,
         schedule=lr_schedule(cfg.lr_scheduler, cfg.lr, cfg.n_rounds),
         batch_size=cfg.batch_size,
@@ -171,19 +178,12 @@ class Experiment:
         return self.layout.shard(evaluate_all, specs, [CLIENT_SPEC] * len(splits))(state, train, splits)
 
 
-def build(cfg: Config, data: FederatedData, n_devices: int = 1) -> Experiment:
-    """Model, client update, layout and the ``cfg.method`` algorithm on ``data``.
-
-    With ``n_devices > 1`` the algorithm expects data laid out by ``shard_data(data, layout.mesh)``
-    and a state placed by :func:`place_state`.
-    """
-    model_name = cfg.model or default_model(cfg.dataset, data)
-    model = build_model(model_name, data.task.output_dim, cfg.conv_impl)
-    layout = make_layout(cfg, model_name, n_devices)
-    ctx = Context(
+def make_context(cfg: Config, data: FederatedData, model, update: ClientUpdate) -> Context:
+    """What the method's factory is given."""
+    return Context(
         model=model,
         task=data.task,
-        update=make_update(cfg, data, model_name, layout),
+        update=update,
         n_learners=cfg.n_learners,
         n_clients=data.n_clients,
         sampling_rate=cfg.sampling_rate,
@@ -192,6 +192,26 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1) -> Experiment:
         eval_chunk=cfg.eval_chunk,
         init_weights=load_weights(cfg.init_from) if cfg.init_from else None,
     )
+
+
+def build(cfg: Config, data: FederatedData, n_devices: int = 1, model=None) -> Experiment:
+    """Model, client update, layout and the ``cfg.method`` algorithm on ``data``.
+
+    With ``n_devices > 1`` the algorithm expects data laid out by ``shard_data(data, layout.mesh)``
+    and a state placed by :func:`place_state`. ``model``: a flax module of your own instead of
+    ``cfg.model``'s (one with BatchNorm takes ``train=`` and ``mask=``, as MobileNetV2 does).
+    """
+    if model is None:
+        model_name = cfg.model or default_model(cfg.dataset, data)
+        model = build_model(model_name, data.task.output_dim, cfg.conv_impl)
+        layout = make_layout(cfg, model_name, n_devices)
+        update = make_update(cfg, data, model_name, layout)
+    else:
+        model_name = type(model).__name__
+        layout = make_layout(cfg, model_name, n_devices)
+        variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.train.x[:1])
+        update = update_for_model(cfg, data.task, model, layout, stateful="batch_stats" in variables)
+    ctx = make_context(cfg, data, model, update)
     raw = cfg.method_info.factory(ctx, cfg.hyperparams)
     info = {
         "devices": n_devices,

@@ -68,10 +68,11 @@ class ConvBNReLU6(nn.Module):
     conv_impl: str = "xla"
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, mask=None):
         x = MobileConv(self.features, self.kernel, self.stride, self.groups, self.conv_impl, name="Conv_0")(x)
         # torch momentum 0.1 == flax momentum 0.9; torch eps 1e-5.
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+        sample_mask = None if mask is None else mask[:, None, None, None]
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x, mask=sample_mask)
         return jnp.clip(x, 0.0, 6.0) if self.activation else x
 
 
@@ -82,14 +83,14 @@ class InvertedResidual(nn.Module):
     conv_impl: str = "xla"
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, mask=None):
         hidden = x.shape[-1] * self.expansion
         impl = self.conv_impl
         y = x
         if self.expansion != 1:
-            y = ConvBNReLU6(hidden, kernel=1, conv_impl=impl)(y, train)
-        y = ConvBNReLU6(hidden, stride=self.stride, groups=hidden, conv_impl=impl)(y, train)
-        y = ConvBNReLU6(self.features, kernel=1, activation=False, conv_impl=impl)(y, train)
+            y = ConvBNReLU6(hidden, kernel=1, conv_impl=impl)(y, train, mask)
+        y = ConvBNReLU6(hidden, stride=self.stride, groups=hidden, conv_impl=impl)(y, train, mask)
+        y = ConvBNReLU6(self.features, kernel=1, activation=False, conv_impl=impl)(y, train, mask)
         if self.stride == 1 and x.shape[-1] == self.features:
             return x + y
         return y
@@ -102,12 +103,13 @@ class MobileNetV2(nn.Module):
     block_settings: tuple = INVERTED_RESIDUAL_SETTING  # smaller ones make quick tests
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, mask=None):
+        """``mask [B]``: the samples BatchNorm's batch statistics are computed over (training)."""
         impl = self.conv_impl
-        x = ConvBNReLU6(32, stride=2, conv_impl=impl)(x, train)
+        x = ConvBNReLU6(32, stride=2, conv_impl=impl)(x, train, mask)
         for expansion, channels, repeats, stride in self.block_settings:
             for i in range(repeats):
-                x = InvertedResidual(channels, stride if i == 0 else 1, expansion, impl)(x, train)
-        x = ConvBNReLU6(self.last_channels, kernel=1, conv_impl=impl)(x, train)
+                x = InvertedResidual(channels, stride if i == 0 else 1, expansion, impl)(x, train, mask)
+        x = ConvBNReLU6(self.last_channels, kernel=1, conv_impl=impl)(x, train, mask)
         x = x.mean(axis=(1, 2))
         return nn.Dense(self.output_dim, kernel_init=nn.initializers.normal(0.01))(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import numpy as np
 
 from fedem_jax.config import Config, make_config
@@ -36,3 +37,14 @@ def tiny_config(workdir, **overrides) -> Config:
     )
     values.update(overrides)
     return make_config(**values)
+
+
+class TinyBatchNormModel(nn.Module):
+    """``x -> BatchNorm -> Dense(1)``: the smallest model with BatchNorm layers."""
+
+    output_dim: int = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, mask=None):
+        norm = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+        return nn.Dense(self.output_dim)(norm(x, mask=None if mask is None else mask[:, None]))

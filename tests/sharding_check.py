@@ -6,7 +6,7 @@ import sys
 import chex
 import jax
 import numpy as np
-from helpers import tiny_binary_data, tiny_config
+from helpers import TinyBatchNormModel, tiny_binary_data, tiny_config
 
 from fedem_jax.algorithms import registry
 from fedem_jax.data.sharding import real_clients, shard_data
@@ -16,7 +16,8 @@ N_CLIENTS = 13
 
 
 def run(cfg, data, n_devices, rounds=3):
-    experiment = build(cfg, data, n_devices)
+    needs_batch_norm = cfg.method == "FedBN"
+    experiment = build(cfg, data, n_devices, model=TinyBatchNormModel() if needs_batch_norm else None)
     algo, layout = experiment.algorithm, experiment.layout
     if layout.mesh is not None:
         data = shard_data(data, layout.mesh)

@@ -193,7 +193,7 @@ METHODS = (
     Method("FedAvg", make_fedem, "one shared model, n_t-weighted averaging (McMahan et al., 2017)",
            ServerHyperparams, Capabilities(**_SHARED)),
     Method("FedProx", make_fedem, "FedAvg with a proximal term mu (Li et al., 2020)", FedProxHyperparams,
-           Capabilities(proximal=True, **_SHARED)),
+           Capabilities(plain_sgd=True, **_SHARED)),
     Method("FedAdam", _preset_server("adam"), "FedAvg with an Adam server step (Reddi et al., 2021)",
            ServerHyperparams, Capabilities(**_SHARED)),
     Method("FedYogi", _preset_server("yogi"), "FedAvg with a Yogi server step (Reddi et al., 2021)",

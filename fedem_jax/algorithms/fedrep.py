@@ -77,12 +77,14 @@ def part_update(ctx: Context, mask, trained_head: bool, epochs: int):
     )
 
 
-def make_split_method(ctx: Context, hp: SplitHyperparams, representation: bool) -> Algorithm:
-    """FedRep if ``representation`` else FedPer."""
+def make_split_method(ctx: Context, local_mask, representation=False, head_epochs=1) -> Algorithm:
+    """FedRep if ``representation`` else FedPer, with the client's own part chosen by
+    ``local_mask(params)`` (a tree of bools like ``params``: True on the leaves that stay local).
+    FedBN is the same method with the BatchNorm layers as the local part."""
 
     def parts(mask):
         """The head's and the body's local updates (FedRep)."""
-        return part_update(ctx, mask, True, hp.head_epochs), part_update(
+        return part_update(ctx, mask, True, head_epochs), part_update(
             ctx, mask, False, ctx.update.local_epochs
         )
 
@@ -90,7 +92,7 @@ def make_split_method(ctx: Context, hp: SplitHyperparams, representation: bool) 
         """Per-client models ``params [C, 1, ...]`` (their head leaves are the clients' own) and the
         global model ``global_model [1, ...]`` (its body leaves are the shared body)."""
         state = init_with_global(ctx, data)
-        mask = head_mask(state.global_model, hp.head)  # a bad --head fails here, before compiling
+        mask = local_mask(state.global_model)  # a bad --head fails here, before compiling
         if representation:
             head, body = parts(mask)
             opt = {
@@ -117,7 +119,7 @@ def make_split_method(ctx: Context, hp: SplitHyperparams, representation: bool) 
         return second.params, state.clients.replace(opt_state=opt, epochs_done=second.epochs_done)
 
     def round_fn(state: PersonalGlobalState, train: ClientSplit):
-        mask = head_mask(state.global_model, hp.head)
+        mask = local_mask(state.global_model)
         key = ctx.round_key(state.round)
         participates = ctx.participants(key, train)
         params, clients = local_training(state, train, jax.random.fold_in(key, 1), participates, mask)
@@ -129,7 +131,7 @@ def make_split_method(ctx: Context, hp: SplitHyperparams, representation: bool) 
         return new_state, round_metrics(ctx, participates, finite=all_finite((server, params)))
 
     def evaluate(state: PersonalGlobalState, split: ClientSplit):
-        mask = head_mask(state.global_model, hp.head)
+        mask = local_mask(state.global_model)
         models = merge(broadcast_to_clients(state.global_model, split.counts.shape[0]), state.params, mask)
         return evaluate_personal(ctx, models, state.clients.pi, split)
 
@@ -137,11 +139,11 @@ def make_split_method(ctx: Context, hp: SplitHyperparams, representation: bool) 
 
 
 def make_fedper(ctx: Context, hp: SplitHyperparams) -> Algorithm:
-    return make_split_method(ctx, hp, representation=False)
+    return make_split_method(ctx, lambda params: head_mask(params, hp.head))
 
 
 def make_fedrep(ctx: Context, hp: SplitHyperparams) -> Algorithm:
-    return make_split_method(ctx, hp, representation=True)
+    return make_split_method(ctx, lambda params: head_mask(params, hp.head), True, hp.head_epochs)
 
 
 _CAPS = Capabilities(personal=True, batch_norm=False)

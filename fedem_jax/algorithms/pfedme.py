@@ -68,5 +68,5 @@ def make_pfedme(ctx: Context, hp: PFedMeHyperparams) -> Algorithm:
 
 METHODS = (
     Method("pFedMe", make_pfedme, "the reference's pFedMe: personal models, prox-SGD toward their average",
-           PFedMeHyperparams, Capabilities(personal=True, batch_norm=True, proximal=True)),
+           PFedMeHyperparams, Capabilities(personal=True, batch_norm=True, plain_sgd=True)),
 )  # fmt: skip

@@ -24,7 +24,7 @@ class Capabilities:
     unseen: bool = False  # clients held out of training can be evaluated (a shared model)
     full_participation: bool = False  # needs every client in every round
     batch_norm: bool = True  # supports models with BatchNorm statistics (mobilenet_v2)
-    proximal: bool = False  # local prox-SGD: momentum defaults to 0 (spec section 3)
+    plain_sgd: bool = False  # no local momentum unless --momentum is given (prox-SGD: spec section 3)
     multi_process: bool = False  # tested with --distributed over several processes
 
 
@@ -65,6 +65,8 @@ _MODULES = (
     "decentralized",
     "ditto",
     "fedrep",  # FedPer, FedRep
+    "scaffold",
+    "fedbn",
 )
 
 

@@ -50,8 +50,10 @@ class ClientUpdate:
     # A method's whole step on one batch, replacing the gradient step:
     # ``(params, opt_state, x, y, weights[M, B], mask[B], lr) -> (params, opt_state)``.
     custom_step: Callable | None = None
-    # Models with BatchNorm: parameters are ``{"params", "batch_stats"}``; ``apply_fn`` returns
-    # ``(logits, {"batch_stats": new})`` and the new statistics replace the old after each step
+    # Models with BatchNorm: parameters are ``{"params", "batch_stats"}``; ``apply_fn(params, x,
+    # mask)`` returns ``(logits, {"batch_stats": new})``, batch statistics computed over the samples
+    # of ``mask`` (a partial batch's padding is left out), and the new statistics replace the old
+    # after each step
     # (``direction`` must leave ``batch_stats`` alone: see ``experiment.make_update``).
     stateful: bool = False
 
@@ -77,8 +79,10 @@ class ClientUpdate:
             return jax.grad(self.batch_loss)(params, x, y, q, mask), None
 
         def one_learner_loss(p, q_m):
-            out = self.apply_fn(p, x)
-            logits, new_state = out if self.stateful else (out, None)
+            if self.stateful:  # BatchNorm statistics over the batch's real samples only
+                logits, new_state = self.apply_fn(p, x, mask)
+            else:
+                logits, new_state = self.apply_fn(p, x), None
             loss = mixture.weighted_batch_loss(self.per_sample_loss(logits, y)[None], q_m[None], mask)
             return loss, (new_state["batch_stats"] if self.stateful else None)
 
