@@ -53,19 +53,19 @@ def time_reference(cfg, data, rounds):
     torch.set_num_threads(os.cpu_count() or 1)
     datasets = []
     for x, y in client_arrays(data.train):
-        if cfg.dataset == "synthetic":
+        if cfg.data.dataset == "synthetic":
             datasets.append(TabularDataset(x, y))
         else:  # back to the uint8 images the reference starts from
             images = np.clip(np.rint((x * CIFAR10_STD + CIFAR10_MEAN) * 255.0), 0, 255).astype(np.uint8)
             datasets.append(ImageDataset(images, y))
-    if cfg.dataset == "synthetic":
-        make_model = lambda: TorchLinear(cfg.dim)  # noqa: E731
+    if cfg.data.dataset == "synthetic":
+        make_model = lambda: TorchLinear(cfg.data.dim)  # noqa: E731
     else:
         make_model = TorchCIFAR10CNN
     baseline = ReferenceStyleFedEM(
-        make_model, datasets, binary=data.task.binary, n_learners=cfg.n_learners, lr=cfg.lr,
-        batch_size=cfg.batch_size, drop_last=cfg.drop_last, momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
+        make_model, datasets, binary=data.task.binary, n_learners=cfg.model.n_learners, lr=cfg.training.lr,
+        batch_size=cfg.training.batch_size, drop_last=cfg.training.drop_last, momentum=cfg.training.momentum,
+        weight_decay=cfg.training.weight_decay,
     )  # fmt: skip
     baseline.run_round()
     times = []
@@ -103,9 +103,10 @@ def main():
     speedup = ref["seconds_per_round"] / ours["seconds_per_round"]
     print(f"speedup: {speedup:.1f}x")
     if args.dataset == "cifar10":
+        training = cfg.training
         flops = fedem_round_flops(
-            np.asarray(data.train.counts), cfg.batch_size, cfg.n_learners, cfg.drop_last,
-            2 * CIFAR10_CNN_MACS, cfg.local_epochs,
+            np.asarray(data.train.counts), training.batch_size, cfg.model.n_learners, training.drop_last,
+            2 * CIFAR10_CNN_MACS, training.local_epochs,
         )  # fmt: skip
         peak = matmul_peak_flops()
         ours["useful_flops_per_round"] = flops

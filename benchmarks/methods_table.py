@@ -20,8 +20,8 @@ from fedem_jax.loop import run
 
 METHODS = (
     "local", "FedAvg", "FedProx", "FedAvg+", "pFedMe", "clustered", "APFL", "AFL", "q-FFL", "L2SGD",
-    "D-FedEM", "pFedMe-true", "Ditto", "FedPer", "FedRep", "FedAdam", "FedYogi", "FedEM",
-)  # fmt: skip
+    "D-FedEM", "pFedMe-true", "Ditto", "FedPer", "FedRep", "FedAdam", "FedYogi", "SCAFFOLD", "FedEM",
+)  # fmt: skip  FedBN needs a BatchNorm model: --methods FedBN --extra --model mobilenet_v2
 
 
 def main():

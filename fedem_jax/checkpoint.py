@@ -85,6 +85,6 @@ def check_compatible(saved: dict, current: Config) -> None:
     if changed:
         details = ", ".join(f"--{k} {saved.get(k)!r} -> {current_dict.get(k)!r}" for k in changed)
         raise ConfigError(
-            f"--workdir {current.workdir!r} holds a checkpoint of a different experiment ({details}); "
+            f"--workdir {current.output.workdir!r} holds a checkpoint of a different experiment ({details}); "
             f"use another --workdir, or the same flags (only --n_rounds may change, to extend a run)"
         )

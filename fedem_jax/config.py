@@ -1,4 +1,4 @@
-"""Experiment configuration: one frozen dataclass, its command-line parser, and validation.
+"""Experiment configuration: frozen dataclasses in sections, the command-line parser, validation.
 
 Resolution order: dataclass defaults < ``configs/<dataset>.py`` (the paper's hyperparameters)
 < flags given on the command line. Every invalid value raises :class:`ConfigError` with a one-line
@@ -25,144 +25,156 @@ CONV_IMPLS = ("xla", "matmul")
 SCHEDULERS = ("constant", "sqrt", "linear", "cosine", "multi_step")
 
 
+def setting(default, help: str, flag: str = ""):  # noqa: A002 - the CLI's word
+    """A configuration field: its default, its ``--help`` text and (if not its name) its flag."""
+    metadata = {"help": help, "flag": flag} if flag else {"help": help}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag", field.name)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data, how it is split into clients and into train / validation / test."""
+
+    dataset: str = setting("synthetic", "dataset name")
+    data_dir: str = setting("", "TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    data_path: str = setting(
+        "", "npz: a .npz file or folder of them; femnist/shakespeare: LEAF JSON file or folder"
+    )
+    data_seed: int = setting(12345, "seed of the data generation and client split")
+    n_clients: int = setting(300, "number of clients")
+    alpha: float = setting(0.4, "Dirichlet concentration")
+    dim: int = setting(150, "synthetic: input dimension")
+    synthetic_components: int = setting(3, "synthetic: true number of mixture components")
+    noise_std: float = setting(0.1, "synthetic: label noise")
+    n_test_per_client: int = setting(5000, "synthetic: test samples per client")
+    split: str = setting("", "client split of image datasets (default: the dataset's own)")
+    shards_per_client: int = setting(2, "--split shards: label-sorted shards per client")
+    data_frac: float = setting(
+        1.0, "fraction of the pooled samples (femnist: of the writers) kept, in (0, 1]"
+    )
+    max_samples: int = setting(0, "use only the first N pooled samples (0: all; for quick runs)")
+    test_frac: float = setting(0.2, "per-client test fraction of real datasets")
+    val_frac: float = setting(0.0, "fraction of each client's train split held out for validation")
+    test_clients_frac: float = setting(0.0, "fraction of clients held out of training (unseen clients)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The model of one component and how many components there are."""
+
+    name: str = setting("", "model (default: per dataset)", flag="model")
+    n_learners: int = setting(3, "mixture components M (FedAvg: 1)")
+    init_from: str = setting("", "start every component from the weights in this .npz/msgpack file")
+    conv_impl: str = setting("", "convolution for training: xla or matmul (default: matmul on CPU)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """Rounds, client sampling and the local optimizer (spec section 3)."""
+
+    n_rounds: int = setting(200, "communication rounds")
+    sampling_rate: float = setting(1.0, "fraction of clients sampled per round, in (0, 1]")
+    local_epochs: int = setting(1, "local epochs per round")
+    batch_size: int = setting(128, "local minibatch size")
+    drop_last: bool = setting(False, "drop each client's last incomplete batch (reference: images)")
+    optimizer: str = setting("sgd", "local optimizer")
+    lr: float = setting(0.03, "learning rate")
+    lr_scheduler: str = setting("multi_step", "schedule, stepped once per local epoch")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(5e-4, "L2 weight decay")
+    seed: int = setting(1234, "training seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayoutConfig:
+    """How the computation is laid out; results do not depend on it up to float rounding."""
+
+    client_chunk: int = setting(-1, "clients trained together: 0 vmap all, 1 sequential, k chunks (-1 auto)")
+    learner_vmap: int = setting(-1, "1 vmap the M learners, 0 loop over them (-1 auto)")
+    micro_batch: int = setting(
+        -1, "a client's last partial batch runs as sub-batches of this size (0: off, -1: auto)"
+    )
+    eval_chunk: int = setting(1024, "samples per forward pass in E-step and evaluation")
+    n_devices: int = setting(0, "devices to shard the client axis over (0: all available)")
+    distributed: bool = setting(False, "several processes/hosts: call jax.distributed.initialize()")
+    coordinator_address: str = setting("", "--distributed: host:port of process 0 (auto on TPU/SLURM/MPI)")
+    num_processes: int = setting(0, "--distributed: number of processes (0: auto)")
+    process_id: int = setting(-1, "--distributed: this process (-1: auto)")
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    """Evaluation cadence, what is written where, checkpoints."""
+
+    workdir: str = setting("runs/default", "output folder (metrics, summary)")
+    log_freq: int = setting(5, "evaluate every N rounds")
+    validation: bool = setting(False, "evaluate on the validation split instead of test")
+    unseen_em_iters: int = setting(500, "max EM iterations fitting an unseen client's pi")
+    checkpoint_every: int = setting(10, "save a checkpoint every N rounds and at the end (0: never)")
+    tensorboard: bool = setting(True, "write TensorBoard event files to WORKDIR/tb")
+    quiet: bool = setting(False, "no progress bar")
+
+
+SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "layout": LayoutConfig,
+    "output": OutputConfig,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Every knob of one experiment. Help strings double as CLI documentation."""
+    """One experiment: the method, a section per concern, and the method's own hyperparameters
+    (its module's dataclass; see ``algorithms/registry.py``). Flags stay flat: ``--lr`` is
+    ``cfg.training.lr``, ``--model`` is ``cfg.model.name``."""
 
-    dataset: str = dataclasses.field(default="synthetic", metadata={"help": "dataset name"})
-    method: str = dataclasses.field(default="FedEM", metadata={"help": "FL method"})
-    model: str = dataclasses.field(default="", metadata={"help": "model (default: per dataset)"})
-    init_from: str = dataclasses.field(
-        default="", metadata={"help": "start every component from the weights in this .npz/msgpack file"}
-    )
-    n_learners: int = dataclasses.field(default=3, metadata={"help": "mixture components M (FedAvg: 1)"})
-    n_rounds: int = dataclasses.field(default=200, metadata={"help": "communication rounds"})
-    local_epochs: int = dataclasses.field(default=1, metadata={"help": "local epochs per round"})
-    batch_size: int = dataclasses.field(default=128, metadata={"help": "local minibatch size"})
-    lr: float = dataclasses.field(default=0.03, metadata={"help": "learning rate"})
-    lr_scheduler: str = dataclasses.field(
-        default="multi_step", metadata={"help": "schedule, stepped once per local epoch"}
-    )
-    optimizer: str = dataclasses.field(default="sgd", metadata={"help": "local optimizer"})
-    momentum: float = dataclasses.field(default=0.9, metadata={"help": "SGD momentum"})
-    weight_decay: float = dataclasses.field(default=5e-4, metadata={"help": "L2 weight decay"})
-    sampling_rate: float = dataclasses.field(
-        default=1.0, metadata={"help": "fraction of clients sampled per round, in (0, 1]"}
-    )
-    log_freq: int = dataclasses.field(default=5, metadata={"help": "evaluate every N rounds"})
-    seed: int = dataclasses.field(default=1234, metadata={"help": "training seed"})
-    data_seed: int = dataclasses.field(
-        default=12345, metadata={"help": "seed of the data generation and client split"}
-    )
-    workdir: str = dataclasses.field(
-        default="runs/default", metadata={"help": "output folder (metrics, summary)"}
-    )
-    data_dir: str = dataclasses.field(
-        default="", metadata={"help": "TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"}
-    )
-    data_path: str = dataclasses.field(
-        default="",
-        metadata={
-            "help": "npz: a .npz file or folder of them; femnist/shakespeare: LEAF JSON file or folder"
-        },
-    )
-    drop_last: bool = dataclasses.field(
-        default=False, metadata={"help": "drop each client's last incomplete batch (reference: images)"}
-    )
-    test_frac: float = dataclasses.field(
-        default=0.2, metadata={"help": "per-client test fraction of real datasets"}
-    )
-    val_frac: float = dataclasses.field(
-        default=0.0, metadata={"help": "fraction of each client's train split held out for validation"}
-    )
-    validation: bool = dataclasses.field(
-        default=False, metadata={"help": "evaluate on the validation split instead of test"}
-    )
-    test_clients_frac: float = dataclasses.field(
-        default=0.0, metadata={"help": "fraction of clients held out of training (unseen clients)"}
-    )
-    unseen_em_iters: int = dataclasses.field(
-        default=500, metadata={"help": "max EM iterations fitting an unseen client's pi"}
-    )
-    # Dataset-specific settings (ignored where they do not apply).
-    n_clients: int = dataclasses.field(default=300, metadata={"help": "number of clients"})
-    alpha: float = dataclasses.field(default=0.4, metadata={"help": "Dirichlet concentration"})
-    dim: int = dataclasses.field(default=150, metadata={"help": "synthetic: input dimension"})
-    synthetic_components: int = dataclasses.field(
-        default=3, metadata={"help": "synthetic: true number of mixture components"}
-    )
-    noise_std: float = dataclasses.field(default=0.1, metadata={"help": "synthetic: label noise"})
-    n_test_per_client: int = dataclasses.field(
-        default=5000, metadata={"help": "synthetic: test samples per client"}
-    )
-    split: str = dataclasses.field(
-        default="", metadata={"help": "client split of image datasets (default: the dataset's own)"}
-    )
-    shards_per_client: int = dataclasses.field(
-        default=2, metadata={"help": "--split shards: label-sorted shards per client"}
-    )
-    data_frac: float = dataclasses.field(
-        default=1.0,
-        metadata={"help": "fraction of the pooled samples (femnist: of the writers) kept, in (0, 1]"},
-    )
-    max_samples: int = dataclasses.field(
-        default=0, metadata={"help": "use only the first N pooled samples (0: all; for quick runs)"}
-    )
-    # Execution layout (results do not depend on it up to float rounding).
-    client_chunk: int = dataclasses.field(
-        default=-1,
-        metadata={"help": "clients trained together: 0 vmap all, 1 sequential, k chunks (-1 auto)"},
-    )
-    learner_vmap: int = dataclasses.field(
-        default=-1, metadata={"help": "1 vmap the M learners, 0 loop over them (-1 auto)"}
-    )
-    n_devices: int = dataclasses.field(
-        default=0, metadata={"help": "devices to shard the client axis over (0: all available)"}
-    )
-    distributed: bool = dataclasses.field(
-        default=False, metadata={"help": "several processes/hosts: call jax.distributed.initialize()"}
-    )
-    coordinator_address: str = dataclasses.field(
-        default="", metadata={"help": "--distributed: host:port of process 0 (auto on TPU/SLURM/MPI)"}
-    )
-    num_processes: int = dataclasses.field(
-        default=0, metadata={"help": "--distributed: number of processes (0: auto)"}
-    )
-    process_id: int = dataclasses.field(
-        default=-1, metadata={"help": "--distributed: this process (-1: auto)"}
-    )
-    conv_impl: str = dataclasses.field(
-        default="", metadata={"help": "convolution for training: xla or matmul (default: matmul on CPU)"}
-    )
-    micro_batch: int = dataclasses.field(
-        default=-1,
-        metadata={
-            "help": "a client's last partial batch runs as sub-batches of this size (0: off, -1: auto)"
-        },
-    )
-    eval_chunk: int = dataclasses.field(
-        default=1024, metadata={"help": "samples per forward pass in E-step and evaluation"}
-    )
-    checkpoint_every: int = dataclasses.field(
-        default=10, metadata={"help": "save a checkpoint every N rounds and at the end (0: never)"}
-    )
-    tensorboard: bool = dataclasses.field(
-        default=True, metadata={"help": "write TensorBoard event files to WORKDIR/tb"}
-    )
-    quiet: bool = dataclasses.field(default=False, metadata={"help": "no progress bar"})
-    # The method's own settings (its module's hyperparameter dataclass; see algorithms/registry.py).
-    hyperparams: Any = dataclasses.field(default=None, metadata={"cli": False})
+    method: str = setting("FedEM", "FL method")
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    layout: LayoutConfig = dataclasses.field(default_factory=LayoutConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    hyperparams: Any = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Every setting as one flat dict (``config.json``, checkpoint records)."""
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "hyperparams"}
+        """Every setting as one flat dict by flag name (``config.json``, checkpoint records)."""
+        values: dict[str, Any] = {"method": self.method}
+        for section in SECTIONS:
+            part = getattr(self, section)
+            values.update({flag_name(f): getattr(part, f.name) for f in dataclasses.fields(part)})
         if self.hyperparams is not None:
             values.update(dataclasses.asdict(self.hyperparams))
         return values
 
+    def replace(self, **values) -> Config:
+        """A validated copy with some flat settings changed (``cfg.replace(lr=0.1, n_rounds=5)``)."""
+        return make_config(**{**self.to_dict(), **values})
+
     @property
     def method_info(self) -> registry.Method:
         return registry.get(self.method)
+
+
+def section_fields() -> list[tuple[str, dataclasses.Field]]:
+    """``(section, field)`` of every experiment setting, in CLI order."""
+    return [(name, f) for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def _sections_from_flat(values: dict[str, Any]) -> dict[str, Any]:
+    """``{section: SectionConfig}`` from flat flag values (absent ones keep their defaults)."""
+    parts = {}
+    for name, cls in SECTIONS.items():
+        own = {f.name: values.pop(flag_name(f)) for f in dataclasses.fields(cls) if flag_name(f) in values}
+        parts[name] = cls(**own)
+    if values:
+        raise TypeError(f"unknown settings: {', '.join(sorted(values))}")
+    return parts
 
 
 def dataset_defaults(dataset: str) -> dict[str, Any]:
@@ -188,9 +200,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cli_fields() -> list[dataclasses.Field]:
-    """Flags: the experiment's fields, then every method's hyperparameters (registry)."""
-    own = [f for f in dataclasses.fields(Config) if f.metadata.get("cli", True)]
-    return own + list(registry.hyperparam_fields().values())
+    """Flags: the method, every section's fields, then every method's hyperparameters (registry)."""
+    method = next(f for f in dataclasses.fields(Config) if f.name == "method")
+    return [method, *(f for _, f in section_fields()), *registry.hyperparam_fields().values()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         arg_type = {"int": int, "float": float, "str": str, "bool": _parse_bool}[kind]
         flag_kwargs = {"nargs": "?", "const": True} if kind == "bool" else {}
         parser.add_argument(
-            f"--{field.name}",
+            f"--{flag_name(field)}",
             type=arg_type,
             default=None,
             **flag_kwargs,
@@ -226,14 +238,16 @@ def make_config(**values) -> Config:
         values.setdefault("momentum", 0.0)
     method_fields = registry.hyperparam_fields()
     hyper = {k: values.pop(k) for k in list(values) if k in method_fields}
-    return validate(Config(**values, hyperparams=registry.make_hyperparams(method.name, hyper)))
+    name = values.pop("method", Config.method)
+    hyperparams = registry.make_hyperparams(method.name, hyper)
+    return validate(Config(method=name, **_sections_from_flat(values), hyperparams=hyperparams))
 
 
 def resolve(argv: list[str] | None = None) -> Config:
     """Parse ``argv``, apply dataset defaults under the explicit flags, and validate."""
     args = vars(build_parser().parse_args(argv))
     explicit = {k: v for k, v in args.items() if v is not None}
-    dataset = explicit.get("dataset", Config.dataset)
+    dataset = explicit.get("dataset", DataConfig.dataset)
     defaults = dataset_defaults(dataset)
     method = registry.get(explicit.get("method", defaults.get("method", Config.method)))
     if not method.capabilities.components:
@@ -244,21 +258,22 @@ def resolve(argv: list[str] | None = None) -> Config:
 def validate_method(cfg: Config) -> None:
     """What the method's capabilities allow (see :class:`~fedem_jax.algorithms.registry.Capabilities`)."""
     caps, name = cfg.method_info.capabilities, cfg.method
-    check(caps.components or cfg.n_learners == 1, f"--n_learners must be 1 for {name}, got {cfg.n_learners}")
+    n_learners = cfg.model.n_learners
+    check(caps.components or n_learners == 1, f"--n_learners must be 1 for {name}, got {n_learners}")
     check(
-        caps.batch_norm or cfg.model != "mobilenet_v2",
+        caps.batch_norm or cfg.model.name != "mobilenet_v2",
         f"--model mobilenet_v2 (BatchNorm) is not supported with --method {name}",
     )
     check(
-        caps.unseen or cfg.test_clients_frac == 0,
+        caps.unseen or cfg.data.test_clients_frac == 0,
         f"--test_clients_frac: unseen clients are not supported with --method {name}",
     )
     check(
-        not caps.full_participation or cfg.sampling_rate == 1,
-        f"--sampling_rate: {name} needs every client in every round (1.0), got {cfg.sampling_rate}",
+        not caps.full_participation or cfg.training.sampling_rate == 1,
+        f"--sampling_rate: {name} needs every client in every round (1.0), got {cfg.training.sampling_rate}",
     )
     check(
-        caps.multi_process or not cfg.distributed,
+        caps.multi_process or not cfg.layout.distributed,
         f"--distributed: {name} is not tested over several processes; use FedEM, FedAvg or FedProx",
     )
     if cfg.hyperparams is not None:
@@ -267,70 +282,90 @@ def validate_method(cfg: Config) -> None:
 
 def validate(cfg: Config) -> Config:
     """Check every field; raise :class:`ConfigError` naming the flag and its allowed range."""
-
-    def one_of(name: str, value: str, valid: tuple[str, ...]) -> None:
-        check(value in valid, f"--{name}: unknown value {value!r}; valid: {', '.join(valid)}")
-
-    one_of("dataset", cfg.dataset, DATASETS)
-    if cfg.model:
-        one_of("model", cfg.model, MODELS)
-    one_of("optimizer", cfg.optimizer, OPTIMIZERS)
-    if cfg.conv_impl:
-        one_of("conv_impl", cfg.conv_impl, CONV_IMPLS)
-    one_of("lr_scheduler", cfg.lr_scheduler, SCHEDULERS)
-    if cfg.split:
-        one_of("split", cfg.split, SPLITS)
-    check(cfg.shards_per_client >= 1, f"--shards_per_client must be >= 1, got {cfg.shards_per_client}")
-    check(cfg.n_learners >= 1, f"--n_learners must be >= 1, got {cfg.n_learners}")
+    _validate_data(cfg.data)
+    _validate_model(cfg.model)
     validate_method(cfg)
-    check(cfg.n_rounds >= 1, f"--n_rounds must be >= 1, got {cfg.n_rounds}")
-    check(cfg.local_epochs >= 1, f"--local_epochs must be >= 1, got {cfg.local_epochs}")
-    check(cfg.batch_size >= 1, f"--batch_size must be >= 1, got {cfg.batch_size}")
-    check(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")
-    check(0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}")
-    check(cfg.weight_decay >= 0, f"--weight_decay must be >= 0, got {cfg.weight_decay}")
-    check(0 < cfg.sampling_rate <= 1, f"--sampling_rate must be in (0, 1], got {cfg.sampling_rate}")
-    check(cfg.log_freq >= 1, f"--log_freq must be >= 1, got {cfg.log_freq}")
-    check(0 < cfg.test_frac < 1, f"--test_frac must be in (0, 1), got {cfg.test_frac}")
-    check(0 <= cfg.val_frac < 1, f"--val_frac must be in [0, 1), got {cfg.val_frac}")
+    _validate_training(cfg.training)
+    _validate_layout(cfg.layout)
+    _validate_output(cfg.output)
     check(
-        0 <= cfg.test_clients_frac < 1,
-        f"--test_clients_frac must be in [0, 1), got {cfg.test_clients_frac}",
+        not cfg.output.validation or cfg.data.val_frac > 0,
+        "--validation needs --val_frac in (0, 1), e.g. 0.25",
     )
-    check(not cfg.validation or cfg.val_frac > 0, "--validation needs --val_frac in (0, 1), e.g. 0.25")
-    check(cfg.unseen_em_iters >= 1, f"--unseen_em_iters must be >= 1, got {cfg.unseen_em_iters}")
-    check(cfg.n_clients >= 1, f"--n_clients must be >= 1, got {cfg.n_clients}")
-    check(cfg.alpha > 0, f"--alpha must be > 0, got {cfg.alpha}")
-    check(cfg.dim >= 1, f"--dim must be >= 1, got {cfg.dim}")
     check(
-        cfg.synthetic_components >= 1,
-        f"--synthetic_components must be >= 1, got {cfg.synthetic_components}",
-    )
-    check(cfg.noise_std >= 0, f"--noise_std must be >= 0, got {cfg.noise_std}")
-    check(
-        cfg.n_test_per_client >= 1,
-        f"--n_test_per_client must be >= 1, got {cfg.n_test_per_client}",
-    )
-    check(0 < cfg.data_frac <= 1, f"--data_frac must be in (0, 1], got {cfg.data_frac}")
-    check(cfg.max_samples >= 0, f"--max_samples must be >= 0, got {cfg.max_samples}")
-    check(cfg.client_chunk >= -1, f"--client_chunk must be >= -1, got {cfg.client_chunk}")
-    check(cfg.learner_vmap in (-1, 0, 1), f"--learner_vmap must be -1, 0 or 1, got {cfg.learner_vmap}")
-    check(cfg.checkpoint_every >= 0, f"--checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
-    check(cfg.n_devices >= 0, f"--n_devices must be >= 0, got {cfg.n_devices}")
-    check(
-        not cfg.distributed or cfg.test_clients_frac == 0,
+        not cfg.layout.distributed or cfg.data.test_clients_frac == 0,
         "--distributed: unseen clients (--test_clients_frac) are not supported yet",
     )
-    check(cfg.num_processes >= 0, f"--num_processes must be >= 0, got {cfg.num_processes}")
-    check(cfg.process_id >= -1, f"--process_id must be >= 0 (or -1: auto), got {cfg.process_id}")
-    check(cfg.micro_batch >= -1, f"--micro_batch must be >= -1, got {cfg.micro_batch}")
-    check(cfg.eval_chunk >= 1, f"--eval_chunk must be >= 1, got {cfg.eval_chunk}")
-    check(
-        cfg.dataset not in PATH_DATASETS or bool(cfg.data_path),
-        f"--data_path is required with --dataset {cfg.dataset}",
-    )
-    _check_workdir(cfg.workdir)
     return cfg
+
+
+def _one_of(name: str, value: str, valid: tuple[str, ...]) -> None:
+    check(value in valid, f"--{name}: unknown value {value!r}; valid: {', '.join(valid)}")
+
+
+def _at_least(name: str, value, low) -> None:
+    check(value >= low, f"--{name} must be >= {low}, got {value}")
+
+
+def _in_range(name: str, value, low, high, closed_low: bool, closed_high: bool) -> None:
+    ok = (low <= value if closed_low else low < value) and (value <= high if closed_high else value < high)
+    bounds = f"{'[' if closed_low else '('}{low}, {high}{']' if closed_high else ')'}"
+    check(ok, f"--{name} must be in {bounds}, got {value}")
+
+
+def _validate_data(d: DataConfig) -> None:
+    _one_of("dataset", d.dataset, DATASETS)
+    if d.split:
+        _one_of("split", d.split, SPLITS)
+    for name in ("shards_per_client", "n_clients", "dim", "synthetic_components", "n_test_per_client"):
+        _at_least(name, getattr(d, name), 1)
+    _at_least("max_samples", d.max_samples, 0)
+    _at_least("noise_std", d.noise_std, 0)
+    check(d.alpha > 0, f"--alpha must be > 0, got {d.alpha}")
+    _in_range("test_frac", d.test_frac, 0, 1, False, False)
+    _in_range("val_frac", d.val_frac, 0, 1, True, False)
+    _in_range("test_clients_frac", d.test_clients_frac, 0, 1, True, False)
+    _in_range("data_frac", d.data_frac, 0, 1, False, True)
+    check(
+        d.dataset not in PATH_DATASETS or bool(d.data_path),
+        f"--data_path is required with --dataset {d.dataset}",
+    )
+
+
+def _validate_model(m: ModelConfig) -> None:
+    if m.name:
+        _one_of("model", m.name, MODELS)
+    if m.conv_impl:
+        _one_of("conv_impl", m.conv_impl, CONV_IMPLS)
+    _at_least("n_learners", m.n_learners, 1)
+
+
+def _validate_training(t: TrainingConfig) -> None:
+    _one_of("optimizer", t.optimizer, OPTIMIZERS)
+    _one_of("lr_scheduler", t.lr_scheduler, SCHEDULERS)
+    for name in ("n_rounds", "local_epochs", "batch_size"):
+        _at_least(name, getattr(t, name), 1)
+    check(t.lr > 0, f"--lr must be > 0, got {t.lr}")
+    _in_range("momentum", t.momentum, 0, 1, True, False)
+    _at_least("weight_decay", t.weight_decay, 0)
+    _in_range("sampling_rate", t.sampling_rate, 0, 1, False, True)
+
+
+def _validate_layout(lay: LayoutConfig) -> None:
+    _at_least("client_chunk", lay.client_chunk, -1)
+    check(lay.learner_vmap in (-1, 0, 1), f"--learner_vmap must be -1, 0 or 1, got {lay.learner_vmap}")
+    _at_least("micro_batch", lay.micro_batch, -1)
+    _at_least("eval_chunk", lay.eval_chunk, 1)
+    _at_least("n_devices", lay.n_devices, 0)
+    _at_least("num_processes", lay.num_processes, 0)
+    check(lay.process_id >= -1, f"--process_id must be >= 0 (or -1: auto), got {lay.process_id}")
+
+
+def _validate_output(o: OutputConfig) -> None:
+    _at_least("log_freq", o.log_freq, 1)
+    _at_least("unseen_em_iters", o.unseen_em_iters, 1)
+    _at_least("checkpoint_every", o.checkpoint_every, 0)
+    _check_workdir(o.workdir)
 
 
 def _check_workdir(workdir: str) -> None:

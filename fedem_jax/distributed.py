@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 
-def initialize(cfg) -> None:
+def initialize(cfg) -> None:  # cfg: the LayoutConfig
     """``jax.distributed.initialize`` from ``--coordinator_address`` / ``--num_processes`` /
     ``--process_id`` (any left unset is auto-detected on TPU pods, SLURM and Open MPI)."""
     jax.distributed.initialize(

@@ -32,7 +32,7 @@ def summarize_eval(stats: dict) -> dict:
 
 def eval_split(cfg: Config, data: FederatedData):
     """``(name, split)`` that evaluation reports on: the test split, or val with --validation."""
-    return ("val", data.val) if cfg.validation else ("test", data.test)
+    return ("val", data.val) if cfg.output.validation else ("test", data.test)
 
 
 def evaluate_both(eval_fn, state, data: FederatedData, cfg: Config, n_clients: int) -> tuple[dict, dict]:
@@ -53,7 +53,7 @@ def evaluation_row(
     row = {"round": done}
     parts = [("train", train_stats), (eval_split(cfg, data)[0], test_stats)]
     if data.n_unseen:
-        unseen_stats, _ = unseen_fn(state, data.unseen_train, data.unseen_test, cfg.unseen_em_iters)
+        unseen_stats, _ = unseen_fn(state, data.unseen_train, data.unseen_test, cfg.output.unseen_em_iters)
         parts.append(("unseen_test", jax.tree.map(np.asarray, unseen_stats)))
     for prefix, stats in parts:
         row.update({f"{prefix}_{k}": v for k, v in summarize_eval(stats).items()})

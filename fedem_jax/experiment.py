@@ -33,10 +33,10 @@ def resolve_layout(cfg: Config, model_name: str) -> tuple[int, bool]:
     """
     on_cpu = jax.default_backend() == "cpu"
     small_model = model_name in ("linear", "mlp")
-    client_chunk = cfg.client_chunk
+    client_chunk = cfg.layout.client_chunk
     if client_chunk == -1:
         client_chunk = 1 if on_cpu else 0
-    learner_vmap = cfg.learner_vmap
+    learner_vmap = cfg.layout.learner_vmap
     if learner_vmap == -1:
         learner_vmap = 0 if (on_cpu and not small_model) else 1
     return client_chunk, bool(learner_vmap)
@@ -45,9 +45,9 @@ def resolve_layout(cfg: Config, model_name: str) -> tuple[int, bool]:
 def resolve_micro_batch(cfg: Config, client_chunk: int) -> int:
     """``--micro_batch``; auto (-1): 32 when clients run sequentially (only that layout skips the
     unused sub-batches), else off. See ``benchmarks/efficiency.py``."""
-    if cfg.micro_batch >= 0:
-        return cfg.micro_batch
-    return AUTO_MICRO_BATCH if client_chunk == 1 and cfg.batch_size > AUTO_MICRO_BATCH else 0
+    if cfg.layout.micro_batch >= 0:
+        return cfg.layout.micro_batch
+    return AUTO_MICRO_BATCH if client_chunk == 1 and cfg.training.batch_size > AUTO_MICRO_BATCH else 0
 
 
 def default_model(dataset: str, data: FederatedData) -> str:
@@ -65,7 +65,7 @@ def default_model(dataset: str, data: FederatedData) -> str:
 def resolve_devices(cfg: Config) -> int:
     """Devices to shard the client axis over: ``--n_devices`` (0: all)."""
     available = jax.device_count()
-    wanted = available if cfg.n_devices == 0 else cfg.n_devices
+    wanted = available if cfg.layout.n_devices == 0 else cfg.layout.n_devices
     if wanted > available:
         raise ConfigError(
             f"--n_devices {wanted}: only {available} {jax.default_backend()} device(s) available"
@@ -85,7 +85,7 @@ def make_layout(cfg: Config, model_name: str, n_devices: int = 1) -> Layout:
 
 def make_update(cfg: Config, data: FederatedData, model_name: str, layout: Layout) -> ClientUpdate:
     """The local training of ``cfg`` (see :class:`fedem_jax.core.client_update.ClientUpdate`)."""
-    model = build_model(model_name, data.task.output_dim, cfg.conv_impl)
+    model = build_model(model_name, data.task.output_dim, cfg.model.conv_impl)
     # Forward-only passes (E-step, evaluation) use XLA's convolution, the fastest there on
     # every backend; the parameters of both implementations are the same pytree.
     forward_model = build_model(model_name, data.task.output_dim, "xla")
@@ -97,7 +97,7 @@ def update_for_model(cfg: Config, task, model, layout: Layout, forward_model=Non
     BatchNorm statistics and takes ``train=`` and the batch's sample ``mask=``);
     ``forward_model`` computes the same function for forward-only passes (default: ``model``)."""
     forward_model = forward_model or model
-    direction = make_direction(cfg.optimizer, cfg.momentum, cfg.weight_decay)
+    direction = make_direction(cfg.training.optimizer, cfg.training.momentum, cfg.training.weight_decay)
     if stateful:  # BatchNorm statistics: no gradient step, no decay; replaced after each step
 
         def apply_fn(variables, x, mask):
@@ -121,10 +121,10 @@ def update_for_model(cfg: Config, task, model, layout: Layout, forward_model=Non
         stateful=stateful,
         per_sample_loss=task.per_sample_loss,
         direction=direction,
-        schedule=lr_schedule(cfg.lr_scheduler, cfg.lr, cfg.n_rounds),
-        batch_size=cfg.batch_size,
-        local_epochs=cfg.local_epochs,
-        drop_last=cfg.drop_last,
+        schedule=lr_schedule(cfg.training.lr_scheduler, cfg.training.lr, cfg.training.n_rounds),
+        batch_size=cfg.training.batch_size,
+        local_epochs=cfg.training.local_epochs,
+        drop_last=cfg.training.drop_last,
         layout=layout,
     )
 
@@ -184,13 +184,13 @@ def make_context(cfg: Config, data: FederatedData, model, update: ClientUpdate) 
         model=model,
         task=data.task,
         update=update,
-        n_learners=cfg.n_learners,
+        n_learners=cfg.model.n_learners,
         n_clients=data.n_clients,
-        sampling_rate=cfg.sampling_rate,
-        seed=cfg.seed,
-        data_seed=cfg.data_seed,
-        eval_chunk=cfg.eval_chunk,
-        init_weights=load_weights(cfg.init_from) if cfg.init_from else None,
+        sampling_rate=cfg.training.sampling_rate,
+        seed=cfg.training.seed,
+        data_seed=cfg.data.data_seed,
+        eval_chunk=cfg.layout.eval_chunk,
+        init_weights=load_weights(cfg.model.init_from) if cfg.model.init_from else None,
     )
 
 
@@ -202,8 +202,8 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1, model=None) -> E
     ``cfg.model``'s (one with BatchNorm takes ``train=`` and ``mask=``, as MobileNetV2 does).
     """
     if model is None:
-        model_name = cfg.model or default_model(cfg.dataset, data)
-        model = build_model(model_name, data.task.output_dim, cfg.conv_impl)
+        model_name = cfg.model.name or default_model(cfg.data.dataset, data)
+        model = build_model(model_name, data.task.output_dim, cfg.model.conv_impl)
         layout = make_layout(cfg, model_name, n_devices)
         update = make_update(cfg, data, model_name, layout)
     else:

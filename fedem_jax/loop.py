@@ -35,7 +35,7 @@ class _Run:
         self.cfg, self.experiment, self.data, self.n_clients = cfg, experiment, data, n_clients
         self.history: list[dict] = []
         self.round_seconds: list[float] = []
-        self.checkpointer = Checkpointer(cfg.workdir) if cfg.checkpoint_every > 0 else None
+        self.checkpointer = Checkpointer(cfg.output.workdir) if cfg.output.checkpoint_every > 0 else None
         self.last_good: int | None = None
         self.final_stats = None  # per-client (train, eval-split) stats of the last evaluation
         algorithm = experiment.algorithm
@@ -53,9 +53,9 @@ class _Run:
         round_done = self.checkpointer.latest_round() if self.checkpointer else None
         if round_done is None:
             return state
-        if round_done > self.cfg.n_rounds:
+        if round_done > self.cfg.training.n_rounds:
             raise ConfigError(
-                f"--n_rounds {self.cfg.n_rounds} is below the checkpoint's round {round_done} in "
+                f"--n_rounds {self.cfg.training.n_rounds} is below the checkpoint's round {round_done} in "
                 f"{self.checkpointer.directory}"
             )
         state, record = self.checkpointer.restore(round_done, state)
@@ -74,14 +74,15 @@ class _Run:
             else ""
         )
         raise DivergenceError(
-            f"the loss became non-finite at round {round_done}; try a lower --lr (now {self.cfg.lr}){kept}"
+            f"the loss became non-finite at round {round_done}; "
+            f"try a lower --lr (now {self.cfg.training.lr}){kept}"
         )
 
     def evaluate(self, state, done: int, round_metrics: dict) -> dict:
         cfg = self.cfg
         row, self.final_stats = evaluation_row(
             self.eval_fn, self.unseen_jit, state, self.data, cfg, self.n_clients, done,
-            self.round_seconds[-cfg.log_freq :],
+            self.round_seconds[-cfg.output.log_freq :],
         )  # fmt: skip
         row.update(method_metrics(round_metrics))
         self.check_finite(
@@ -92,7 +93,7 @@ class _Run:
 
     def save(self, state, done: int) -> None:
         cfg = self.cfg
-        if self.checkpointer and (done % cfg.checkpoint_every == 0 or done == cfg.n_rounds):
+        if self.checkpointer and (done % cfg.output.checkpoint_every == 0 or done == cfg.training.n_rounds):
             record = {"config": cfg.to_dict(), "history": self.history, "round_seconds": self.round_seconds}
             self.checkpointer.save(done, state, record)
             self.last_good = done
@@ -105,7 +106,7 @@ class _Run:
 def train_rounds(run: _Run, state, compiled, writer, progress):
     """Rounds from the state's round to ``n_rounds``: evaluate every ``log_freq``, checkpoint."""
     cfg, split_name = run.cfg, eval_split(run.cfg, run.data)[0]
-    for r in range(int(state.round), cfg.n_rounds):
+    for r in range(int(state.round), cfg.training.n_rounds):
         t0 = time.perf_counter()
         state, round_metrics = compiled(state, run.data.train)
         round_metrics = jax.block_until_ready(round_metrics)
@@ -113,7 +114,7 @@ def train_rounds(run: _Run, state, compiled, writer, progress):
         finite = bool(round_metrics["params_finite"]) and math.isfinite(round_metrics["train_nll_start"])
         run.check_finite(finite, r + 1)
         done = r + 1
-        if done % cfg.log_freq == 0 or done == cfg.n_rounds:
+        if done % cfg.output.log_freq == 0 or done == cfg.training.n_rounds:
             writer.write(run.evaluate(state, done, round_metrics))
         run.save(state, done)
         if progress is not None:
@@ -135,7 +136,7 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
     main_process = is_main_process()  # with --distributed only process 0 writes outputs
     _check_resumable(cfg)
     if main_process:
-        outputs.write_config(cfg.workdir, cfg)
+        outputs.write_config(cfg.output.workdir, cfg)
     federation = data if data is not None else load_dataset(cfg)  # its client order is the outputs'
     experiment, data, state = setup(cfg, federation)
     data_seconds = time.perf_counter() - start
@@ -164,9 +165,9 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
 
 def _check_resumable(cfg: Config) -> None:
     """Refuse a workdir holding another experiment's checkpoint before anything is written."""
-    if cfg.checkpoint_every <= 0:
+    if cfg.output.checkpoint_every <= 0:
         return
-    checkpointer = Checkpointer(cfg.workdir)
+    checkpointer = Checkpointer(cfg.output.workdir)
     try:
         round_done = checkpointer.latest_round()
         if round_done is not None:
@@ -183,17 +184,17 @@ def _finish(run: _Run, state, federation: FederatedData, timings: dict, main_pro
     train_stats, test_stats = run.final_stats
     pi = real_clients(state.clients.pi, data.train, federation.n_clients)
     if main_process:
-        outputs.write_clients_csv(cfg.workdir, train_stats, test_stats, pi)
+        outputs.write_clients_csv(cfg.output.workdir, train_stats, test_stats, pi)
     steady = run.round_seconds[1:] if len(run.round_seconds) > 1 else run.round_seconds
     final = run.history[-1]
     summary = {
-        "dataset": cfg.dataset,
+        "dataset": cfg.data.dataset,
         "method": cfg.method,
         "model": run.experiment.info["model"],
-        "n_learners": cfg.n_learners,
+        "n_learners": cfg.model.n_learners,
         "n_clients": federation.n_clients,
         "n_unseen_clients": federation.n_unseen,
-        "n_rounds": cfg.n_rounds,
+        "n_rounds": cfg.training.n_rounds,
         **{k: v for k, v in final.items() if k not in ("round", *outputs.TIMING_KEYS)},
         "seconds_per_round": float(np.mean(steady)) if steady else 0.0,
         "compile_seconds": timings["compile_seconds"],
@@ -202,14 +203,15 @@ def _finish(run: _Run, state, federation: FederatedData, timings: dict, main_pro
         "layout": run.experiment.info,
     }
     if main_process:
-        outputs.write_json(cfg.workdir, "summary.json", summary)
+        outputs.write_json(cfg.output.workdir, "summary.json", summary)
     return summary
 
 
 def _describe(cfg: Config, info: dict) -> str:
     chunk = {0: "vmap", 1: "sequential"}.get(info["client_chunk"], f"chunks of {info['client_chunk']}")
     return (
-        f"{cfg.method}: model {info['model']} ({info['n_params']:,} params x {cfg.n_learners} learners), "
+        f"{cfg.method}: model {info['model']} "
+        f"({info['n_params']:,} params x {cfg.model.n_learners} learners), "
         f"{jax.device_count()} {jax.default_backend()} device(s), layout: clients {chunk}, "
         f"learners {'vmap' if info['learner_vmap'] else 'sequential'}"
     )
@@ -217,12 +219,14 @@ def _describe(cfg: Config, info: dict) -> str:
 
 def _writer(cfg: Config, history: list[dict], first_round: int, main_process: bool):
     if main_process:
-        return outputs.MetricsWriter(cfg.workdir, history, first_round, tensorboard=cfg.tensorboard)
+        return outputs.MetricsWriter(
+            cfg.output.workdir, history, first_round, tensorboard=cfg.output.tensorboard
+        )
     return outputs.NullWriter()
 
 
 def _progress(cfg: Config, first_round: int):
-    if cfg.quiet:
+    if cfg.output.quiet:
         return None
     import sys
 
@@ -231,7 +235,7 @@ def _progress(cfg: Config, first_round: int):
     # In a log file (not a terminal) redraw at most every 30 s instead of on every update.
     interval = 0.1 if sys.stderr.isatty() else 30.0
     return tqdm(
-        total=cfg.n_rounds,
+        total=cfg.training.n_rounds,
         initial=first_round,
         desc="rounds",
         unit="round",

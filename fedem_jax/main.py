@@ -18,11 +18,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    if cfg.distributed:
+    if cfg.layout.distributed:
         from fedem_jax.distributed import initialize
 
         try:
-            initialize(cfg)
+            initialize(cfg.layout)
         except (RuntimeError, ValueError) as err:
             print(f"error: --distributed: jax.distributed.initialize failed ({err})", file=sys.stderr)
             return 1
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from fedem_jax.distributed import is_main_process
     from fedem_jax.loop import DivergenceError, run
 
-    log = (lambda *_: None) if cfg.quiet or not is_main_process() else print
+    log = (lambda *_: None) if cfg.output.quiet or not is_main_process() else print
     try:
         summary = run(cfg, log=log)
     except ConfigError as err:  # found once the workdir's checkpoint is read
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     if not is_main_process():
         return 0
-    split = "val" if cfg.validation else "test"
+    split = "val" if cfg.output.validation else "test"
     unseen = (
         f"unseen clients {summary['unseen_test_accuracy']:.4f}, " if "unseen_test_accuracy" in summary else ""
     )
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(bottom 10% {summary[split + '_accuracy_bottom10']:.4f}), {unseen}"
         f"train accuracy {summary['train_accuracy']:.4f}, "
         f"{summary['seconds_per_round']:.3f} s/round, compile {summary['compile_seconds']:.1f} s "
-        f"-> {cfg.workdir}/summary.json"
+        f"-> {cfg.output.workdir}/summary.json"
     )
     return 0
 

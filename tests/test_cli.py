@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from fedem_jax.algorithms import registry
+from fedem_jax.config import ConfigError, flag_name, make_config, resolve, section_fields
 from fedem_jax.main import main
 
 SMALL = ["--n_clients", "24", "--dim", "20", "--n_test_per_client", "200", "--quiet"]
@@ -93,3 +95,23 @@ def test_divergence_is_reported_with_round(tmp_path, capsys):
 def test_fedavg_defaults_to_one_learner(tmp_path):
     _, summary = _run(tmp_path, "avg", "--method", "FedAvg", "--n_rounds", "1")
     assert summary["n_learners"] == 1 and np.isfinite(summary["test_loss"])
+
+
+def test_config_sections_round_trip_through_flat_flags(tmp_path):
+    """Every flag is one field of one section (or one method hyperparameter); the flat dict of
+    ``config.json`` rebuilds the same sectioned config, and ``replace`` changes only what it names."""
+    cfg = resolve(
+        ["--method", "FedProx", "--lr", "0.2", "--model", "mlp", "--mu", "0.3", "--workdir", str(tmp_path)]
+    )
+    assert (cfg.training.lr, cfg.model.name, cfg.hyperparams.mu) == (0.2, "mlp", 0.3)
+    flat = cfg.to_dict()
+    assert make_config(**flat) == cfg
+    flags = [flag_name(f) for _, f in section_fields()]
+    assert len(flags) == len(set(flags)) and not set(flags) & set(registry.hyperparam_fields())
+    changed = cfg.replace(n_rounds=7, momentum=0.5)
+    assert (changed.training.n_rounds, changed.training.momentum, changed.training.lr) == (7, 0.5, 0.2)
+    assert changed.to_dict().keys() == flat.keys()
+    with pytest.raises(ConfigError, match="--lr must be > 0"):
+        cfg.replace(lr=0.0)
+    with pytest.raises(TypeError, match="unknown settings: not_a_flag"):
+        make_config(**flat, not_a_flag=1)

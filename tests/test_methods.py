@@ -365,7 +365,7 @@ def test_dfedem_round_matches_numpy(tmp_path):
     data = tiny_binary_data()
     cfg = tiny_config(tmp_path, method="D-FedEM", n_learners=2, graph_p=0.5)
     _, start, state, _ = _run(cfg, data, rounds=1)
-    W_mix = mixing_matrix(3, 0.5, cfg.data_seed).astype(np.float64)
+    W_mix = mixing_matrix(3, 0.5, cfg.data.data_seed).astype(np.float64)
     W0, b0 = _linear(jax.tree.map(lambda a: a[0], start.params))
     trained, pis = [], []
     for x, y in _clients(data.train):

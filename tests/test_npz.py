@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from fedem_jax.config import Config
+from fedem_jax.config import DataConfig, make_config
 from fedem_jax.data.npz_source import load_npz
 from fedem_jax.main import main
 
@@ -34,8 +34,8 @@ def test_single_file_end_to_end(tmp_path):
 
 def test_is_test_field_is_respected(tmp_path):
     x, _, client, extra = _single_file(tmp_path / "data.npz", with_split=True)
-    cfg = Config(dataset="npz", data_path=str(tmp_path / "data.npz"))
-    data = load_npz(cfg)
+    cfg = make_config(dataset="npz", data_path=str(tmp_path / "data.npz"), workdir=str(tmp_path / "run"))
+    data = load_npz(cfg.data)
     assert data.task.num_classes == 3
     expected_test = [int(extra["is_test"][client == c].sum()) for c in range(6)]
     assert np.asarray(data.test.counts).tolist() == expected_test
@@ -112,7 +112,7 @@ def test_tiny_clients_are_dropped_with_a_warning(tmp_path):
     client = np.array([0] * 10 + [1] + [2] * 10)
     np.savez(tmp_path / "d.npz", x=RNG.normal(size=(21, 3)), y=RNG.integers(0, 2, 21), client=client)
     with pytest.warns(UserWarning, match="dropped 1 of 3 clients"):
-        data = load_npz(Config(dataset="npz", data_path=str(tmp_path / "d.npz")))
+        data = load_npz(DataConfig(dataset="npz", data_path=str(tmp_path / "d.npz")))
     assert data.n_clients == 2
 
 

@@ -28,7 +28,7 @@ def test_one_full_batch_round_matches_fedem_jax(tmp_path):
         for o, n in zip(np.asarray(data.train.offsets), np.asarray(data.train.counts), strict=True)
     ]
     baseline = ReferenceStyleFedEM(
-        lambda: TorchLinear(4), datasets, binary=True, n_learners=2, lr=cfg.lr, batch_size=16
+        lambda: TorchLinear(4), datasets, binary=True, n_learners=2, lr=cfg.training.lr, batch_size=16
     )
     kernel = np.asarray(state.params["Dense_0"]["kernel"])  # [M, 4, 1]
     bias = np.asarray(state.params["Dense_0"]["bias"])  # [M, 1]

@@ -79,7 +79,7 @@ def read_leaf(name: str, path: str) -> dict[str, tuple[list, list]]:
     return users
 
 
-def load_femnist(cfg) -> FederatedData:
+def load_femnist(cfg) -> FederatedData:  # cfg: the DataConfig
     users = read_leaf("femnist", cfg.data_path)
     rng = np.random.default_rng(cfg.data_seed)
     names = list(users)
@@ -114,7 +114,7 @@ def encode(text: str, unknown: list) -> np.ndarray:
     return np.array([i if i >= 0 else VOCABULARY.index(" ") for i in ids], np.int32)
 
 
-def load_shakespeare(cfg) -> FederatedData:
+def load_shakespeare(cfg) -> FederatedData:  # cfg: the DataConfig
     users = read_leaf("shakespeare", cfg.data_path)
     rng = np.random.default_rng(cfg.data_seed)
     inputs, targets, train_idx, test_idx, dropped, unknown, start = [], [], [], [], 0, [0], 0

@@ -62,7 +62,7 @@ def _check_pair(x, y, path, names=("x", "y")):
         raise DataError(f"{path}: {names[0]!r} has {len(x)} rows but {names[1]!r} has {len(y)}")
 
 
-def load_npz(cfg) -> FederatedData:
+def load_npz(cfg) -> FederatedData:  # cfg: the DataConfig
     path = cfg.data_path
     rng = np.random.default_rng(cfg.data_seed)
     if os.path.isdir(path):

@@ -1,4 +1,5 @@
-"""``load_dataset(config)``: the one entry point from a :class:`Config` to :class:`FederatedData`."""
+"""``load_dataset(config)``: the one entry point from a :class:`Config` to :class:`FederatedData`;
+the loaders here read only its data section (``DataConfig``)."""
 
 from __future__ import annotations
 
@@ -126,8 +127,10 @@ def _emnist(cfg) -> FederatedData:
     )
 
 
-def load_dataset(cfg) -> FederatedData:
-    """Build the federated dataset named by ``cfg.dataset``, reproducibly from ``cfg.data_seed``."""
+def load_dataset(config) -> FederatedData:
+    """Build the federated dataset of ``config.data`` (a :class:`~fedem_jax.config.DataConfig`),
+    reproducibly from its ``data_seed``."""
+    cfg = config.data
     if cfg.dataset == "synthetic":
         data, _ = generate_synthetic(
             n_clients=cfg.n_clients,
