@@ -19,8 +19,25 @@ from fedem_jax.data import load_dataset
 from fedem_jax.loop import run
 
 METHODS = (
-    "local", "FedAvg", "FedProx", "FedAvg+", "pFedMe", "clustered", "APFL", "AFL", "q-FFL", "L2SGD",
-    "D-FedEM", "pFedMe-true", "Ditto", "FedPer", "FedRep", "FedAdam", "FedYogi", "SCAFFOLD", "FedEM",
+    "local",
+    "FedAvg",
+    "FedProx",
+    "FedAvg+",
+    "pFedMe",
+    "clustered",
+    "APFL",
+    "AFL",
+    "q-FFL",
+    "L2SGD",
+    "D-FedEM",
+    "pFedMe-true",
+    "Ditto",
+    "FedPer",
+    "FedRep",
+    "FedAdam",
+    "FedYogi",
+    "SCAFFOLD",
+    "FedEM",
 )  # fmt: skip  FedBN needs a BatchNorm model: --methods FedBN --extra --model mobilenet_v2
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import itertools
 import os
 from typing import Any
 
@@ -99,6 +100,7 @@ class LayoutConfig:
         -1, "a client's last partial batch runs as sub-batches of this size (0: off, -1: auto)"
     )
     eval_chunk: int = setting(1024, "samples per forward pass in E-step and evaluation")
+    runs_per_chunk: int = setting(0, "sweeps: runs vmapped together (0: from a memory estimate)")
     n_devices: int = setting(0, "devices to shard the client axis over (0: all available)")
     distributed: bool = setting(False, "several processes/hosts: call jax.distributed.initialize()")
     coordinator_address: str = setting("", "--distributed: host:port of process 0 (auto on TPU/SLURM/MPI)")
@@ -113,6 +115,9 @@ class OutputConfig:
     workdir: str = setting("runs/default", "output folder (metrics, summary)")
     log_freq: int = setting(5, "evaluate every N rounds")
     validation: bool = setting(False, "evaluate on the validation split instead of test")
+    select_metric: str = setting(
+        "accuracy", "sweeps: metric naming the best setting (accuracy, accuracy_bottom10, loss)"
+    )
     unseen_em_iters: int = setting(500, "max EM iterations fitting an unseen client's pi")
     checkpoint_every: int = setting(10, "save a checkpoint every N rounds and at the end (0: never)")
     tensorboard: bool = setting(True, "write TensorBoard event files to WORKDIR/tb")
@@ -141,16 +146,34 @@ class Config:
     layout: LayoutConfig = dataclasses.field(default_factory=LayoutConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     hyperparams: Any = None
+    # Settings given as lists, ``((flag, (value, ...)), ...)``: the runs of a sweep are their grid
+    # (see :mod:`fedem_jax.sweep`). The sections hold each list's first value.
+    sweep: tuple = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """Every setting as one flat dict by flag name (``config.json``, checkpoint records)."""
+        """Every setting as one flat dict by flag name (``config.json``, checkpoint records); a
+        swept setting is its list of values."""
         values: dict[str, Any] = {"method": self.method}
         for section in SECTIONS:
             part = getattr(self, section)
             values.update({flag_name(f): getattr(part, f.name) for f in dataclasses.fields(part)})
         if self.hyperparams is not None:
             values.update(dataclasses.asdict(self.hyperparams))
+        values.update({flag: list(options) for flag, options in self.sweep})
         return values
+
+    def runs(self) -> list[dict[str, Any]]:
+        """The settings of every run of the sweep, ``[{flag: value}]`` (``[{}]``: a single run).
+        The grid varies the last swept flag fastest; ``seed`` is always last."""
+        flags = [flag for flag, _ in self.sweep]
+        return [
+            dict(zip(flags, combo, strict=True)) for combo in itertools.product(*(v for _, v in self.sweep))
+        ]
+
+    def for_run(self, settings: dict[str, Any]) -> Config:
+        """The single-run config of one run of the sweep."""
+        flat = {k: v for k, v in self.to_dict().items() if not isinstance(v, list)}
+        return make_config(**{**flat, **settings})
 
     def replace(self, **values) -> Config:
         """A validated copy with some flat settings changed (``cfg.replace(lr=0.1, n_rounds=5)``)."""
@@ -215,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     for field in _cli_fields():
         kind = getattr(field.type, "__name__", field.type)  # a type, or its name under PEP 563
         arg_type = {"int": int, "float": float, "str": str, "bool": _parse_bool}[kind]
+        if kind in ("int", "float"):
+            arg_type = _numbers(arg_type)
         flag_kwargs = {"nargs": "?", "const": True} if kind == "bool" else {}
         parser.add_argument(
             f"--{flag_name(field)}",
@@ -223,7 +248,24 @@ def build_parser() -> argparse.ArgumentParser:
             **flag_kwargs,
             help=f"{field.metadata.get('help', '')} (default: {field.default!r})",
         )
+    parser.add_argument(
+        "--seeds",
+        type=_numbers(int),
+        default=None,
+        help="several training seeds run together, e.g. 1,2,3,4,5",
+    )
     return parser
+
+
+def _numbers(kind):
+    """An argparse type: one number, or a comma-separated list of them (a sweep)."""
+
+    def parse(text: str):
+        parts = [kind(part) for part in text.split(",")] if "," in text else [kind(text)]
+        return parts[0] if len(parts) == 1 else tuple(parts)
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def make_config(**values) -> Config:
@@ -236,16 +278,56 @@ def make_config(**values) -> Config:
         values.setdefault("n_learners", 1)
     if caps.plain_sgd:
         values.setdefault("momentum", 0.0)
+    sweep = _sweep_axes(values)
     method_fields = registry.hyperparam_fields()
     hyper = {k: values.pop(k) for k in list(values) if k in method_fields}
     name = values.pop("method", Config.method)
     hyperparams = registry.make_hyperparams(method.name, hyper)
-    return validate(Config(method=name, **_sections_from_flat(values), hyperparams=hyperparams))
+    cfg = validate(Config(method=name, **_sections_from_flat(values), hyperparams=hyperparams))
+    if sweep:
+        cfg = dataclasses.replace(cfg, sweep=sweep)
+        for flag, options in sweep:  # every value of every list is valid on its own
+            for value in options[1:]:
+                cfg.for_run({flag: value})
+    return cfg
+
+
+def sweepable_flags() -> tuple[str, ...]:
+    """Settings that may be lists: they change values, never the program's shapes."""
+    methods = [name for name, f in registry.hyperparam_fields().items() if f.metadata.get("sweep", True)
+               and getattr(f.type, "__name__", f.type) == "float"]  # fmt: skip
+    return (*SWEEPABLE_TRAINING, *methods)
+
+
+SWEEPABLE_TRAINING = ("lr", "momentum", "weight_decay", "seed")
+
+
+def _sweep_axes(values: dict[str, Any]) -> tuple:
+    """Pop the list-valued settings of ``values`` (their first value stays) into sweep axes."""
+    lists = {k: tuple(v) for k, v in values.items() if isinstance(v, list | tuple)}
+    if not lists:
+        return ()
+    allowed = sweepable_flags()
+    for flag, options in lists.items():
+        check(
+            flag in allowed,
+            f"--{flag} takes one value, got {len(options)}: it changes the program's shapes or data; "
+            f"lists are allowed for --seeds and --{', --'.join(f for f in allowed if f != 'seed')}",
+        )
+        check(len(set(options)) == len(options), f"--{flag} lists a value twice: {list(options)}")
+        values[flag] = options[0]
+    order = [flag for flag in allowed if flag in lists and flag != "seed"]
+    order += ["seed"] if "seed" in lists else []
+    return tuple((flag, lists[flag]) for flag in order if len(lists[flag]) > 1)
 
 
 def resolve(argv: list[str] | None = None) -> Config:
     """Parse ``argv``, apply dataset defaults under the explicit flags, and validate."""
     args = vars(build_parser().parse_args(argv))
+    seeds = args.pop("seeds")
+    if seeds is not None:
+        check(args["seed"] is None, "give --seed or --seeds, not both")
+        args["seed"] = seeds
     explicit = {k: v for k, v in args.items() if v is not None}
     dataset = explicit.get("dataset", DataConfig.dataset)
     defaults = dataset_defaults(dataset)
@@ -356,6 +438,7 @@ def _validate_layout(lay: LayoutConfig) -> None:
     check(lay.learner_vmap in (-1, 0, 1), f"--learner_vmap must be -1, 0 or 1, got {lay.learner_vmap}")
     _at_least("micro_batch", lay.micro_batch, -1)
     _at_least("eval_chunk", lay.eval_chunk, 1)
+    _at_least("runs_per_chunk", lay.runs_per_chunk, 0)
     _at_least("n_devices", lay.n_devices, 0)
     _at_least("num_processes", lay.num_processes, 0)
     check(lay.process_id >= -1, f"--process_id must be >= 0 (or -1: auto), got {lay.process_id}")
@@ -363,6 +446,7 @@ def _validate_layout(lay: LayoutConfig) -> None:
 
 def _validate_output(o: OutputConfig) -> None:
     _at_least("log_freq", o.log_freq, 1)
+    _one_of("select_metric", o.select_metric, ("accuracy", "accuracy_bottom10", "loss"))
     _at_least("unseen_em_iters", o.unseen_em_iters, 1)
     _at_least("checkpoint_every", o.checkpoint_every, 0)
     _check_workdir(o.workdir)

@@ -35,37 +35,69 @@ def eval_split(cfg: Config, data: FederatedData):
     return ("val", data.val) if cfg.output.validation else ("test", data.test)
 
 
-def evaluate_both(eval_fn, state, data: FederatedData, cfg: Config, n_clients: int) -> tuple[dict, dict]:
-    """Per-client stats on train and on the evaluation split, in federation order (host numpy).
+def take_run(tree, run: int | None):
+    """Run ``run``'s slice of a tree with a leading runs axis (``None``: no runs axis)."""
+    return tree if run is None else jax.tree.map(lambda a: a[run], tree)
+
+
+def to_host_runs(tree, runs: list[dict] | None):
+    """A sweep's arrays (one device) on the host, to be sliced per run; a single run's are left as
+    they are (with --distributed they span processes: ``real_clients`` gathers them)."""
+    return tree if runs is None else jax.device_get(tree)
+
+
+def run_indices(runs: list[dict] | None) -> list[int | None]:
+    """``[None]`` for a single run, else ``[0, ..., R - 1]``."""
+    return [None] if runs is None else list(range(len(runs)))
+
+
+def evaluate_both(eval_fn, state, data: FederatedData, cfg: Config, n_clients: int, runs=None) -> list:
+    """Per-client stats ``(train, eval split)`` of every run, in federation order (host numpy).
 
     ``eval_fn(state, splits)`` evaluates a tuple of splits (so that FedAvg+ fine-tunes once)."""
     train, other = data.train, eval_split(cfg, data)[1]
-    train_stats, other_stats = eval_fn(state, (train, other))
-    return real_clients(train_stats, train, n_clients), real_clients(other_stats, other, n_clients)
+    both = to_host_runs(eval_fn(state, (train, other)), runs)
+    return [
+        (
+            real_clients(take_run(both[0], i), train, n_clients),
+            real_clients(take_run(both[1], i), other, n_clients),
+        )
+        for i in run_indices(runs)
+    ]
 
 
-def evaluation_row(
-    eval_fn, unseen_fn, state, data, cfg, n_clients: int, done: int, recent_seconds: list[float]
-) -> tuple[dict, tuple[dict, dict]]:
-    """One metrics row, and the per-client stats it was computed from (for ``clients.csv``)."""
+def evaluation_rows(
+    eval_fn, unseen_fn, state, data, cfg, n_clients: int, done: int, recent_seconds: list[float], runs=None
+) -> tuple[list[dict], list]:
+    """One metrics row per run (with the run's index and settings in a sweep), and the per-client
+    stats they were computed from (for ``clients.csv``)."""
     t0 = time.perf_counter()
-    train_stats, test_stats = evaluate_both(eval_fn, state, data, cfg, n_clients)
-    row = {"round": done}
-    parts = [("train", train_stats), (eval_split(cfg, data)[0], test_stats)]
+    stats = evaluate_both(eval_fn, state, data, cfg, n_clients, runs)
+    unseen = None
     if data.n_unseen:
-        unseen_stats, _ = unseen_fn(state, data.unseen_train, data.unseen_test, cfg.output.unseen_em_iters)
-        parts.append(("unseen_test", jax.tree.map(np.asarray, unseen_stats)))
-    for prefix, stats in parts:
-        row.update({f"{prefix}_{k}": v for k, v in summarize_eval(stats).items()})
-    row["pi_entropy"] = outputs.mean_entropy(real_clients(state.clients.pi, data.train, n_clients))
-    row["seconds_per_round"] = float(np.mean(recent_seconds))
-    row["eval_seconds"] = time.perf_counter() - t0
-    return row, (train_stats, test_stats)
+        unseen_stats = unseen_fn(state, data.unseen_train, data.unseen_test, cfg.output.unseen_em_iters)[0]
+        unseen = jax.tree.map(np.asarray, to_host_runs(unseen_stats, runs))
+    pi_all = to_host_runs(state.clients.pi, runs)
+    rows = []
+    for (train_stats, test_stats), i in zip(stats, run_indices(runs), strict=True):
+        row = {"round": done} if i is None else {"round": done, "run": i, **runs[i]}
+        parts = [("train", train_stats), (eval_split(cfg, data)[0], test_stats)]
+        if unseen is not None:
+            parts.append(("unseen_test", take_run(unseen, i)))
+        for prefix, part in parts:
+            row.update({f"{prefix}_{k}": v for k, v in summarize_eval(part).items()})
+        row["pi_entropy"] = outputs.mean_entropy(real_clients(take_run(pi_all, i), data.train, n_clients))
+        row["seconds_per_round"] = float(np.mean(recent_seconds))
+        rows.append(row)
+    for row in rows:
+        row["eval_seconds"] = time.perf_counter() - t0
+    return rows, stats
 
 
 ENGINE_METRICS = ("train_nll_start", "params_finite", "participants")
 
 
-def method_metrics(round_metrics: dict) -> dict:
+def method_metrics(round_metrics: dict, run: int | None = None) -> dict:
     """A method's own diagnostics of the last round (clusters, APFL's alpha, AFL's lambda)."""
-    return {k: float(v) for k, v in round_metrics.items() if k not in ENGINE_METRICS}
+    own = {k: v for k, v in round_metrics.items() if k not in ENGINE_METRICS}
+    return {k: float(v) for k, v in take_run(own if run is None else jax.device_get(own), run).items()}

@@ -73,13 +73,14 @@ def resolve_devices(cfg: Config) -> int:
     return wanted
 
 
-def make_layout(cfg: Config, model_name: str, n_devices: int = 1) -> Layout:
+def make_layout(cfg: Config, model_name: str, n_devices: int = 1, runs_vmapped: bool = False) -> Layout:
     client_chunk, learner_vmap = resolve_layout(cfg, model_name)
     return Layout(
         client_chunk=client_chunk,
         learner_vmap=learner_vmap,
         micro_batch=resolve_micro_batch(cfg, client_chunk),
         mesh=client_mesh(n_devices) if n_devices > 1 else None,
+        runs_vmapped=runs_vmapped,
     )
 
 
@@ -163,6 +164,7 @@ class Experiment:
     raw: Algorithm  # the method's functions for one block of clients
     layout: Layout
     info: dict  # model, layout and devices, for the start-up line and summary.json
+    runs: list[dict] | None = None  # a sweep's settings per run: the state has a leading runs axis
 
     def evaluate_splits(self, state, train, splits):
         """Per-client stats of ``splits``; methods that adapt models first (FedAvg+) do it once."""
@@ -194,7 +196,7 @@ def make_context(cfg: Config, data: FederatedData, model, update: ClientUpdate) 
     )
 
 
-def build(cfg: Config, data: FederatedData, n_devices: int = 1, model=None) -> Experiment:
+def build(cfg: Config, data: FederatedData, n_devices: int = 1, model=None, runs_vmapped=False) -> Experiment:
     """Model, client update, layout and the ``cfg.method`` algorithm on ``data``.
 
     With ``n_devices > 1`` the algorithm expects data laid out by ``shard_data(data, layout.mesh)``
@@ -204,11 +206,11 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1, model=None) -> E
     if model is None:
         model_name = cfg.model.name or default_model(cfg.data.dataset, data)
         model = build_model(model_name, data.task.output_dim, cfg.model.conv_impl)
-        layout = make_layout(cfg, model_name, n_devices)
+        layout = make_layout(cfg, model_name, n_devices, runs_vmapped)
         update = make_update(cfg, data, model_name, layout)
     else:
         model_name = type(model).__name__
-        layout = make_layout(cfg, model_name, n_devices)
+        layout = make_layout(cfg, model_name, n_devices, runs_vmapped)
         variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.train.x[:1])
         update = update_for_model(cfg, data.task, model, layout, stateful="batch_stats" in variables)
     ctx = make_context(cfg, data, model, update)
@@ -241,7 +243,12 @@ def setup(cfg: Config, data: FederatedData):
     Returns ``(experiment, data, state)``; with several devices ``data`` is the sharded copy
     (see :mod:`fedem_jax.data.sharding`) and the state is placed to match.
     """
-    experiment = build(cfg, data, resolve_devices(cfg))
+    if cfg.sweep:
+        from fedem_jax.sweep import build_sweep  # it builds on this module
+
+        experiment = build_sweep(cfg, data)
+    else:
+        experiment = build(cfg, data, resolve_devices(cfg))
     shapes = jax.eval_shape(experiment.model.init, jax.random.PRNGKey(0), data.train.x[:1])
     experiment.info["n_params"] = count_params(shapes["params"])  # one component, BatchNorm stats excluded
     if experiment.layout.mesh is not None:

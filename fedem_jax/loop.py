@@ -20,8 +20,17 @@ from fedem_jax.config import Config, ConfigError
 from fedem_jax.data import FederatedData, load_dataset
 from fedem_jax.data.sharding import real_clients
 from fedem_jax.distributed import is_main_process
-from fedem_jax.evaluation import eval_split, evaluate_both, evaluation_row, method_metrics
+from fedem_jax.evaluation import (
+    eval_split,
+    evaluate_both,
+    evaluation_rows,
+    method_metrics,
+    run_indices,
+    take_run,
+    to_host_runs,
+)
 from fedem_jax.experiment import Experiment, setup
+from fedem_jax.sweep import summarize_runs
 
 
 class DivergenceError(RuntimeError):
@@ -37,7 +46,9 @@ class _Run:
         self.round_seconds: list[float] = []
         self.checkpointer = Checkpointer(cfg.output.workdir) if cfg.output.checkpoint_every > 0 else None
         self.last_good: int | None = None
-        self.final_stats = None  # per-client (train, eval-split) stats of the last evaluation
+        self.final_stats = None  # per run: per-client (train, eval-split) stats of the last evaluation
+        self.runs = experiment.runs  # a sweep's settings per run (None: a single run)
+        self.diverged: dict[int, int] = {}  # a sweep's runs masked out: run -> round
         algorithm = experiment.algorithm
         self.round_jit = jax.jit(algorithm.round, donate_argnums=0)
         # One jit returning only statistics: a jitted identity on the state would copy it whole.
@@ -60,12 +71,20 @@ class _Run:
             )
         state, record = self.checkpointer.restore(round_done, state)
         self.history, self.round_seconds = record["history"], record["round_seconds"]
+        self.diverged = {int(k): v for k, v in record.get("diverged", {}).items()}
         self.last_good = round_done
         log(f"resumed from round {round_done} ({self.checkpointer.directory})")
         return state
 
-    def check_finite(self, finite: bool, round_done: int) -> None:
-        """Stop a diverged run; the checkpoints on disk were all saved from finite states."""
+    def check_finite(self, finite, round_done: int, log=print) -> None:
+        """Stop a diverged run; the checkpoints on disk were all saved from finite states. In a
+        sweep (``finite [R]``) a diverged run is named and masked out while the others go on."""
+        if self.runs is not None:
+            for run in np.flatnonzero(~np.asarray(finite, bool)):
+                if int(run) not in self.diverged:
+                    self.diverged[int(run)] = round_done
+                    log(f"run {run} ({_settings(self.runs[run])}) diverged at round {round_done}; masked out")
+            finite = len(self.diverged) < len(self.runs)
         if finite:
             return
         kept = (
@@ -78,23 +97,29 @@ class _Run:
             f"try a lower --lr (now {self.cfg.training.lr}){kept}"
         )
 
-    def evaluate(self, state, done: int, round_metrics: dict) -> dict:
+    def evaluate(self, state, done: int, round_metrics: dict, log=print) -> list[dict]:
+        """Metrics rows of this evaluation: one, or one per run still going in a sweep."""
         cfg = self.cfg
-        row, self.final_stats = evaluation_row(
+        rows, self.final_stats = evaluation_rows(
             self.eval_fn, self.unseen_jit, state, self.data, cfg, self.n_clients, done,
-            self.round_seconds[-cfg.output.log_freq :],
+            self.round_seconds[-cfg.output.log_freq :], self.runs,
         )  # fmt: skip
-        row.update(method_metrics(round_metrics))
-        self.check_finite(
-            math.isfinite(row["train_loss"] + row[f"{eval_split(cfg, self.data)[0]}_loss"]), done
-        )
-        self.history.append(row)
-        return row
+        split = eval_split(cfg, self.data)[0]
+        for row in rows:
+            row.update(method_metrics(round_metrics, row.get("run")))
+        finite = [math.isfinite(row["train_loss"] + row[f"{split}_loss"]) for row in rows]
+        self.check_finite(finite[0] if self.runs is None else np.array(finite), done, log)
+        rows = [row for row in rows if row.get("run") not in self.diverged]
+        self.history.extend(rows)
+        return rows
 
     def save(self, state, done: int) -> None:
         cfg = self.cfg
         if self.checkpointer and (done % cfg.output.checkpoint_every == 0 or done == cfg.training.n_rounds):
-            record = {"config": cfg.to_dict(), "history": self.history, "round_seconds": self.round_seconds}
+            record = {
+                "config": cfg.to_dict(), "history": self.history, "round_seconds": self.round_seconds,
+                "diverged": {str(k): v for k, v in self.diverged.items()},
+            }  # fmt: skip
             self.checkpointer.save(done, state, record)
             self.last_good = done
 
@@ -103,23 +128,29 @@ class _Run:
             self.checkpointer.close()
 
 
-def train_rounds(run: _Run, state, compiled, writer, progress):
+def train_rounds(run: _Run, state, compiled, writer, progress, log=print):
     """Rounds from the state's round to ``n_rounds``: evaluate every ``log_freq``, checkpoint."""
     cfg, split_name = run.cfg, eval_split(run.cfg, run.data)[0]
-    for r in range(int(state.round), cfg.training.n_rounds):
+    for r in range(int(_first_run(state).round), cfg.training.n_rounds):
         t0 = time.perf_counter()
         state, round_metrics = compiled(state, run.data.train)
         round_metrics = jax.block_until_ready(round_metrics)
         run.round_seconds.append(time.perf_counter() - t0)
-        finite = bool(round_metrics["params_finite"]) and math.isfinite(round_metrics["train_nll_start"])
-        run.check_finite(finite, r + 1)
+        finite = np.asarray(round_metrics["params_finite"]) & np.isfinite(round_metrics["train_nll_start"])
+        run.check_finite(bool(finite) if run.runs is None else finite, r + 1, log)
         done = r + 1
         if done % cfg.output.log_freq == 0 or done == cfg.training.n_rounds:
-            writer.write(run.evaluate(state, done, round_metrics))
+            for row in run.evaluate(state, done, round_metrics, log):
+                writer.write(row)
         run.save(state, done)
         if progress is not None:
+            recent = [
+                row[split_name + "_accuracy"]
+                for row in run.history
+                if row["round"] == run.history[-1]["round"]
+            ]
             progress.set_postfix(
-                acc=f"{run.history[-1][split_name + '_accuracy']:.4f}" if run.history else "-",
+                acc=f"{np.mean(recent):.4f}" if run.history else "-",
                 s_per_round=f"{run.round_seconds[-1]:.3f}",
                 refresh=False,  # update() below redraws, at most every mininterval
             )
@@ -149,10 +180,11 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
         compiled = bookkeeping.round_jit.lower(state, data.train).compile()
         compile_seconds = time.perf_counter() - t0
         log(f"compiled the round in {compile_seconds:.1f}s")
-        writer = _writer(cfg, bookkeeping.history, int(state.round), main_process)
-        progress = _progress(cfg, int(state.round)) if main_process else None
+        first_round = int(_first_run(state).round)
+        writer = _writer(cfg, bookkeeping.history, first_round, main_process)
+        progress = _progress(cfg, first_round) if main_process else None
         try:
-            state = train_rounds(bookkeeping, state, compiled, writer, progress)
+            state = train_rounds(bookkeeping, state, compiled, writer, progress, log)
         finally:
             writer.close()
             if progress is not None:
@@ -180,13 +212,16 @@ def _finish(run: _Run, state, federation: FederatedData, timings: dict, main_pro
     """``clients.csv`` and ``summary.json`` from the last evaluation."""
     cfg, data = run.cfg, run.data
     if run.final_stats is None:  # resumed from the final checkpoint: nothing was evaluated this time
-        run.final_stats = evaluate_both(run.eval_fn, state, data, cfg, federation.n_clients)
-    train_stats, test_stats = run.final_stats
-    pi = real_clients(state.clients.pi, data.train, federation.n_clients)
+        run.final_stats = evaluate_both(run.eval_fn, state, data, cfg, federation.n_clients, run.runs)
+    pi_all = to_host_runs(state.clients.pi, run.runs)
+    pis = [real_clients(take_run(pi_all, i), data.train, federation.n_clients) for i in run_indices(run.runs)]
     if main_process:
-        outputs.write_clients_csv(cfg.output.workdir, train_stats, test_stats, pi)
+        outputs.write_clients_csv(cfg.output.workdir, run.final_stats, pis, run.runs)
     steady = run.round_seconds[1:] if len(run.round_seconds) > 1 else run.round_seconds
-    final = run.history[-1]
+    if run.runs is None:
+        final = {k: v for k, v in run.history[-1].items() if k not in ("round", *outputs.TIMING_KEYS)}
+    else:
+        final = summarize_runs(run.history, run.runs, run.diverged, cfg)
     summary = {
         "dataset": cfg.data.dataset,
         "method": cfg.method,
@@ -195,7 +230,7 @@ def _finish(run: _Run, state, federation: FederatedData, timings: dict, main_pro
         "n_clients": federation.n_clients,
         "n_unseen_clients": federation.n_unseen,
         "n_rounds": cfg.training.n_rounds,
-        **{k: v for k, v in final.items() if k not in ("round", *outputs.TIMING_KEYS)},
+        **final,
         "seconds_per_round": float(np.mean(steady)) if steady else 0.0,
         "compile_seconds": timings["compile_seconds"],
         "data_seconds": timings["data_seconds"],
@@ -205,6 +240,15 @@ def _finish(run: _Run, state, federation: FederatedData, timings: dict, main_pro
     if main_process:
         outputs.write_json(cfg.output.workdir, "summary.json", summary)
     return summary
+
+
+def _first_run(state):
+    """The state of a single run, or of a sweep's first run (for its round counter)."""
+    return take_run(state, 0) if state.round.ndim else state
+
+
+def _settings(settings: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in settings.items())
 
 
 def _describe(cfg: Config, info: dict) -> str:

@@ -41,9 +41,10 @@ class MetricsWriter:
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         if self._tb is not None:
+            prefix = f"run{row['run']}/" if "run" in row else ""  # a sweep: one TensorBoard group per run
             for key, value in row.items():
-                if key != "round" and isinstance(value, float | int):
-                    self._tb.add_scalar(key.replace("_", "/", 1), value, row["round"])
+                if key not in ("round", "run") and isinstance(value, float | int):
+                    self._tb.add_scalar(prefix + key.replace("_", "/", 1), value, row["round"])
             self._tb.flush()
 
     def close(self) -> None:
@@ -72,23 +73,28 @@ def write_json(workdir: str, name: str, payload: dict) -> None:
         json.dump(payload, f, indent=2)
 
 
-def write_clients_csv(workdir: str, train_stats: dict, test_stats: dict, pi: np.ndarray) -> None:
-    """One row per client: counts, train/test accuracy and its mixture weights ``pi``."""
-    pi = np.asarray(pi)
+def write_clients_csv(workdir: str, stats: list, pis: list, runs: list[dict] | None = None) -> None:
+    """One row per client (per run of a sweep, with a ``run`` column first): counts, train/test
+    accuracy and its mixture weights ``pi``. ``stats``: per run ``(train, test)`` per-client stats."""
+    n_learners = np.asarray(pis[0]).shape[1]
     with open(os.path.join(workdir, "clients.csv"), "w", newline="") as f:
         writer = csv.writer(f)
+        run_column = [] if runs is None else ["run"]
         writer.writerow(
-            ["client", "n_train", "n_test", "train_accuracy", "test_accuracy"]
-            + [f"pi_{m}" for m in range(pi.shape[1])]
-        )
-        for c in range(pi.shape[0]):
-            n_train, n_test = int(train_stats["count"][c]), int(test_stats["count"][c])
-            writer.writerow(
-                [c, n_train, n_test]
-                + [f"{float(train_stats['correct'][c]) / max(n_train, 1):.6f}"]
-                + [f"{float(test_stats['correct'][c]) / max(n_test, 1):.6f}"]
-                + [f"{p:.6f}" for p in pi[c]]
-            )
+            run_column + ["client", "n_train", "n_test", "train_accuracy", "test_accuracy"]
+            + [f"pi_{m}" for m in range(n_learners)]
+        )  # fmt: skip
+        for run, ((train_stats, test_stats), pi) in enumerate(zip(stats, pis, strict=True)):
+            pi = np.asarray(pi)
+            for c in range(pi.shape[0]):
+                n_train, n_test = int(train_stats["count"][c]), int(test_stats["count"][c])
+                writer.writerow(
+                    ([] if runs is None else [run])
+                    + [c, n_train, n_test]
+                    + [f"{float(train_stats['correct'][c]) / max(n_train, 1):.6f}"]
+                    + [f"{float(test_stats['correct'][c]) / max(n_test, 1):.6f}"]
+                    + [f"{p:.6f}" for p in pi[c]]
+                )
 
 
 def mean_entropy(pi: np.ndarray) -> float:

@@ -2,7 +2,8 @@
 
 Writes
 - ``curves.png``: test accuracy, bottom-10 % accuracy and test loss against rounds, one line per
-  run (e.g. methods side by side);
+  run (e.g. methods side by side); a sweep (``--seeds``, lists of settings) draws the mean over
+  seeds of each setting with a band of ± one standard deviation;
 - ``clients.png``: histogram of per-client test accuracy at the end of each run.
 """
 
@@ -29,11 +30,34 @@ def load_run(workdir: str) -> dict:
             clients = [float(r["test_accuracy"]) for r in csv.DictReader(f)]
     label = os.path.basename(os.path.normpath(workdir))
     config_path = os.path.join(workdir, "config.json")
+    grid = []
     if os.path.exists(config_path):
         with open(config_path) as f:
             config = json.load(f)
         label = f"{config['method']} ({label})"
-    return {"rows": rows, "clients": clients, "label": label}
+        grid = [k for k, v in config.items() if isinstance(v, list) and k != "seed"]
+    return {"rows": rows, "clients": clients, "label": label, "grid": grid}
+
+
+def mean_curves(run: dict, key: str) -> list[tuple[str, list, list, list | None]]:
+    """``(label, rounds, mean, std)`` per line: one per run, or per setting of a sweep (its mean
+    over seeds, ``std`` their standard deviation; ``None`` for a single run)."""
+    import numpy as np
+
+    rows = run["rows"]
+    if not rows or "run" not in rows[0]:
+        return [(run["label"], [r["round"] for r in rows], [r[key] for r in rows], None)]
+    lines = []
+    settings = sorted({tuple(r[k] for k in run["grid"]) for r in rows})
+    for setting in settings:
+        mine = [r for r in rows if tuple(r[k] for k in run["grid"]) == setting]
+        rounds = sorted({r["round"] for r in mine})
+        values = [[r[key] for r in mine if r["round"] == t] for t in rounds]
+        name = ", ".join(f"{k} {v}" for k, v in zip(run["grid"], setting, strict=True))
+        label = f"{run['label']} {name}".strip() + f" (mean of {len(values[-1])})"
+        std = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in values]
+        lines.append((label, rounds, [float(np.mean(v)) for v in values], std))
+    return lines
 
 
 def plot_runs(workdirs: list[str], out_dir: str) -> list[str]:
@@ -44,21 +68,21 @@ def plot_runs(workdirs: list[str], out_dir: str) -> list[str]:
 
     runs = [load_run(w) for w in workdirs]
     os.makedirs(out_dir, exist_ok=True)
+    split = "test" if all("test_accuracy" in run["rows"][0] for run in runs if run["rows"]) else "val"
     panels = [
-        ("test_accuracy", "test accuracy"),
-        ("test_accuracy_bottom10", "test accuracy, bottom 10 % of clients"),
-        ("test_loss", "test loss"),
+        (f"{split}_accuracy", f"{split} accuracy"),
+        (f"{split}_accuracy_bottom10", f"{split} accuracy, bottom 10 % of clients"),
+        (f"{split}_loss", f"{split} loss"),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), constrained_layout=True)
     for ax, (key, title) in zip(axes, panels, strict=True):
         for run in runs:
-            rounds = [r["round"] for r in run["rows"]]
-            ax.plot(
-                rounds,
-                [r[key] for r in run["rows"]],
-                marker="." if len(rounds) < 30 else None,
-                label=run["label"],
-            )
+            for label, rounds, mean, std in mean_curves(run, key):
+                (line,) = ax.plot(rounds, mean, marker="." if len(rounds) < 30 else None, label=label)
+                if std is not None:
+                    low = [m - s for m, s in zip(mean, std, strict=True)]
+                    high = [m + s for m, s in zip(mean, std, strict=True)]
+                    ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2)
         ax.set_title(title)
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)

@@ -37,7 +37,7 @@ from fedem_jax.errors import check
 
 @dataclasses.dataclass(frozen=True)
 class DFedEMHyperparams:
-    graph_p: float = hyperparam(0.5, "D-FedEM: edge probability of the Erdos-Renyi graph")
+    graph_p: float = hyperparam(0.5, "D-FedEM: edge probability of the Erdos-Renyi graph", sweep=False)
 
     def validate(self) -> None:
         check(0 < self.graph_p <= 1, f"--graph_p must be in (0, 1], got {self.graph_p}")

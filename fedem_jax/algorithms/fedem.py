@@ -27,6 +27,7 @@ from fedem_jax.algorithms.base import Algorithm, Context, GlobalState, Params, a
 from fedem_jax.algorithms.common import shared_sample_losses
 from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
 from fedem_jax.core import mixture
+from fedem_jax.core.optim import is_zero, or_default
 from fedem_jax.core.server_opt import DEFAULT_SERVER_LR, SERVER_OPTIMIZERS, server_direction
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.errors import check
@@ -61,7 +62,7 @@ class ServerHyperparams:
 
     @property
     def lr(self) -> float:
-        return self.server_lr or DEFAULT_SERVER_LR[self.server_optimizer]
+        return or_default(self.server_lr, DEFAULT_SERVER_LR[self.server_optimizer])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +132,7 @@ def fit_pi(ctx: Context, params, split: ClientSplit, max_iters: int, tol: float 
 
 def make_fedem(ctx: Context, hp: ServerHyperparams) -> Algorithm:
     """FedEM's pure functions; FedAvg, FedProx and the server optimizers are settings of it."""
-    if isinstance(hp, FedProxHyperparams) and hp.mu:
+    if isinstance(hp, FedProxHyperparams) and not is_zero(hp.mu):
         ctx = dataclasses.replace(ctx, update=dataclasses.replace(ctx.update, prox_mu=hp.mu))
     adaptive = hp.server_optimizer != "avg"
     if adaptive:

@@ -24,6 +24,7 @@ from fedem_jax.algorithms.common import client_losses
 from fedem_jax.algorithms.fedem import ServerHyperparams, make_fedem
 from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
 from fedem_jax.core import aggregation
+from fedem_jax.core.optim import is_zero
 from fedem_jax.data.federated import ClientSplit
 from fedem_jax.errors import check
 
@@ -56,7 +57,8 @@ def make_qffl(ctx: Context, hp: QFFLHyperparams) -> Algorithm:
             agg_weights=scaled,
         )
         # result.delta_sum = sum_k L F_k^q (w_k - w) = -sum_k Delta_k
-        curvature = q * losses ** (q - 1) * lipschitz**2 * result.delta_sq_norm if q else 0.0
+        curvature = 0.0 if is_zero(q) else jnp.where(q > 0, q * losses ** (q - 1), 0.0)
+        curvature = curvature * lipschitz**2 * result.delta_sq_norm
         h_sum = layout.client_sum(jnp.sum(jnp.where(participates, curvature + scaled, 0.0)))
         step = jax.tree.map(lambda d: d / h_sum.astype(d.dtype), layout.client_sum(result.delta_sum))
         params = aggregation.apply_delta(state.params, step)

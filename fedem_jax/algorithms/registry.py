@@ -45,9 +45,10 @@ class Method:
     capabilities: Capabilities = Capabilities()
 
 
-def hyperparam(default, help: str):  # noqa: A002 - the CLI's word
-    """A hyperparameter field: its default and its ``--help`` text."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def hyperparam(default, help: str, sweep: bool = True):  # noqa: A002 - the CLI's word
+    """A hyperparameter field: its default and its ``--help`` text. A float may be given as a list
+    (a sweep, traced as one program) unless ``sweep=False`` (used on the host, e.g. to draw a graph)."""
+    return dataclasses.field(default=default, metadata={"help": help, "sweep": sweep})
 
 
 # One line per method module; each defines METHODS, a tuple of Method.

@@ -45,6 +45,7 @@ from fedem_jax.algorithms.fedem import evaluate_mixture, fit_pi
 from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
 from fedem_jax.core import aggregation
 from fedem_jax.core.client_update import ClientUpdate
+from fedem_jax.core.optim import or_default
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.errors import check
 
@@ -96,7 +97,7 @@ def lr_sums(update: ClientUpdate, train: ClientSplit, epochs_done: jax.Array) ->
 
 def make_scaffold(ctx: Context, hp: ScaffoldHyperparams) -> Algorithm:
     update = corrected_update(ctx.update)
-    server_lr = hp.server_lr or 1.0
+    server_lr = or_default(hp.server_lr, 1.0)
 
     def init(data: FederatedData) -> ScaffoldState:
         x = ctx.init_components(data)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from fedem_jax.core import aggregation, mixture
-from fedem_jax.core.optim import sgd_like_step
+from fedem_jax.core.optim import is_zero, sgd_like_step
 from fedem_jax.execution.layout import Layout
 
 
@@ -135,7 +135,7 @@ class ClientUpdate:
             )
         else:
             grads, new_stats = self.batch_grads(params, x, y, q, mask)
-        if self.prox_mu:  # proximal term toward the anchor (FedProx: the start)
+        if not is_zero(self.prox_mu):  # proximal term toward the anchor (FedProx: the start)
             grads = jax.tree.map(lambda g, p, a: g + self.prox_mu * (p - a), grads, params, anchor)
         params, opt = sgd_like_step(params, opt, grads, lr, self.direction)
         if new_stats is not None:  # BatchNorm running statistics of this batch
@@ -226,7 +226,7 @@ class ClientUpdate:
                 return self.client_update(*st, weights, offset, count, client_key, data, anchor)
 
             # Not taking part: parameters stay as they were (weight 0), optimizer state is kept.
-            params, opt, t = self.layout.masked(take_part & valid, run, (begin, opt, t))
+            params, opt, t = self.layout.masked_client(take_part & valid, run, (begin, opt, t))
             new_state = (None if own is None else params, opt, t, tree_sq_distance(params, begin))
             contribution = None if own is not None else (params, jnp.where(take_part, w, 0.0))
             return contribution, new_state

@@ -26,12 +26,25 @@ def make_direction(name: str, momentum: float = 0.9, weight_decay: float = 5e-4)
     """
     decay = optax.add_decayed_weights(weight_decay)
     if name == "sgd":
-        if momentum == 0.0:
+        if is_zero(momentum):  # a traced momentum (a sweep) keeps the trace: 0 * buf + g is g
             return decay
         return optax.chain(decay, optax.trace(decay=momentum, nesterov=False))
     if name == "adam":
         return optax.chain(decay, optax.scale_by_adam())
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+def is_zero(value) -> bool:
+    """Whether ``value`` is a Python number equal to 0. A setting swept over runs is traced, and
+    is never taken for 0: its term is kept and computed (exactly, for a run whose value is 0)."""
+    return isinstance(value, int | float) and value == 0
+
+
+def or_default(value, default):
+    """``value``, or ``default`` where ``value`` is 0 ("auto"); traced values give a ``where``."""
+    if isinstance(value, int | float):
+        return value or default
+    return jnp.where(value > 0, value, default)
 
 
 def lr_schedule(name: str, base_lr: float, n_rounds: int):

@@ -40,6 +40,9 @@ class Layout:
     # > 0: a client's last partial batch runs as sub-batches of this size (sequential clients only)
     micro_batch: int = 0
     mesh: Mesh | None = None
+    # Inside a sweep's vmap over runs (fedem_jax.sweep): which clients take part depends on each
+    # run's seed, a batched predicate, so clients are masked with ``where`` (see masked_client).
+    runs_vmapped: bool = False
 
     @property
     def clients_vmapped(self) -> bool:
@@ -63,6 +66,16 @@ class Layout:
             return jax.lax.cond(active, fn, lambda st: st, state)
         new = fn(state)
         return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state)
+
+    def masked_client(self, active, fn: Callable, state):
+        """:meth:`masked` for a whole client's update, whose ``active`` (taking part) differs
+        between the runs of a sweep: there it is a ``where`` (the update is computed for every
+        client, as with full participation) rather than a ``cond`` turned into a ``select`` that
+        would copy the whole dataset over the runs axis at every client (18x slower, measured)."""
+        if self.runs_vmapped:
+            new = fn(state)
+            return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state)
+        return self.masked(active, fn, state)
 
     def scan_clients(self, one_client: Callable, inputs, states, accumulate: Callable, init_sum):
         """Run ``one_client`` over the client axis in chunks; return ``(sum, states)``.

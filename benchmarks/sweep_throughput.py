@@ -1,0 +1,101 @@
+"""Throughput of a sweep: K seeds as one compiled program against the same K runs made one after
+another in one process (each compiling its own round), side by side on the same data.
+
+    python benchmarks/sweep_throughput.py                        # synthetic paper setting, FedEM
+    python benchmarks/sweep_throughput.py --dataset cifar10 --rounds 3 --seeds 4 \
+        --extra --data_dir ../shared/data/tensorflow_datasets --max_samples 3000 --n_clients 10
+
+Both sides run through ``fedem_jax.loop.run`` (compile, rounds, one evaluation at the end, no
+checkpoints), the data loaded once before. Throughput is rounds x runs per second of wall time,
+compile included; the script also reports compile and per-round time apart, and checks that
+every run of the sweep ends with the metrics of its sequential twin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+from timing import write_result
+
+from fedem_jax.config import resolve
+from fedem_jax.data import load_dataset
+from fedem_jax.loop import run
+
+
+def timed_run(cfg, data) -> tuple[float, dict]:
+    start = time.perf_counter()
+    summary = run(cfg, data=data, log=lambda *_: None)
+    return time.perf_counter() - start, summary
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--method", default="FedEM")
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more fedem_jax flags")
+    args = parser.parse_args()
+    seeds = list(range(1, args.seeds + 1))
+    base = ["--dataset", args.dataset, "--method", args.method, "--n_rounds", str(args.rounds), "--quiet",
+            "--log_freq", str(args.rounds), "--checkpoint_every", "0", "--tensorboard", "false",
+            *args.extra]  # fmt: skip
+    data = load_dataset(resolve([*base, "--workdir", "/tmp/fedem_jax_sweep/data"]))
+    print(data.summary(), flush=True)
+
+    sequential_seconds, sequential = 0.0, []
+    for seed in seeds:
+        cfg = resolve([*base, "--seed", str(seed), "--workdir", f"/tmp/fedem_jax_sweep/seed{seed}"])
+        seconds, summary = timed_run(cfg, data)
+        sequential_seconds += seconds
+        sequential.append(summary)
+        print(f"seed {seed}: {seconds:.1f} s (compile {summary['compile_seconds']:.1f} s)", flush=True)
+    cfg = resolve([*base, "--seeds", ",".join(map(str, seeds)), "--workdir", "/tmp/fedem_jax_sweep/sweep"])
+    sweep_seconds, sweep = timed_run(cfg, data)
+    print(
+        f"sweep of {len(seeds)}: {sweep_seconds:.1f} s (compile {sweep['compile_seconds']:.1f} s)", flush=True
+    )
+
+    gap = max(
+        abs(r["test_accuracy"] - s["test_accuracy"]) for r, s in zip(sweep["runs"], sequential, strict=True)
+    )
+    work = args.rounds * len(seeds)
+    result = {
+        "command": "python benchmarks/sweep_throughput.py " + " ".join(sys.argv[1:]),
+        "data": data.summary(),
+        "runs": len(seeds),
+        "rounds": args.rounds,
+        "runs_per_chunk": sweep["layout"]["runs_per_chunk"],
+        "sequential": {
+            "seconds": sequential_seconds,
+            "compile_seconds": sum(s["compile_seconds"] for s in sequential),
+            "seconds_per_round": float(np.mean([s["seconds_per_round"] for s in sequential])),
+            "throughput": work / sequential_seconds,
+        },
+        "sweep": {
+            "seconds": sweep_seconds,
+            "compile_seconds": sweep["compile_seconds"],
+            "seconds_per_round_all_runs": sweep["seconds_per_round"],
+            "throughput": work / sweep_seconds,
+        },
+        "throughput_ratio": sequential_seconds / sweep_seconds,
+        "steady_round_ratio": len(seeds)
+        * float(np.mean([s["seconds_per_round"] for s in sequential]))
+        / sweep["seconds_per_round"],
+        "max_test_accuracy_gap": gap,
+        "mean_test_accuracy": sweep["test_accuracy"],
+        "std_test_accuracy": sweep["test_accuracy_std"],
+    }
+    print(
+        f"throughput ratio (sweep / sequential, compile included): {result['throughput_ratio']:.2f}x; "
+        f"steady rounds only: {result['steady_round_ratio']:.2f}x; largest test-accuracy gap between a "
+        f"sweep run and its sequential twin: {gap:.2e}"
+    )
+    print(f"wrote {write_result(f'sweep_throughput_{args.dataset}', result)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Many runs of one experiment as one compiled program: a leading ``runs`` axis on the state.
+
+``--seeds 1,2,3`` or a list for a scalar setting (``--lr 0.01,0.03``, ``--mu 0.01,0.1``; see
+``config.sweepable_flags``) makes a sweep: the grid of every list (``Config.runs()``). The state
+of every run is stacked on a leading axis and one round of all of them is one jitted function:
+each run's algorithm is built *inside* the trace from a config whose swept settings are that
+run's traced scalars, so what a setting changes (initialisation and sampling keys, learning rate,
+momentum, a method's coefficient) is computed per run while the data is loaded, placed and
+compiled once. The client split stays the ``--data_seed``'s. Runs are processed ``runs_per_chunk``
+at a time (``lax.map`` with a batch size: vmapped within a chunk, a loop over chunks), chosen from
+an estimate of their memory.
+
+A config without lists is not a sweep and runs exactly as before (no runs axis).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedem_jax.algorithms.base import Algorithm
+from fedem_jax.config import SECTIONS, Config, ConfigError, flag_name
+from fedem_jax.data import FederatedData
+from fedem_jax.experiment import Experiment, build
+
+STATE_COPIES = 4  # peak working copies of one run's state in a round (in, out, local copies, grads)
+
+
+def _field_of(flag: str) -> tuple[str, str]:
+    """``(section, field)`` of a flag of the config's sections, or ``("hyperparams", flag)``."""
+    for section, cls in SECTIONS.items():
+        for field in dataclasses.fields(cls):
+            if flag_name(field) == flag:
+                return section, field.name
+    return "hyperparams", flag
+
+
+def traced_config(cfg: Config, values: dict) -> Config:
+    """``cfg`` with each swept setting replaced by its (traced) value for one run; not validated
+    (every value was validated when the config was made)."""
+    changes: dict[str, dict] = {}
+    for flag, value in values.items():
+        section, name = _field_of(flag)
+        changes.setdefault(section, {})[name] = value
+    parts = {
+        section: dataclasses.replace(getattr(cfg, section), **fields) for section, fields in changes.items()
+    }
+    return dataclasses.replace(cfg, sweep=(), **parts)
+
+
+def run_values(cfg: Config) -> dict[str, np.ndarray]:
+    """``{flag: [R] array}``: every run's value of each swept setting (ints stay int32)."""
+    runs = cfg.runs()
+    values = {}
+    for flag, _ in cfg.sweep:
+        column = [run[flag] for run in runs]
+        kind = np.int32 if all(isinstance(v, int) for v in column) else np.float32
+        values[flag] = np.asarray(column, kind)
+    return values
+
+
+def state_bytes(state) -> int:
+    return int(sum(np.dtype(leaf.dtype).itemsize * np.prod(leaf.shape) for leaf in jax.tree.leaves(state)))
+
+
+def available_bytes() -> int:
+    """Memory of the first device (accelerators), or the host's available memory (CPU)."""
+    stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # not on this platform
+        return 8 << 30
+
+
+def choose_runs_per_chunk(n_runs: int, one_run_state_bytes: int, requested: int) -> tuple[int, str]:
+    """Runs vmapped together: ``requested`` if set, else as many as fit in 80 % of the available
+    memory at ``STATE_COPIES`` copies of a run's state each (a rough model; the data is shared)."""
+    per_run = STATE_COPIES * one_run_state_bytes
+    budget = int(0.8 * available_bytes())
+    if requested > 0:
+        chosen = min(requested, n_runs)
+        why = "--runs_per_chunk"
+    else:
+        chosen = max(1, min(n_runs, budget // max(per_run, 1)))
+        why = "memory estimate"
+    note = (
+        f"{chosen} of {n_runs} runs per vmapped chunk ({why}: about {per_run / 2**20:.1f} MiB per run, "
+        f"{budget / 2**30:.1f} GiB usable)"
+    )
+    return chosen, note
+
+
+def build_sweep(cfg: Config, data: FederatedData) -> Experiment:
+    """An :class:`Experiment` whose algorithm works on states with a leading ``runs`` axis."""
+    if cfg.layout.n_devices > 1 or (cfg.layout.n_devices == 0 and jax.device_count() > 1):
+        raise ConfigError("a sweep (lists or --seeds) runs on one device: add --n_devices 1")
+    base = build(cfg, data)
+    values = {k: jnp.asarray(v) for k, v in run_values(cfg).items()}
+    n_runs = len(cfg.runs())
+
+    def raw_for(run):
+        return build(traced_config(cfg, run), data, runs_vmapped=True).raw
+
+    one_state = jax.eval_shape(lambda: raw_for(jax.tree.map(lambda v: v[0], values)).init(data))
+    chunk, note = choose_runs_per_chunk(n_runs, state_bytes(one_state), cfg.layout.runs_per_chunk)
+
+    def over_runs(name):
+        def fn(states, *args):
+            def one(run_and_state):
+                run, state = run_and_state
+                return getattr(raw_for(run), name)(state, *args)
+
+            return jax.lax.map(one, (values, states), batch_size=chunk)
+
+        return fn
+
+    def init(data):
+        return jax.vmap(lambda run: raw_for(run).init(data))(values)
+
+    def evaluate_unseen(states, train, test, max_iters=500):
+        def one(run_and_state):
+            run, state = run_and_state
+            return raw_for(run).evaluate_unseen(state, train, test, max_iters)
+
+        return jax.lax.map(one, (values, states), batch_size=chunk)
+
+    algorithm = Algorithm(
+        init=init,
+        round=over_runs("round"),
+        evaluate=over_runs("evaluate"),
+        prepare_eval=over_runs("prepare_eval"),
+        evaluate_unseen=evaluate_unseen if base.raw.evaluate_unseen is not None else None,
+    )
+    info = {**base.info, "runs": n_runs, "runs_per_chunk": chunk, "runs_note": note}
+    return dataclasses.replace(base, algorithm=algorithm, raw=algorithm, info=info, runs=cfg.runs())
+
+
+SELECT_METRICS = ("accuracy", "accuracy_bottom10", "loss")
+
+
+def summarize_runs(history: list[dict], runs: list[dict], diverged: dict[int, int], cfg: Config) -> dict:
+    """A sweep's summary: every metric of the last evaluation as its mean over the runs that did not
+    diverge, ``<metric>_std`` (sample standard deviation), the per-run list, and for a grid of
+    settings the ``best`` one by ``--select_metric`` on the evaluation split, averaged over seeds."""
+    flags = [flag for flag, _ in cfg.sweep]
+    finals = {row["run"]: row for row in history}  # rows are in round order: the last one wins
+    alive = [i for i in range(len(runs)) if i not in diverged]
+    skip = {"round", "run", *flags, "seconds_per_round", "eval_seconds"}
+    keys = [k for k, v in finals[alive[0]].items() if k not in skip and isinstance(v, int | float)]
+    summary: dict = {}
+    for key in keys:
+        values = np.array([finals[i][key] for i in alive], np.float64)
+        summary[key] = float(values.mean())
+        summary[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    summary["n_runs"], summary["n_diverged"] = len(runs), len(diverged)
+    summary["runs"] = [
+        {
+            "run": i,
+            **runs[i],
+            **({"diverged_at": diverged[i]} if i in diverged else {k: finals[i][k] for k in keys}),
+        }
+        for i in range(len(runs))
+    ]
+    best = best_setting(finals, runs, alive, cfg)
+    if best is not None:
+        summary["best"] = best
+    return summary
+
+
+def best_setting(finals: dict, runs: list[dict], alive: list[int], cfg: Config) -> dict | None:
+    """The setting (seeds averaged) with the best ``--select_metric`` on the evaluation split."""
+    grid_flags = [flag for flag, _ in cfg.sweep if flag != "seed"]
+    if not grid_flags:
+        return None
+    split = "val" if cfg.output.validation else "test"
+    metric = f"{split}_{cfg.output.select_metric}"
+    groups: dict[tuple, list[float]] = {}
+    for i in alive:
+        groups.setdefault(tuple(runs[i][f] for f in grid_flags), []).append(finals[i][metric])
+    means = {setting: float(np.mean(values)) for setting, values in groups.items()}
+    pick = min if cfg.output.select_metric == "loss" else max
+    setting = pick(means, key=means.get)
+    best = {"by": metric, "value": means[setting], **dict(zip(grid_flags, setting, strict=True))}
+    if not cfg.output.validation:
+        best["note"] = "chosen on the test split; tune with --validation --val_frac F instead"
+    return best
