@@ -102,7 +102,11 @@ class ReferenceStyleFedEM:
                     "learners": learners,
                     "optimizers": optimizers,
                     "pi": torch.full((n_learners,), 1.0 / n_learners),
-                    "train": DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=drop_last),
+                    # The reference drops a partial last batch only when the client has more than one.
+                    "train": DataLoader(
+                        dataset, batch_size=batch_size, shuffle=True,
+                        drop_last=drop_last and len(dataset) > batch_size,
+                    ),  # fmt: skip
                     "eval": DataLoader(dataset, batch_size=batch_size, shuffle=False),
                     "n": len(dataset),
                 }

@@ -7,6 +7,7 @@ CNN with 100 outputs (see the README's limitations)."""
 
 def get_config() -> dict:
     return dict(
+        init="torch",  # the reference's PyTorch initialisation (see README, "Initialisation")
         dataset="cifar100",
         model="cifar10_cnn",
         n_clients=100,

@@ -4,6 +4,7 @@
 
 def get_config() -> dict:
     return dict(
+        init="torch",  # the reference's PyTorch initialisation (see README, "Initialisation")
         dataset="shakespeare",
         model="lstm",
         n_learners=3,

@@ -69,6 +69,9 @@ class ModelConfig:
 
     name: str = setting("", "model (default: per dataset)", flag="model")
     n_learners: int = setting(3, "mixture components M (FedAvg: 1)")
+    init: str = setting(
+        "flax", "initialisation: flax (lecun normal, zero biases) or torch (PyTorch's defaults)"
+    )
     init_from: str = setting("", "start every component from the weights in this .npz/msgpack file")
     conv_impl: str = setting("", "convolution for training: xla or matmul (default: matmul on CPU)")
 
@@ -81,7 +84,9 @@ class TrainingConfig:
     sampling_rate: float = setting(1.0, "fraction of clients sampled per round, in (0, 1]")
     local_epochs: int = setting(1, "local epochs per round")
     batch_size: int = setting(128, "local minibatch size")
-    drop_last: bool = setting(False, "drop each client's last incomplete batch (reference: images)")
+    drop_last: bool = setting(
+        False, "drop each client's last incomplete batch unless it is its only one (reference: images)"
+    )
     optimizer: str = setting("sgd", "local optimizer")
     lr: float = setting(0.03, "learning rate")
     lr_scheduler: str = setting("multi_step", "schedule, stepped once per local epoch")
@@ -419,6 +424,7 @@ def _validate_model(m: ModelConfig) -> None:
         _one_of("model", m.name, MODELS)
     if m.conv_impl:
         _one_of("conv_impl", m.conv_impl, CONV_IMPLS)
+    _one_of("init", m.init, ("flax", "torch"))
     _at_least("n_learners", m.n_learners, 1)
 
 

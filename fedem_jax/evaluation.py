@@ -87,7 +87,7 @@ def evaluation_rows(
         for prefix, part in parts:
             row.update({f"{prefix}_{k}": v for k, v in summarize_eval(part).items()})
         row["pi_entropy"] = outputs.mean_entropy(real_clients(take_run(pi_all, i), data.train, n_clients))
-        row["seconds_per_round"] = float(np.mean(recent_seconds))
+        row["seconds_per_round"] = float(np.mean(recent_seconds)) if recent_seconds else 0.0
         rows.append(row)
     for row in rows:
         row["eval_seconds"] = time.perf_counter() - t0

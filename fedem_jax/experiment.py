@@ -18,7 +18,7 @@ from fedem_jax.core.optim import lr_schedule, make_direction
 from fedem_jax.data import FederatedData
 from fedem_jax.data.sharding import client_mesh, place, shard_data
 from fedem_jax.execution.layout import CLIENT_SPEC, REPLICATED, Layout
-from fedem_jax.models import STATEFUL_MODELS, build_model, count_params
+from fedem_jax.models import STATEFUL_MODELS, TORCH_OWN_INIT, build_model, count_params
 from fedem_jax.pretrained import load_weights
 
 AUTO_MICRO_BATCH = 32
@@ -180,8 +180,10 @@ class Experiment:
         return self.layout.shard(evaluate_all, specs, [CLIENT_SPEC] * len(splits))(state, train, splits)
 
 
-def make_context(cfg: Config, data: FederatedData, model, update: ClientUpdate) -> Context:
+def make_context(cfg: Config, data: FederatedData, model, update: ClientUpdate, model_name="") -> Context:
     """What the method's factory is given."""
+    # MobileNetV2's own initialisation is already torchvision's (kaiming-normal fan-out convolutions).
+    init_scheme = "flax" if model_name in TORCH_OWN_INIT else cfg.model.init
     return Context(
         model=model,
         task=data.task,
@@ -193,6 +195,7 @@ def make_context(cfg: Config, data: FederatedData, model, update: ClientUpdate) 
         data_seed=cfg.data.data_seed,
         eval_chunk=cfg.layout.eval_chunk,
         init_weights=load_weights(cfg.model.init_from) if cfg.model.init_from else None,
+        init_scheme=init_scheme,
     )
 
 
@@ -213,7 +216,7 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1, model=None, runs
         layout = make_layout(cfg, model_name, n_devices, runs_vmapped)
         variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.train.x[:1])
         update = update_for_model(cfg, data.task, model, layout, stateful="batch_stats" in variables)
-    ctx = make_context(cfg, data, model, update)
+    ctx = make_context(cfg, data, model, update, model_name)
     raw = cfg.method_info.factory(ctx, cfg.hyperparams)
     info = {
         "devices": n_devices,

@@ -131,6 +131,9 @@ class _Run:
 def train_rounds(run: _Run, state, compiled, writer, progress, log=print):
     """Rounds from the state's round to ``n_rounds``: evaluate every ``log_freq``, checkpoint."""
     cfg, split_name = run.cfg, eval_split(run.cfg, run.data)[0]
+    if int(_first_run(state).round) == 0:  # round 0: the model before training, as the reference logs
+        for row in run.evaluate(state, 0, {}, log):
+            writer.write(row)
     for r in range(int(_first_run(state).round), cfg.training.n_rounds):
         t0 = time.perf_counter()
         state, round_metrics = compiled(state, run.data.train)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from fedem_jax.convolution import conv_as_matmul
 from fedem_jax.mobilenet import MobileNetV2
@@ -188,6 +190,42 @@ def init_stacked_params(model: nn.Module, key: jax.Array, sample_input: jax.Arra
     """
     keys = jnp.stack([jax.random.fold_in(key, m) for m in range(n_learners)])
     return jax.jit(jax.vmap(lambda k: model_state(model.init(k, sample_input))))(keys)
+
+
+INITS = ("flax", "torch")
+TORCH_OWN_INIT = ("mobilenet_v2",)  # already torchvision's scheme (kaiming-normal fan-out convs)
+
+
+def torch_default_init(params, key):
+    """PyTorch's default initialisation of one component's parameters, drawn anew from ``key``:
+
+    - ``nn.Linear`` / ``nn.Conv2d`` (a ``kernel`` of rank 2 / 4, with its ``bias``): weight and bias
+      ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (``kaiming_uniform_(a=sqrt(5))``; ``fan_in`` = inputs x
+      kernel height x width);
+    - ``nn.Embedding``: ``N(0, 1)``;
+    - LSTM layers (``recurrent_kernel``) keep theirs: already ``torch.nn.LSTM``'s ``U(+-1/sqrt(H))``.
+    """
+    flat = flatten_dict(params)
+    out = dict(flat)
+    modules = sorted({path[:-1] for path in flat})
+    lstm_layers = [m for m in modules if (*m, "recurrent_kernel") in flat]
+    for i, module in enumerate(modules):
+        leaves = {path[-1]: value for path, value in flat.items() if path[:-1] == module}
+        k = jax.random.fold_in(key, i)
+        if "embedding" in leaves:
+            table = leaves["embedding"]
+            out[(*module, "embedding")] = jax.random.normal(k, table.shape, table.dtype)
+        if "kernel" not in leaves or any(module[: len(layer)] == layer for layer in lstm_layers):
+            continue
+        kernel = leaves["kernel"]
+        fan_in = int(np.prod(kernel.shape[:-1]))
+        bound = 1.0 / np.sqrt(fan_in)
+        k_w, k_b = jax.random.split(k)
+        out[(*module, "kernel")] = jax.random.uniform(k_w, kernel.shape, kernel.dtype, -bound, bound)
+        if "bias" in leaves:
+            bias = leaves["bias"]
+            out[(*module, "bias")] = jax.random.uniform(k_b, bias.shape, bias.dtype, -bound, bound)
+    return unflatten_dict(out)
 
 
 def model_state(variables):

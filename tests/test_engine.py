@@ -78,17 +78,34 @@ def test_state_axes(tmp_path):
 
 
 @pytest.mark.parametrize("client_chunk", [0, 1])
-def test_fully_masked_round_is_an_exact_no_op(tmp_path, client_chunk):
-    """drop_last with batches larger than every client: every step is masked."""
+def test_drop_last_keeps_a_small_clients_only_batch(tmp_path, client_chunk):
+    """The reference's rule: with batches larger than every client, ``--drop_last`` drops nothing
+    (each client's one partial batch is its only one), bit for bit as without it. With batch 6
+    (sizes 5, 8, 3) the clients of 5 and 3 samples still take their one step per epoch, and the
+    masked step after it changes nothing: their local models equal those of full-batch steps."""
     data = tiny_binary_data()
-    cfg = tiny_config(tmp_path, batch_size=32, drop_last=True, client_chunk=client_chunk)
-    algo = build(cfg, data).algorithm
-    state = algo.init(data)
-    before = jax.tree.map(np.asarray, (state.params, state.clients.opt_state))
-    state, _ = jax.jit(algo.round)(state, data.train)
-    after = jax.tree.map(np.asarray, (state.params, state.clients.opt_state))
-    chex.assert_trees_all_equal(before, after)
-    np.testing.assert_array_equal(state.clients.epochs_done, [2, 2, 2])
+    results = []
+    for drop_last in (True, False):
+        cfg = tiny_config(tmp_path, batch_size=32, drop_last=drop_last, client_chunk=client_chunk)
+        algo = build(cfg, data).algorithm
+        state, _ = jax.jit(algo.round)(algo.init(data), data.train)
+        results.append(jax.tree.map(np.asarray, (state.params, state.clients.opt_state)))
+        np.testing.assert_array_equal(state.clients.epochs_done, [2, 2, 2])
+    chex.assert_trees_all_equal(*results)
+    local = []
+    for batch in (6, 32):
+        cfg = tiny_config(
+            tmp_path,
+            method="local",
+            n_learners=1,
+            batch_size=batch,
+            drop_last=True,
+            client_chunk=client_chunk,
+        )
+        algo = build(cfg, data).algorithm
+        state, _ = jax.jit(algo.round)(algo.init(data), data.train)
+        local.append(jax.tree.map(lambda a: np.asarray(a)[[0, 2]], state.params))  # the small clients
+    chex.assert_trees_all_close(*local, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("client_chunk", [0, 1])

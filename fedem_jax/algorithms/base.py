@@ -35,7 +35,7 @@ from fedem_jax.core.client_update import ClientUpdate
 from fedem_jax.core.tasks import Task
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.execution.layout import CLIENT_SPEC, REPLICATED, Layout
-from fedem_jax.models import init_stacked_params
+from fedem_jax.models import init_stacked_params, torch_default_init
 from fedem_jax.pretrained import apply_weights
 
 Params = Any  # a pytree of arrays: one model's, or stacked on leading axes as the field says
@@ -113,6 +113,7 @@ class Context:
     data_seed: int
     eval_chunk: int
     init_weights: dict | None = None  # --init_from: leaves put into every component
+    init_scheme: str = "flax"  # --init: "torch" redraws every component with PyTorch's defaults
 
     @property
     def layout(self) -> Layout:
@@ -136,9 +137,14 @@ class Context:
         return train.global_ids < self.n_clients
 
     def init_components(self, data: FederatedData) -> Params:
-        """M independently initialised components ``[M, ...]`` (``--init_from`` applied)."""
+        """M independently initialised components ``[M, ...]`` (``--init``, ``--init_from`` applied)."""
         key = jax.random.fold_in(jax.random.PRNGKey(self.seed), 0)
         params = init_stacked_params(self.model, key, data.train.x[:1], self.n_learners)
+        if self.init_scheme == "torch":  # learner m from fold_in(fold_in(key, m), 1)
+            keys = jnp.stack(
+                [jax.random.fold_in(jax.random.fold_in(key, m), 1) for m in range(self.n_learners)]
+            )
+            params = jax.vmap(torch_default_init)(params, keys)
         if self.init_weights:
             params, _ = apply_weights(params, self.init_weights)
         return params

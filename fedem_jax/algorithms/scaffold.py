@@ -86,10 +86,13 @@ def corrected_update(update: ClientUpdate) -> ClientUpdate:
 
 def lr_sums(update: ClientUpdate, train: ClientSplit, epochs_done: jax.Array) -> jax.Array:
     """``[C]`` sum of the learning rates of the local steps each client takes this round (``K lr``):
-    steps per epoch (partial last batch dropped with ``--drop_last``) times the epochs' rates."""
+    steps per epoch (see ``ClientUpdate.drop_last``) times the epochs' rates."""
     steps_cap = max(1, math.ceil(train.max_count / update.batch_size))
     counts = train.counts
-    steps = counts // update.batch_size if update.drop_last else -(-counts // update.batch_size)
+    if update.drop_last:  # full batches only, but a client smaller than a batch takes one step
+        steps = jnp.where(counts > 0, jnp.maximum(counts // update.batch_size, 1), 0)
+    else:
+        steps = -(-counts // update.batch_size)
     steps = jnp.minimum(steps, steps_cap).astype(jnp.float32)
     rates = sum(update.schedule(epochs_done + e) for e in range(update.local_epochs))
     return steps * rates

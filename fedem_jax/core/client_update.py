@@ -40,6 +40,8 @@ class ClientUpdate:
     schedule: Callable  # epochs already done -> learning rate
     batch_size: int
     local_epochs: int
+    # Drop each client's last partial batch, unless it is the client's only batch (the reference
+    # sets DataLoader(drop_last=len(client) > batch_size)): a small client trains on what it has.
     drop_last: bool
     layout: Layout = Layout()
     prox_mu: float = 0.0  # FedProx/pFedMe: adds mu * (theta - anchor) to every local gradient
@@ -173,7 +175,10 @@ class ClientUpdate:
             def step(state, s):
                 slots = s * batch + jnp.arange(batch)
                 mask = slots < count
-                active = (s + 1) * batch <= count if self.drop_last else s * batch < count
+                if self.drop_last:  # the reference's rule: a client smaller than a batch still steps
+                    active = ((s + 1) * batch <= count) | ((s == 0) & (count > 0))
+                else:
+                    active = s * batch < count
                 idx = offset + jnp.minimum(order[slots], count - 1)
 
                 def do_step(state):
