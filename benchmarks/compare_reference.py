@@ -40,24 +40,27 @@ def client_arrays(split):
     ]
 
 
-def time_reference(cfg, data, rounds):
-    import torch
-    from torch_reference import (
-        ImageDataset,
-        ReferenceStyleFedEM,
-        TabularDataset,
-        TorchCIFAR10CNN,
-        TorchLinear,
-    )
+def reference_datasets(cfg, split):
+    """The baseline's per-client datasets of one split (CIFAR: back to uint8 images)."""
+    from torch_reference import ImageDataset, TabularDataset
 
-    torch.set_num_threads(os.cpu_count() or 1)
     datasets = []
-    for x, y in client_arrays(data.train):
+    for x, y in client_arrays(split):
         if cfg.data.dataset == "synthetic":
             datasets.append(TabularDataset(x, y))
         else:  # back to the uint8 images the reference starts from
             images = np.clip(np.rint((x * CIFAR10_STD + CIFAR10_MEAN) * 255.0), 0, 255).astype(np.uint8)
             datasets.append(ImageDataset(images, y))
+    return datasets
+
+
+def make_reference(cfg, data, seed=0):
+    """The reference-style PyTorch FedEM on ``data``'s training clients, with ``cfg``'s settings."""
+    import torch
+    from torch_reference import ReferenceStyleFedEM, TorchCIFAR10CNN, TorchLinear
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    datasets = reference_datasets(cfg, data.train)
     if cfg.data.dataset == "synthetic":
         make_model = lambda: TorchLinear(cfg.data.dim)  # noqa: E731
     else:
@@ -65,8 +68,15 @@ def time_reference(cfg, data, rounds):
     baseline = ReferenceStyleFedEM(
         make_model, datasets, binary=data.task.binary, n_learners=cfg.model.n_learners, lr=cfg.training.lr,
         batch_size=cfg.training.batch_size, drop_last=cfg.training.drop_last, momentum=cfg.training.momentum,
-        weight_decay=cfg.training.weight_decay,
+        weight_decay=cfg.training.weight_decay, seed=seed,
     )  # fmt: skip
+    return baseline
+
+
+def time_reference(cfg, data, rounds):
+    import torch
+
+    baseline = make_reference(cfg, data)
     baseline.run_round()
     times = []
     for _ in range(rounds):

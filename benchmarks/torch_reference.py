@@ -104,7 +104,9 @@ class ReferenceStyleFedEM:
                     "pi": torch.full((n_learners,), 1.0 / n_learners),
                     # The reference drops a partial last batch only when the client has more than one.
                     "train": DataLoader(
-                        dataset, batch_size=batch_size, shuffle=True,
+                        dataset,
+                        batch_size=batch_size,
+                        shuffle=True,
                         drop_last=drop_last and len(dataset) > batch_size,
                     ),  # fmt: skip
                     "eval": DataLoader(dataset, batch_size=batch_size, shuffle=False),
@@ -118,6 +120,28 @@ class ReferenceStyleFedEM:
         if self.binary:
             return nn.functional.binary_cross_entropy_with_logits(outputs, targets, reduction="none")
         return nn.functional.cross_entropy(outputs, targets, reduction="none")
+
+    def evaluate(self, test_datasets) -> float:
+        """Test accuracy over all clients (``sum correct / sum n``) of each client's mixture
+        ``sum_m pi_m softmax(global learner m)``, as fedem_jax evaluates."""
+        correct = total = 0
+        with torch.no_grad():
+            for client, dataset in zip(self.clients, test_datasets, strict=True):
+                for learner in self.global_learners:
+                    learner.eval()
+                for x, y, _ in DataLoader(dataset, batch_size=256):
+                    outputs = [learner(x) for learner in self.global_learners]
+                    if self.binary:
+                        p1 = sum(w * torch.sigmoid(o) for w, o in zip(client["pi"], outputs, strict=True))
+                        predicted = (p1 > 0.5).float()
+                    else:
+                        probs = sum(
+                            w * torch.softmax(o, -1) for w, o in zip(client["pi"], outputs, strict=True)
+                        )
+                        predicted = probs.argmax(-1)
+                    correct += int((predicted == y).sum())
+                    total += len(y)
+        return correct / total
 
     def run_round(self):
         for client in self.clients:

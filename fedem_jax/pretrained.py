@@ -2,7 +2,8 @@
 
 The file holds one component's variables, either as ``.npz`` whose keys are ``/``-joined paths
 (``Dense_0/kernel``, or ``params/Conv_0/kernel`` and ``batch_stats/...`` for BatchNorm models) or
-as a flax msgpack file (``flax.serialization.to_bytes`` of the same nested dict). Every leaf whose
+as a flax msgpack file (``flax.serialization.to_bytes`` of the same nested dict), or a torchvision
+MobileNetV2 state dict (``.pth``, see :mod:`fedem_jax.torch_weights`). Every leaf whose
 path is in the file is replaced in all M components; leaves not in the file keep their random
 initialisation (a new classifier head, for instance; different per component, so the components
 still differ). A leaf with the wrong shape is an error that names it.
@@ -18,6 +19,7 @@ import numpy as np
 from flax import serialization, traverse_util
 
 from fedem_jax.data.federated import DataError
+from fedem_jax.torch_weights import mobilenet_v2_weights, read_torch_state_dict
 
 
 def _flat(tree) -> dict[str, np.ndarray]:
@@ -30,9 +32,11 @@ def save_component(component, path: str) -> None:
 
 
 def load_weights(path: str) -> dict[str, np.ndarray]:
-    """``{path: array}`` from an ``.npz`` or msgpack file."""
+    """``{path: array}`` from an ``.npz``, flax msgpack, or torchvision MobileNetV2 ``.pth`` file."""
     if not os.path.isfile(path):
         raise DataError(f"--init_from: no file {path!r}")
+    if path.endswith((".pth", ".pt")):  # read without torch; the classifier head stays new
+        return mobilenet_v2_weights(read_torch_state_dict(path))
     try:
         if path.endswith(".npz"):
             with np.load(path) as archive:
