@@ -12,16 +12,20 @@ killed mid-write (even by SIGKILL) leaves no checkpoint that a resume could pick
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+import time
 
 import jax
 
-from fedem_jax.config import Config, ConfigError
+from fedem_jax.config import Config, ConfigError, flag_defaults
+from fedem_jax.outputs import KEPT, OutputError
 
 # Fields that may change between a run and its resume without changing the experiment.
 RESUMABLE_CHANGES = frozenset(
     {"n_rounds", "log_freq", "quiet", "workdir", "checkpoint_every", "eval_chunk", "data_dir",
-     "process_id", "coordinator_address"}
+     "process_id", "coordinator_address", "runs_per_chunk", "select_metric", "overwrite"}
 )  # fmt: skip
 
 
@@ -46,12 +50,17 @@ class Checkpointer:
 
     def save(self, round_done: int, state, record: dict) -> None:
         ocp = self._ocp
-        self.manager.save(
-            round_done,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)),
-            force=True,
-        )
-        self.manager.wait_until_finished()
+        try:
+            self.manager.save(
+                round_done,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)),
+                force=True,
+            )
+            self.manager.wait_until_finished()
+        except Exception as err:  # noqa: BLE001 - orbax raises several kinds; the user gets one line
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise OutputError(f"cannot write the checkpoint of round {round_done} in {self.directory} "
+                              f"({reason}); {KEPT}") from None  # fmt: skip
 
     def restore_record(self, round_done: int) -> dict:
         """The JSON record alone (config and metrics), readable before the state's shapes are known."""
@@ -70,21 +79,97 @@ class Checkpointer:
         )
         return restored["state"], restored["record"]
 
+    def set_aside(self, step: int, err: Exception, log=print) -> None:
+        """Rename checkpoint ``step`` to ``<step>.damaged-<time>`` (kept, not deleted) and forget it."""
+        path = os.path.join(self.directory, str(step))
+        target = f"{path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.rename(path, target)
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        # Always said (on stderr, --quiet or not): the user must know what was left out.
+        print(f"checkpoint {step} is damaged ({reason}); set aside as {target}", file=sys.stderr, flush=True)
+        self.manager.reload()
+
+    def restore_newest(self, like_state, log=print):
+        """``(round, state, record)`` of the newest checkpoint that restores, setting aside damaged
+        ones on the way; ``None`` if there is none (or none left)."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state, record = self.restore(step, like_state)
+                return step, state, record
+            except Exception as err:  # noqa: BLE001 - any damage: set it aside, try the next
+                self.set_aside(step, err, log)
+        return None
+
     def close(self) -> None:
         self.manager.close()
 
 
-def check_compatible(saved: dict, current: Config) -> None:
-    """Refuse to resume a checkpoint made by a different experiment."""
+def check_compatible(saved: dict, current: Config, what: str = "a checkpoint") -> None:
+    """Refuse to resume (or overwrite) ``what`` made by a different experiment. A setting absent
+    from ``saved`` (a flag added since) counts as unchanged if it has its default."""
     current_dict = current.to_dict()
+    defaults = flag_defaults()
     changed = sorted(
         key
         for key in set(saved) | set(current_dict)
-        if key not in RESUMABLE_CHANGES and saved.get(key) != current_dict.get(key)
+        if key not in RESUMABLE_CHANGES and saved.get(key, defaults.get(key)) != current_dict.get(key)
     )
     if changed:
         details = ", ".join(f"--{k} {saved.get(k)!r} -> {current_dict.get(k)!r}" for k in changed)
         raise ConfigError(
-            f"--workdir {current.output.workdir!r} holds a checkpoint of a different experiment ({details}); "
-            f"use another --workdir, or the same flags (only --n_rounds may change, to extend a run)"
+            f"--workdir {current.output.workdir!r} holds {what} of a different experiment ({details}); "
+            "use another --workdir, the same flags (only --n_rounds may change, to extend a run), "
+            "or --overwrite to start over there"
         )
+
+
+def check_workdir(cfg: Config, log=print) -> None:
+    """Before anything is written into the workdir: it must hold nothing, or this experiment (by
+    its newest readable checkpoint, else its ``config.json``). Damaged checkpoints found on the way
+    are set aside. ``--overwrite`` sets the old checkpoints aside and starts over."""
+    workdir = cfg.output.workdir
+    if cfg.output.overwrite:
+        _set_aside_folder(os.path.join(workdir, "checkpoints"), "replaced", log)
+        return
+    record = newest_record(workdir, log) if os.path.isdir(os.path.join(workdir, "checkpoints")) else None
+    if record is not None:
+        round_done, saved = record
+        check_compatible(saved["config"], cfg)
+        if round_done > cfg.training.n_rounds:
+            raise ConfigError(
+                f"--n_rounds {cfg.training.n_rounds} is below the checkpoint's round {round_done} in "
+                f"{os.path.join(workdir, 'checkpoints')}"
+            )
+        return
+    config_path = os.path.join(workdir, "config.json")
+    if os.path.exists(config_path):
+        try:
+            with open(config_path) as f:
+                saved_config = json.load(f)
+        except (OSError, ValueError):
+            return  # unreadable: it will be rewritten
+        check_compatible(saved_config, cfg, "the outputs")
+
+
+def newest_record(workdir: str, log=print) -> tuple[int, dict] | None:
+    """``(round, record)`` of the newest checkpoint whose record reads; unreadable ones set aside."""
+    checkpointer = Checkpointer(workdir)
+    try:
+        for step in sorted(checkpointer.manager.all_steps(), reverse=True):
+            try:
+                return step, checkpointer.restore_record(step)
+            except Exception as err:  # noqa: BLE001 - any damage: set it aside, try the next
+                checkpointer.set_aside(step, err, log)
+        return None
+    finally:
+        checkpointer.close()
+
+
+def _set_aside_folder(path: str, why: str, log) -> str | None:
+    """Rename ``path`` to ``path.<why>-<time>`` (never deleted); returns the new name."""
+    if not os.path.exists(path):
+        return None
+    target = f"{path}.{why}-{time.strftime('%Y%m%d-%H%M%S')}"
+    os.rename(path, target)
+    print(f"set aside {path} as {target}", file=sys.stderr, flush=True)
+    return target

@@ -126,6 +126,9 @@ class OutputConfig:
     unseen_em_iters: int = setting(500, "max EM iterations fitting an unseen client's pi")
     checkpoint_every: int = setting(10, "save a checkpoint every N rounds and at the end (0: never)")
     tensorboard: bool = setting(True, "write TensorBoard event files to WORKDIR/tb")
+    overwrite: bool = setting(
+        False, "start over in a workdir of another experiment (old checkpoints set aside)"
+    )
     quiet: bool = setting(False, "no progress bar")
 
 
@@ -187,6 +190,13 @@ class Config:
     @property
     def method_info(self) -> registry.Method:
         return registry.get(self.method)
+
+
+def flag_defaults() -> dict[str, Any]:
+    """Every flag's default (before dataset defaults), by flag name."""
+    values = {flag_name(f): f.default for _, f in section_fields()}
+    values.update({name: f.default for name, f in registry.hyperparam_fields().items()})
+    return values
 
 
 def section_fields() -> list[tuple[str, dataclasses.Field]]:

@@ -8,6 +8,7 @@ A library, not a script: ``run(config)`` returns the summary dict and writes int
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -15,7 +16,7 @@ import jax
 import numpy as np
 
 from fedem_jax import outputs
-from fedem_jax.checkpoint import Checkpointer, check_compatible
+from fedem_jax.checkpoint import Checkpointer, check_workdir
 from fedem_jax.config import Config, ConfigError
 from fedem_jax.data import FederatedData, load_dataset
 from fedem_jax.data.sharding import real_clients
@@ -30,6 +31,7 @@ from fedem_jax.evaluation import (
     to_host_runs,
 )
 from fedem_jax.experiment import Experiment, setup
+from fedem_jax.safety import Interrupted, StopSignals, WorkdirLock
 from fedem_jax.sweep import summarize_runs
 
 
@@ -61,15 +63,17 @@ class _Run:
         return self.evaluate_jit(state, self.data.train, splits)
 
     def resume(self, state, log):
-        round_done = self.checkpointer.latest_round() if self.checkpointer else None
-        if round_done is None:
+        """The newest checkpoint that restores (damaged ones are set aside), else ``state``."""
+        had_checkpoints = bool(self.checkpointer and self.checkpointer.manager.all_steps())
+        restored = self.checkpointer.restore_newest(state, log) if had_checkpoints else None
+        if restored is None:
+            if had_checkpoints:
+                raise ConfigError(
+                    f"no checkpoint in {self.checkpointer.directory} could be restored (each was set "
+                    "aside, as named above); rerun the same command to start from round 0"
+                )
             return state
-        if round_done > self.cfg.training.n_rounds:
-            raise ConfigError(
-                f"--n_rounds {self.cfg.training.n_rounds} is below the checkpoint's round {round_done} in "
-                f"{self.checkpointer.directory}"
-            )
-        state, record = self.checkpointer.restore(round_done, state)
+        round_done, state, record = restored
         self.history, self.round_seconds = record["history"], record["round_seconds"]
         self.diverged = {int(k): v for k, v in record.get("diverged", {}).items()}
         self.last_good = round_done
@@ -116,25 +120,37 @@ class _Run:
     def save(self, state, done: int) -> None:
         cfg = self.cfg
         if self.checkpointer and (done % cfg.output.checkpoint_every == 0 or done == cfg.training.n_rounds):
+            self.save_now(state, done)
+
+    def save_now(self, state, done: int) -> str | None:
+        """Checkpoint round ``done`` unless it is saved already (a stop between checkpoints);
+        returns the checkpoint folder, or None when checkpoints are off."""
+        if not self.checkpointer:
+            return None
+        if done and self.last_good != done:
             record = {
-                "config": cfg.to_dict(), "history": self.history, "round_seconds": self.round_seconds,
+                "config": self.cfg.to_dict(), "history": self.history, "round_seconds": self.round_seconds,
                 "diverged": {str(k): v for k, v in self.diverged.items()},
             }  # fmt: skip
             self.checkpointer.save(done, state, record)
             self.last_good = done
+        return self.checkpointer.directory if self.last_good == done else None
 
     def close(self) -> None:
         if self.checkpointer:
             self.checkpointer.close()
 
 
-def train_rounds(run: _Run, state, compiled, writer, progress, log=print):
-    """Rounds from the state's round to ``n_rounds``: evaluate every ``log_freq``, checkpoint."""
+def train_rounds(run: _Run, state, compiled, writer, progress, log=print, stop=None):
+    """Rounds from the state's round to ``n_rounds``: evaluate every ``log_freq``, checkpoint; on
+    a stop signal, save the last round and raise :class:`~fedem_jax.safety.Interrupted`."""
     cfg, split_name = run.cfg, eval_split(run.cfg, run.data)[0]
     if int(_first_run(state).round) == 0:  # round 0: the model before training, as the reference logs
         for row in run.evaluate(state, 0, {}, log):
             writer.write(row)
     for r in range(int(_first_run(state).round), cfg.training.n_rounds):
+        if stop is not None and stop.requested:
+            raise Interrupted(stop.signum, r, run.save_now(state, r), run.checkpointer is not None)
         t0 = time.perf_counter()
         state, round_metrics = compiled(state, run.data.train)
         round_metrics = jax.block_until_ready(round_metrics)
@@ -161,14 +177,21 @@ def train_rounds(run: _Run, state, compiled, writer, progress, log=print):
     return state
 
 
-def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
+def run(cfg: Config, data: FederatedData | None = None, log=print, stop: StopSignals | None = None) -> dict:
     """Train ``cfg`` end to end, resuming from ``workdir/checkpoints`` if a checkpoint is there.
 
-    Returns the summary (also written to ``summary.json``).
+    Returns the summary (also written to ``summary.json``). Holds the workdir's lock for the whole
+    run; SIGINT/SIGTERM stop it after a round, saved (:class:`~fedem_jax.safety.Interrupted`).
     """
-    start = time.perf_counter()
     main_process = is_main_process()  # with --distributed only process 0 writes outputs
-    _check_resumable(cfg)
+    signals = contextlib.nullcontext(stop) if stop is not None else StopSignals()
+    with WorkdirLock(cfg.output.workdir) if main_process else contextlib.nullcontext(), signals as stop:
+        return _run_locked(cfg, data, log, stop, main_process)
+
+
+def _run_locked(cfg: Config, data, log, stop: StopSignals, main_process: bool) -> dict:
+    start = time.perf_counter()
+    check_workdir(cfg, log)  # before anything is written there
     if main_process:
         outputs.write_config(cfg.output.workdir, cfg)
     federation = data if data is not None else load_dataset(cfg)  # its client order is the outputs'
@@ -179,15 +202,17 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
     bookkeeping = _Run(cfg, experiment, data, federation.n_clients)
     try:
         state = bookkeeping.resume(state, log)
+        first_round = int(_first_run(state).round)
+        _stop_if_asked(stop, bookkeeping, first_round)  # a signal while the data was loading
         t0 = time.perf_counter()
         compiled = bookkeeping.round_jit.lower(state, data.train).compile()
         compile_seconds = time.perf_counter() - t0
         log(f"compiled the round in {compile_seconds:.1f}s")
-        first_round = int(_first_run(state).round)
+        _stop_if_asked(stop, bookkeeping, first_round)
         writer = _writer(cfg, bookkeeping.history, first_round, main_process)
         progress = _progress(cfg, first_round) if main_process else None
         try:
-            state = train_rounds(bookkeeping, state, compiled, writer, progress, log)
+            state = train_rounds(bookkeeping, state, compiled, writer, progress, log, stop)
         finally:
             writer.close()
             if progress is not None:
@@ -196,19 +221,6 @@ def run(cfg: Config, data: FederatedData | None = None, log=print) -> dict:
         bookkeeping.close()
     timings = {"compile_seconds": compile_seconds, "data_seconds": data_seconds, "start": start}
     return _finish(bookkeeping, state, federation, timings, main_process)
-
-
-def _check_resumable(cfg: Config) -> None:
-    """Refuse a workdir holding another experiment's checkpoint before anything is written."""
-    if cfg.output.checkpoint_every <= 0:
-        return
-    checkpointer = Checkpointer(cfg.output.workdir)
-    try:
-        round_done = checkpointer.latest_round()
-        if round_done is not None:
-            check_compatible(checkpointer.restore_record(round_done)["config"], cfg)
-    finally:
-        checkpointer.close()
 
 
 def _finish(run: _Run, state, federation: FederatedData, timings: dict, main_process: bool) -> dict:
@@ -243,6 +255,13 @@ def _finish(run: _Run, state, federation: FederatedData, timings: dict, main_pro
     if main_process:
         outputs.write_json(cfg.output.workdir, "summary.json", summary)
     return summary
+
+
+def _stop_if_asked(stop: StopSignals, run: _Run, round_done: int) -> None:
+    """Before training: a stop signal ends the run here (nothing new to save)."""
+    if stop.requested:
+        saved = run.checkpointer.directory if run.checkpointer and run.last_good == round_done else None
+        raise Interrupted(stop.signum, round_done, saved, run.checkpointer is not None)
 
 
 def _first_run(state):

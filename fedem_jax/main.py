@@ -10,7 +10,21 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First of all, before jax is imported: a Ctrl-C or SIGTERM only sets a flag, checked at safe
+    # points (an exception landing inside jaxlib's initialisation or XLA's compiler can crash it).
+    from fedem_jax.safety import StopSignals
+
+    try:
+        with StopSignals() as stop:
+            return _main(argv, stop)
+    except KeyboardInterrupt:  # not in the main thread: no handler could be installed
+        print("interrupted before training started; nothing to resume", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None, stop) -> int:
     from fedem_jax.config import ConfigError, resolve
+    from fedem_jax.safety import EXIT_CODES
 
     try:
         cfg = resolve(argv)
@@ -30,10 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     from fedem_jax.data import DataError
     from fedem_jax.distributed import is_main_process
     from fedem_jax.loop import DivergenceError, run
+    from fedem_jax.outputs import OutputError
+    from fedem_jax.safety import Interrupted
 
+    if stop.requested:
+        print("interrupted before training started; nothing to resume", file=sys.stderr)
+        return EXIT_CODES[stop.signum]
     log = (lambda *_: None) if cfg.output.quiet or not is_main_process() else print
     try:
-        summary = run(cfg, log=log)
+        summary = run(cfg, log=log, stop=stop)
     except ConfigError as err:  # found once the workdir's checkpoint is read
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -43,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     except DivergenceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except OutputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except Interrupted as interrupted:
+        print(interrupted.message(), file=sys.stderr)
+        return interrupted.exit_code
     if not is_main_process():
         return 0
     split = "val" if cfg.output.validation else "test"

@@ -5,10 +5,14 @@
 - ``tb/``           TensorBoard event files with the same scalars (tensorboardX: no TensorFlow);
 - ``clients.csv``   per-client sample counts, accuracies and mixture weights, at the end;
 - ``summary.json``  the final evaluation and timings.
+
+Whole files are written atomically (a temporary file, synced, then renamed) and ``metrics.jsonl``
+is appended a whole line at a time; a failed write raises :class:`OutputError` (one line).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -16,6 +20,31 @@ import os
 import numpy as np
 
 TIMING_KEYS = ("seconds_per_round", "eval_seconds")
+KEPT = "what is already on disk (checkpoints included) is kept: fix it and rerun the same command to resume"
+
+
+class OutputError(RuntimeError):
+    """A result could not be written (disk full, no permission); one line for the user."""
+
+
+def _failed(path: str, err: OSError) -> OutputError:
+    return OutputError(f"cannot write {path} ({err.strerror or err}); {KEPT}")
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, newline: str | None = None):
+    """Write ``path`` whole or not at all: into ``path.tmp``, flushed and synced, then renamed."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w", newline=newline) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise _failed(path, err) from None
 
 
 class MetricsWriter:
@@ -27,10 +56,13 @@ class MetricsWriter:
 
     def __init__(self, workdir: str, previous_rows: list[dict], start_round: int, tensorboard: bool = True):
         self.path = os.path.join(workdir, "metrics.jsonl")
-        with open(self.path, "w") as f:
+        with atomic_open(self.path) as f:
             for row in previous_rows:
                 f.write(json.dumps(row) + "\n")
-        self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
+        try:
+            self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
+        except OSError as err:
+            raise _failed(self.path, err) from None
         self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -38,8 +70,12 @@ class MetricsWriter:
             self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_round + 1)
 
     def write(self, row: dict) -> None:
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        """Append one row (whole lines: the file is flushed after each)."""
+        try:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+        except OSError as err:
+            raise _failed(self.path, err) from None
         if self._tb is not None:
             prefix = f"run{row['run']}/" if "run" in row else ""  # a sweep: one TensorBoard group per run
             for key, value in row.items():
@@ -64,12 +100,12 @@ class NullWriter:
 
 
 def write_config(workdir: str, cfg) -> None:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    with atomic_open(os.path.join(workdir, "config.json")) as f:
         json.dump(cfg.to_dict(), f, indent=2)
 
 
 def write_json(workdir: str, name: str, payload: dict) -> None:
-    with open(os.path.join(workdir, name), "w") as f:
+    with atomic_open(os.path.join(workdir, name)) as f:
         json.dump(payload, f, indent=2)
 
 
@@ -77,7 +113,7 @@ def write_clients_csv(workdir: str, stats: list, pis: list, runs: list[dict] | N
     """One row per client (per run of a sweep, with a ``run`` column first): counts, train/test
     accuracy and its mixture weights ``pi``. ``stats``: per run ``(train, test)`` per-client stats."""
     n_learners = np.asarray(pis[0]).shape[1]
-    with open(os.path.join(workdir, "clients.csv"), "w", newline="") as f:
+    with atomic_open(os.path.join(workdir, "clients.csv"), newline="") as f:
         writer = csv.writer(f)
         run_column = [] if runs is None else ["run"]
         writer.writerow(

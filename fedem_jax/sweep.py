@@ -104,21 +104,30 @@ def build_sweep(cfg: Config, data: FederatedData) -> Experiment:
     values = {k: jnp.asarray(v) for k, v in run_values(cfg).items()}
     n_runs = len(cfg.runs())
 
-    def raw_for(run):
-        return build(traced_config(cfg, run), data, runs_vmapped=True).raw
+    def raw_for(run, vmapped=True):
+        return build(traced_config(cfg, run), data, runs_vmapped=vmapped).raw
 
     one_state = jax.eval_shape(lambda: raw_for(jax.tree.map(lambda v: v[0], values)).init(data))
-    chunk, note = choose_runs_per_chunk(n_runs, state_bytes(one_state), cfg.layout.runs_per_chunk)
+    requested = cfg.layout.runs_per_chunk if cfg.method_info.capabilities.sweep_vmap else 1
+    chunk, note = choose_runs_per_chunk(n_runs, state_bytes(one_state), requested)
+    if not cfg.method_info.capabilities.sweep_vmap:
+        note += f"; {cfg.method} branches per run, so its runs are looped, not vmapped"
+    vmapped = chunk > 1
 
     def over_runs(name):
         def fn(states, *args):
             def one(run_and_state):
                 run, state = run_and_state
-                return getattr(raw_for(run), name)(state, *args)
+                return getattr(raw_for(run, vmapped), name)(state, *args)
 
-            return jax.lax.map(one, (values, states), batch_size=chunk)
+            return map_runs(one, (values, states))
 
         return fn
+
+    def map_runs(fn, xs):
+        """``fn`` over the runs: vmapped ``chunk`` at a time, or a plain loop for chunks of one
+        (a vmap of size one would still turn a ``cond`` into a ``select``)."""
+        return jax.lax.map(fn, xs) if chunk == 1 else jax.lax.map(fn, xs, batch_size=chunk)
 
     def init(data):
         return jax.vmap(lambda run: raw_for(run).init(data))(values)
@@ -126,9 +135,9 @@ def build_sweep(cfg: Config, data: FederatedData) -> Experiment:
     def evaluate_unseen(states, train, test, max_iters=500):
         def one(run_and_state):
             run, state = run_and_state
-            return raw_for(run).evaluate_unseen(state, train, test, max_iters)
+            return raw_for(run, vmapped).evaluate_unseen(state, train, test, max_iters)
 
-        return jax.lax.map(one, (values, states), batch_size=chunk)
+        return map_runs(one, (values, states))
 
     algorithm = Algorithm(
         init=init,

@@ -104,7 +104,7 @@ def test_sweep_summary_has_mean_std_runs_and_best(tmp_path):
     label, rounds, mean, std = lines[1]
     at_2 = [r["val_accuracy"] for r in finals if r["lr"] == 0.1]
     assert (
-        rounds == [1, 2]
+        rounds == [0, 1, 2]
         and mean[-1] == pytest.approx(np.mean(at_2))
         and std[-1] == pytest.approx(np.std(at_2, ddof=1))
     )

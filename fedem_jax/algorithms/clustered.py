@@ -86,5 +86,5 @@ def make_clustered(ctx: Context, hp: ClusteredHyperparams) -> Algorithm:
 
 METHODS = (
     Method("clustered", make_clustered, "Clustered FL (Sattler et al., 2020)", ClusteredHyperparams,
-           Capabilities(personal=True, full_participation=True)),
+           Capabilities(personal=True, full_participation=True, sweep_vmap=False)),
 )  # fmt: skip

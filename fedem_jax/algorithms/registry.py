@@ -26,6 +26,10 @@ class Capabilities:
     batch_norm: bool = True  # supports models with BatchNorm statistics (mobilenet_v2)
     plain_sgd: bool = False  # no local momentum unless --momentum is given (prox-SGD: spec section 3)
     multi_process: bool = False  # tested with --distributed over several processes
+    # The round branches (lax.cond) on values that differ between the runs of a sweep, and the
+    # branch is costly (clustered: a split): a sweep then loops over its runs instead of vmapping
+    # them, since a vmapped cond with a per-run predicate computes both branches for every run.
+    sweep_vmap: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
