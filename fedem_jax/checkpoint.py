@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -37,11 +38,14 @@ class Checkpointer:
 
         self._ocp = ocp
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        _remove_unfinished(self.directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=True,
             enable_async_checkpointing=False,
-            cleanup_tmp_directories=True,
+            # Done above, synchronously: orbax's own cleanup runs in a thread that, in a process
+            # ending soon after (a refused run, a stop), fails at shutdown with a traceback.
+            cleanup_tmp_directories=False,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -104,6 +108,14 @@ class Checkpointer:
         self.manager.close()
 
 
+def _remove_unfinished(directory: str) -> None:
+    """Delete orbax's temporary folders: checkpoints whose writing never finished (a kill)."""
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if ".orbax-checkpoint-tmp" in name:
+                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
 def check_compatible(saved: dict, current: Config, what: str = "a checkpoint") -> None:
     """Refuse to resume (or overwrite) ``what`` made by a different experiment. A setting absent
     from ``saved`` (a flag added since) counts as unchanged if it has its default."""
@@ -125,8 +137,9 @@ def check_compatible(saved: dict, current: Config, what: str = "a checkpoint") -
 
 def check_workdir(cfg: Config, log=print) -> None:
     """Before anything is written into the workdir: it must hold nothing, or this experiment (by
-    its newest readable checkpoint, else its ``config.json``). Damaged checkpoints found on the way
-    are set aside. ``--overwrite`` sets the old checkpoints aside and starts over."""
+    its newest readable checkpoint, else the ``config.json`` beside its ``metrics.jsonl``).
+    Damaged checkpoints found on the way are set aside. ``--overwrite`` sets the old checkpoints
+    aside and starts over."""
     workdir = cfg.output.workdir
     if cfg.output.overwrite:
         _set_aside_folder(os.path.join(workdir, "checkpoints"), "replaced", log)
@@ -142,7 +155,8 @@ def check_workdir(cfg: Config, log=print) -> None:
             )
         return
     config_path = os.path.join(workdir, "config.json")
-    if os.path.exists(config_path):
+    # Outputs of a run that wrote metrics; a config.json alone is a start that failed early.
+    if os.path.exists(config_path) and os.path.exists(os.path.join(workdir, "metrics.jsonl")):
         try:
             with open(config_path) as f:
                 saved_config = json.load(f)

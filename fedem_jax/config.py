@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import importlib
 import itertools
+import math
 import os
 from typing import Any
 
@@ -58,6 +59,7 @@ class DataConfig:
         1.0, "fraction of the pooled samples (femnist: of the writers) kept, in (0, 1]"
     )
     max_samples: int = setting(0, "use only the first N pooled samples (0: all; for quick runs)")
+    remap_labels: bool = setting(False, "npz: map the label ids present to 0..K-1 (for sparse ids)")
     test_frac: float = setting(0.2, "per-client test fraction of real datasets")
     val_frac: float = setting(0.0, "fraction of each client's train split held out for validation")
     test_clients_frac: float = setting(0.0, "fraction of clients held out of training (unseen clients)")
@@ -288,6 +290,10 @@ def make_config(**values) -> Config:
     hyperparameter dataclass, and the method's capabilities set its defaults:
     one model unless it has components, no momentum for prox-SGD methods (spec section 3)."""
     method = registry.get(values.get("method", Config.method))
+    for flag, value in values.items():  # before any range check: --mu nan is not "below 0"
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(item, float):
+                check(math.isfinite(item), f"--{flag} must be a finite number, got {item}")
     caps = method.capabilities
     if not caps.components:
         values.setdefault("n_learners", 1)
@@ -379,6 +385,9 @@ def validate_method(cfg: Config) -> None:
 
 def validate(cfg: Config) -> Config:
     """Check every field; raise :class:`ConfigError` naming the flag and its allowed range."""
+    for flag, value in cfg.to_dict().items():  # --lr inf, --mu nan: refused, whatever the range
+        if isinstance(value, float):
+            check(math.isfinite(value), f"--{flag} must be a finite number, got {value}")
     _validate_data(cfg.data)
     _validate_model(cfg.model)
     validate_method(cfg)

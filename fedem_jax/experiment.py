@@ -18,7 +18,7 @@ from fedem_jax.core.optim import lr_schedule, make_direction
 from fedem_jax.data import FederatedData
 from fedem_jax.data.sharding import client_mesh, place, shard_data
 from fedem_jax.execution.layout import CLIENT_SPEC, REPLICATED, Layout
-from fedem_jax.models import STATEFUL_MODELS, TORCH_OWN_INIT, build_model, count_params
+from fedem_jax.models import STATEFUL_MODELS, TORCH_OWN_INIT, build_model, count_params, input_problem
 from fedem_jax.pretrained import load_weights
 
 AUTO_MICRO_BATCH = 32
@@ -208,6 +208,9 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1, model=None, runs
     """
     if model is None:
         model_name = cfg.model.name or default_model(cfg.data.dataset, data)
+        problem = input_problem(model_name, data.train.x.shape[1:], data.task.sequence)
+        if problem:  # before anything is compiled
+            raise ConfigError(problem)
         model = build_model(model_name, data.task.output_dim, cfg.model.conv_impl)
         layout = make_layout(cfg, model_name, n_devices, runs_vmapped)
         update = make_update(cfg, data, model_name, layout)

@@ -174,6 +174,39 @@ def default_conv_impl() -> str:
     return "matmul" if jax.default_backend() == "cpu" else "xla"
 
 
+# What each model's input must be: (rank of one sample, smallest height/width, channels or None).
+MODEL_INPUTS = {
+    "cnn": (3, 10, None),
+    "cifar10_cnn": (3, 32, 3),
+    "femnist_cnn": (3, 28, 1),
+    "mobilenet_v2": (3, 32, None),
+}
+
+
+def input_problem(name: str, sample_shape: tuple, sequence_task: bool = False) -> str | None:
+    """Why inputs of ``sample_shape`` (one sample) do not fit model ``name``, or None."""
+    if name == "lstm" and not sequence_task:
+        return "--model lstm predicts the next character at every position: use it with --dataset shakespeare"
+    if name not in MODEL_INPUTS:
+        return None  # linear, mlp: any shape, flattened
+    rank, smallest, channels = MODEL_INPUTS[name]
+    if len(sample_shape) != rank:
+        kind = "images [H, W, C]" if rank == 3 else "integer sequences [T]"
+        return f"--model {name} needs {kind}, the data has samples of shape {tuple(sample_shape)}"
+    if rank == 3:
+        height, width, depth = sample_shape
+        if min(height, width) < smallest or (name in ("cifar10_cnn", "femnist_cnn") and height != smallest):
+            size = (
+                f"{smallest}x{smallest}"
+                if name in ("cifar10_cnn", "femnist_cnn")
+                else f"at least {smallest}x{smallest}"
+            )
+            return f"--model {name} needs {size} images, the data's are {height}x{width}"
+        if channels is not None and depth != channels:
+            return f"--model {name} needs {channels}-channel images, the data's have {depth}"
+    return None
+
+
 def build_model(name: str, output_dim: int, conv_impl: str = "") -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")

@@ -27,7 +27,7 @@ def test_outputs_and_exact_round_count(tmp_path):
     assert 0.0 <= summary["test_accuracy"] <= 1.0
     assert summary["seconds_per_round"] > 0
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rows] == [2, 3]  # every log_freq rounds and the last; exactly 3 rounds
+    assert [r["round"] for r in rows] == [0, 2, 3]  # round 0, every log_freq, the last
     assert json.loads((workdir / "config.json").read_text())["n_rounds"] == 3
 
 

@@ -73,4 +73,4 @@ def test_distributed_checkpoints_resume(tmp_path):
     shared = tmp_path / "shared"
     _launch([shared, shared], ["--checkpoint_every", "1"])
     _launch([shared, shared], ["--checkpoint_every", "1", "--n_rounds", "3"])
-    assert [row["round"] for row in _rows(shared)] == [1, 2, 3]
+    assert [row["round"] for row in _rows(shared)] == [0, 1, 2, 3]

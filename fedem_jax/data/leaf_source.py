@@ -67,15 +67,23 @@ def read_leaf(name: str, path: str) -> dict[str, tuple[list, list]]:
                 raise DataError(
                     f"{file}: missing field {field!r} (a LEAF file has users, num_samples, user_data)"
                 )
+        if not isinstance(content["users"], list) or not isinstance(content["user_data"], dict):
+            raise DataError(f"{file}: 'users' must be a list of names and 'user_data' an object by name")
         for user in content["users"]:
-            record = content["user_data"].get(user)
+            record = content["user_data"].get(user) if isinstance(user, str) else None
             if not isinstance(record, dict) or "x" not in record or "y" not in record:
                 raise DataError(f"{file}: user_data[{user!r}] must have fields 'x' and 'y'")
+            if not isinstance(record["x"], list) or not isinstance(record["y"], list):
+                raise DataError(
+                    f"{file}: user_data[{user!r}]: 'x' and 'y' must be lists, one entry per sample"
+                )
             if len(record["x"]) != len(record["y"]):
                 raise DataError(f"{file}: user_data[{user!r}]: {len(record['x'])} x but {len(record['y'])} y")
             xs, ys = users.setdefault(user, ([], []))
             xs.extend(record["x"])
             ys.extend(record["y"])
+    if not users:
+        raise DataError(f"{name}: no users in {path}")
     return users
 
 
@@ -90,11 +98,16 @@ def load_femnist(cfg) -> FederatedData:  # cfg: the DataConfig
         xs, ys = users[names[i]]
         try:
             x = np.asarray(xs, np.float32).reshape(len(xs), 28, 28, 1)
-            y = np.asarray(ys, np.int32).reshape(len(ys))
-        except (ValueError, TypeError):
+            y_raw = np.asarray(ys)
+            if y_raw.size and (y_raw.dtype.kind not in "iub"):  # 3.0 or "3": not a class id
+                raise TypeError
+            y = y_raw.astype(np.int32).reshape(len(ys))
+        except (ValueError, TypeError, OverflowError):
             raise DataError(
-                f"femnist: user {names[i]!r}: x must be 784 numbers per sample and y one int"
+                f"femnist: user {names[i]!r}: x must be 784 numbers per sample and y one integer class id"
             ) from None
+        if not np.isfinite(x).all():
+            raise DataError(f"femnist: user {names[i]!r}: x has NaN or Inf values")
         if y.size and (y.min() < 0 or y.max() >= FEMNIST_CLASSES):
             raise DataError(f"femnist: user {names[i]!r}: y must be in [0, {FEMNIST_CLASSES})")
         images.append(x)

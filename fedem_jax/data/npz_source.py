@@ -32,7 +32,7 @@ def _open(path: str) -> dict:
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from None
 
 
@@ -47,14 +47,42 @@ def _labels(y: np.ndarray, path: str, name: str = "y") -> np.ndarray:
         raise DataError(f"{path}: field {name!r} must be a 1-D integer label array, got {y.dtype} {y.shape}")
     if len(y) and y.min() < 0:
         raise DataError(f"{path}: field {name!r} has negative labels")
+    if len(y) and int(y.max()) > np.iinfo(np.int32).max:
+        raise DataError(f"{path}: field {name!r} has ids beyond int32 (largest {int(y.max())})")
     return y.astype(np.int32)
 
 
 def _inputs(x: np.ndarray, path: str, name: str = "x") -> np.ndarray:
-    if x.ndim < 2 or not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"{path}: field {name!r} must be a numeric [N, ...] array, got {x.dtype} {x.shape}")
+    if not 2 <= x.ndim <= 4 or not np.issubdtype(x.dtype, np.number):
+        raise DataError(
+            f"{path}: field {name!r} must be numeric [N, D] vectors or [N, H, W(, C)] images, "
+            f"got {x.dtype} {x.shape}"
+        )
     x = x.astype(np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row = int(np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))[0])
+        raise DataError(f"{path}: field {name!r} has {int(bad.sum())} NaN or Inf values (first in row {row})")
     return x[..., None] if x.ndim == 3 else x  # [N, H, W] images get a channel axis
+
+
+SPARSE_FACTOR = 10  # more class ids than this many times the labels present: refused (or remapped)
+
+
+def class_count(ys: list[np.ndarray], path: str, remap: bool) -> tuple[list[np.ndarray], int]:
+    """The labels (remapped to 0..K-1 with ``remap``) and the number of classes; ids far sparser
+    than the labels present are refused, naming them."""
+    present = np.unique(np.concatenate([y for y in ys if len(y)]))
+    if remap:
+        return [np.searchsorted(present, y).astype(np.int32) for y in ys], max(len(present), 2)
+    n_classes = int(present[-1]) + 1
+    if n_classes > SPARSE_FACTOR * len(present) and n_classes > 100:
+        shown = ", ".join(str(int(v)) for v in present[:8]) + (", ..." if len(present) > 8 else "")
+        raise DataError(
+            f"{path}: label ids are sparse: {len(present)} distinct labels ({shown}) would make "
+            f"{n_classes} classes; remap them to 0..{len(present) - 1} with --remap_labels"
+        )
+    return ys, max(n_classes, 2)
 
 
 def _check_pair(x, y, path, names=("x", "y")):
@@ -77,10 +105,12 @@ def load_npz(cfg) -> FederatedData:  # cfg: the DataConfig
     shapes = {x.shape[1:] for x in train[0] + test[0]}
     if len(shapes) > 1:
         raise DataError(f"{path}: clients have different input shapes {sorted(shapes)}")
-    n_classes = int(max(int(y.max()) for y in train[1] + test[1] if len(y)) + 1)
+    ys, n_classes = class_count(train[1] + test[1], path, cfg.remap_labels)
+    n_train = len(train[1])
+    train, test = (train[0], ys[:n_train]), (test[0], ys[n_train:])
     return assemble(
         "npz",
-        Task(num_classes=max(n_classes, 2)),
+        Task(num_classes=n_classes),
         train,
         test,
         val_frac=cfg.val_frac,
