@@ -3,6 +3,7 @@ one compiled program (a sweep), mean ± std of test accuracy and of bottom-10 % 
 
     python benchmarks/paper_table.py                          # synthetic paper setting, 5 seeds
     python benchmarks/paper_table.py --seeds 3 --rounds 50 --methods FedAvg,FedEM
+    python benchmarks/paper_table.py --extra --head Dense_0/bias   # FedPer/FedRep on the linear model
 
 Writes ``benchmarks/results/paper_table_<dataset>.json`` and ``.md`` (the Markdown table, with the
 command and the time it took) and prints the table.
@@ -44,14 +45,14 @@ def main():
     rows = {}
     for method in args.methods.split(","):
         t0 = time.perf_counter()
-        cfg = resolve(
-            [*base, "--method", method, "--seeds", seeds, "--workdir", f"/tmp/fedem_jax_paper/{method}"]
-        )
+        workdir = f"/tmp/fedem_jax_paper/{method}"
+        cfg = resolve([*base, "--method", method, "--seeds", seeds, "--workdir", workdir, "--overwrite"])
         summary = run(cfg, data=data, log=lambda *_: None)
         keep = ("test_accuracy", "test_accuracy_std", "test_accuracy_bottom10", "test_accuracy_bottom10_std")
         rows[method] = {**{k: summary[k] for k in keep}, "n_diverged": summary["n_diverged"],
                         "seconds": time.perf_counter() - t0}  # fmt: skip
         print(f"{method}: {percent(summary, 'test_accuracy')} ({rows[method]['seconds']:.0f} s)", flush=True)
+        write_result(f"paper_table_{args.dataset}_partial", {"rows": rows})  # kept if a later method fails
     minutes = (time.perf_counter() - start) / 60
     command = "python benchmarks/paper_table.py " + " ".join(sys.argv[1:])
     lines = [

@@ -150,3 +150,8 @@ def test_leaf_loaders_give_data_or_a_data_error(tmp_path, payload, dataset):
         load(DataConfig(dataset=dataset, data_path=str(path)))
     except DataError:
         pass
+
+
+def test_abbreviated_flags_are_refused(tmp_path, capsys):
+    code, line = _exit_and_line(capsys, ["--n_round", "3", "--workdir", str(tmp_path)])
+    assert code == 2 and "unrecognized arguments: --n_round 3" in line
