@@ -47,6 +47,7 @@ def main():
     flags = ["--dataset", "cifar10", "--n_rounds", str(args.rounds), "--log_freq", "1"]
     flags += ["--lr_scheduler", "constant", "--init", "torch", "--drop_last", "true"]
     flags += [
+        "--overwrite",  # the same scratch workdir every time
         "--checkpoint_every",
         "0",
         "--tensorboard",

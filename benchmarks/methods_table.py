@@ -50,7 +50,7 @@ def main():
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more fedem_jax flags")
     args = parser.parse_args()
     base = ["--dataset", args.dataset, "--n_rounds", str(args.rounds), "--quiet", "--checkpoint_every", "0",
-            "--tensorboard", "false", *args.extra]  # fmt: skip
+            "--overwrite", "--tensorboard", "false", *args.extra]  # fmt: skip
     data = load_dataset(resolve([*base, "--workdir", "/tmp/fedem_jax_methods/data"]))
     print(data.summary(), flush=True)
     rows = {}

@@ -42,7 +42,7 @@ def main():
     seeds = list(range(1, args.seeds + 1))
     base = ["--dataset", args.dataset, "--method", args.method, "--n_rounds", str(args.rounds), "--quiet",
             "--log_freq", str(args.rounds), "--checkpoint_every", "0", "--tensorboard", "false",
-            *args.extra]  # fmt: skip
+            "--overwrite", *args.extra]  # fmt: skip
     data = load_dataset(resolve([*base, "--workdir", "/tmp/fedem_jax_sweep/data"]))
     print(data.summary(), flush=True)
 

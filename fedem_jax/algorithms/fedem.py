@@ -168,6 +168,14 @@ def make_fedem(ctx: Context, hp: ServerHyperparams) -> Algorithm:
         )
         return new_state, metrics
 
+    evaluate, evaluate_unseen = shared_model_evaluation(ctx)
+    return Algorithm(init=init, round=round_fn, evaluate=evaluate, evaluate_unseen=evaluate_unseen)
+
+
+def shared_model_evaluation(ctx: Context):
+    """``evaluate`` and ``evaluate_unseen`` of a state with shared components ``params`` and the
+    clients' ``pi`` (FedEM, FedAvg and the methods built like them)."""
+
     def evaluate(state: GlobalState, split: ClientSplit):
         """Training clients, each with its own ``pi`` (per client, in the split's layout)."""
         return evaluate_mixture(ctx, state.params, state.clients.pi, split)
@@ -177,7 +185,7 @@ def make_fedem(ctx: Context, hp: ServerHyperparams) -> Algorithm:
         pi = fit_pi(ctx, state.params, train, max_iters)
         return evaluate_mixture(ctx, state.params, pi, test), pi
 
-    return Algorithm(init=init, round=round_fn, evaluate=evaluate, evaluate_unseen=evaluate_unseen)
+    return evaluate, evaluate_unseen
 
 
 def _preset_server(kind: str):

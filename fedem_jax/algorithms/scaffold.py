@@ -41,7 +41,7 @@ from fedem_jax.algorithms.base import (
     broadcast_to_clients,
     round_metrics,
 )  # fmt: skip
-from fedem_jax.algorithms.fedem import evaluate_mixture, fit_pi
+from fedem_jax.algorithms.fedem import shared_model_evaluation
 from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
 from fedem_jax.core import aggregation
 from fedem_jax.core.client_update import ClientUpdate
@@ -154,13 +154,7 @@ def make_scaffold(ctx: Context, hp: ScaffoldHyperparams) -> Algorithm:
         )
         return new_state, round_metrics(ctx, participates, finite=all_finite(params))
 
-    def evaluate(state: ScaffoldState, split: ClientSplit):
-        return evaluate_mixture(ctx, state.params, state.clients.pi, split)
-
-    def evaluate_unseen(state: ScaffoldState, train: ClientSplit, test: ClientSplit, max_iters: int = 500):
-        pi = fit_pi(ctx, state.params, train, max_iters)
-        return evaluate_mixture(ctx, state.params, pi, test), pi
-
+    evaluate, evaluate_unseen = shared_model_evaluation(ctx)
     return Algorithm(init=init, round=round_fn, evaluate=evaluate, evaluate_unseen=evaluate_unseen)
 
 
