@@ -26,6 +26,7 @@ from fedem_jax.algorithms.base import Algorithm
 from fedem_jax.config import SECTIONS, Config, ConfigError, flag_name
 from fedem_jax.data import FederatedData
 from fedem_jax.experiment import Experiment, build
+from fedem_jax.models import CONV_MODELS
 
 STATE_COPIES = 4  # peak working copies of one run's state in a round (in, out, local copies, grads)
 
@@ -109,9 +110,14 @@ def build_sweep(cfg: Config, data: FederatedData) -> Experiment:
 
     one_state = jax.eval_shape(lambda: raw_for(jax.tree.map(lambda v: v[0], values)).init(data))
     requested = cfg.layout.runs_per_chunk if cfg.method_info.capabilities.sweep_vmap else 1
+    conv_on_cpu = jax.default_backend() == "cpu" and base.info["model"] in CONV_MODELS
+    if requested == 0 and conv_on_cpu:  # measured: vmapped runs of a conv net on CPU, 0.56x
+        requested = 1
     chunk, note = choose_runs_per_chunk(n_runs, state_bytes(one_state), requested)
     if not cfg.method_info.capabilities.sweep_vmap:
         note += f"; {cfg.method} branches per run, so its runs are looped, not vmapped"
+    elif conv_on_cpu and not cfg.layout.runs_per_chunk:
+        note += "; a conv net on CPU: runs looped (benchmarks/sweep_throughput.py measured vmapping slower)"
     vmapped = chunk > 1
 
     def over_runs(name):
