@@ -8,7 +8,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 from helpers import tiny_binary_data, tiny_config
 
-from fedem_jax.experiment import build
+from fedem_jax.experiment import build, make_context
 from fedem_jax.models import build_model, model_state, torch_default_init
 
 
@@ -62,8 +62,9 @@ def test_init_flag_reaches_every_component(tmp_path):
     )
     assert np.asarray(torch_state.params["Dense_0"]["bias"]).any()  # flax's biases are zeros
     assert not np.asarray(flax_state.params["Dense_0"]["bias"]).any()
-    mobilenet = build(tiny_config(tmp_path, init="torch", model="mobilenet_v2"), data)
-    assert mobilenet.ctx.init_scheme == "flax"
+    torch_cfg = tiny_config(tmp_path, init="torch")
+    assert make_context(torch_cfg, data, None, None, "mobilenet_v2").init_scheme == "flax"
+    assert make_context(torch_cfg, data, None, None, "cifar10_cnn").init_scheme == "torch"
 
 
 def test_matches_pytorch_layers_where_installed():
