@@ -145,10 +145,10 @@ def train_rounds(run: _Run, state, compiled, writer, progress, log=print, stop=N
     """Rounds from the state's round to ``n_rounds``: evaluate every ``log_freq``, checkpoint; on
     a stop signal, save the last round and raise :class:`~fedem_jax.safety.Interrupted`."""
     cfg, split_name = run.cfg, eval_split(run.cfg, run.data)[0]
-    if int(_first_run(state).round) == 0:  # round 0: the model before training, as the reference logs
+    if _rounds_done(state) == 0:  # round 0: the model before training, as the reference logs
         for row in run.evaluate(state, 0, {}, log):
             writer.write(row)
-    for r in range(int(_first_run(state).round), cfg.training.n_rounds):
+    for r in range(_rounds_done(state), cfg.training.n_rounds):
         if stop is not None and stop.requested:
             raise Interrupted(stop.signum, r, run.save_now(state, r), run.checkpointer is not None)
         t0 = time.perf_counter()
@@ -163,13 +163,14 @@ def train_rounds(run: _Run, state, compiled, writer, progress, log=print, stop=N
                 writer.write(row)
         run.save(state, done)
         if progress is not None:
-            recent = [
-                row[split_name + "_accuracy"]
-                for row in run.history
-                if row["round"] == run.history[-1]["round"]
-            ]
+            latest = run.history[-len(run.runs or [0]) :]  # the last evaluation's rows (one per run)
+            recent = (
+                [r[split_name + "_accuracy"] for r in latest if r["round"] == latest[-1]["round"]]
+                if latest
+                else []
+            )
             progress.set_postfix(
-                acc=f"{np.mean(recent):.4f}" if run.history else "-",
+                acc=f"{np.mean(recent):.4f}" if recent else "-",
                 s_per_round=f"{run.round_seconds[-1]:.3f}",
                 refresh=False,  # update() below redraws, at most every mininterval
             )
@@ -202,7 +203,7 @@ def _run_locked(cfg: Config, data, log, stop: StopSignals, main_process: bool) -
     bookkeeping = _Run(cfg, experiment, data, federation.n_clients)
     try:
         state = bookkeeping.resume(state, log)
-        first_round = int(_first_run(state).round)
+        first_round = _rounds_done(state)
         _stop_if_asked(stop, bookkeeping, first_round)  # a signal while the data was loading
         t0 = time.perf_counter()
         compiled = bookkeeping.round_jit.lower(state, data.train).compile()
@@ -264,9 +265,9 @@ def _stop_if_asked(stop: StopSignals, run: _Run, round_done: int) -> None:
         raise Interrupted(stop.signum, round_done, saved, run.checkpointer is not None)
 
 
-def _first_run(state):
-    """The state of a single run, or of a sweep's first run (for its round counter)."""
-    return take_run(state, 0) if state.round.ndim else state
+def _rounds_done(state) -> int:
+    """Rounds completed (a sweep's runs all share the count): one scalar fetched, not the state."""
+    return int(np.asarray(state.round).reshape(-1)[0])
 
 
 def _settings(settings: dict) -> str:

@@ -71,7 +71,7 @@ class Layout:
         """:meth:`masked` for a whole client's update, whose ``active`` (taking part) differs
         between the runs of a sweep: there it is a ``where`` (the update is computed for every
         client, as with full participation) rather than a ``cond`` turned into a ``select`` that
-        would copy the whole dataset over the runs axis at every client (18x slower, measured)."""
+        would copy the whole dataset over the runs axis at every client (many times slower)."""
         if self.runs_vmapped:
             new = fn(state)
             return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state)
