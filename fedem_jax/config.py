@@ -113,6 +113,7 @@ class LayoutConfig:
     coordinator_address: str = setting("", "--distributed: host:port of process 0 (auto on TPU/SLURM/MPI)")
     num_processes: int = setting(0, "--distributed: number of processes (0: auto)")
     process_id: int = setting(-1, "--distributed: this process (-1: auto)")
+    distributed_timeout: int = setting(300, "--distributed: seconds to wait for every process to join")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -467,6 +468,22 @@ def _validate_layout(lay: LayoutConfig) -> None:
     _at_least("n_devices", lay.n_devices, 0)
     _at_least("num_processes", lay.num_processes, 0)
     check(lay.process_id >= -1, f"--process_id must be >= 0 (or -1: auto), got {lay.process_id}")
+    check(
+        lay.num_processes == 0 or lay.process_id < lay.num_processes,
+        f"--process_id {lay.process_id} must be below --num_processes {lay.num_processes}",
+    )
+    _at_least("distributed_timeout", lay.distributed_timeout, 1)
+    if lay.coordinator_address:
+        _check_address(lay.coordinator_address)
+
+
+def _check_address(address: str) -> None:
+    """``host:port`` (``[v6 address]:port`` too), the port in 1..65535."""
+    host, _, port = address.rpartition(":")
+    check(
+        bool(host) and port.isdigit() and 0 < int(port) < 65536,
+        f"--coordinator_address must be host:port (e.g. 10.0.0.1:1234), got {address!r}",
+    )
 
 
 def _validate_output(o: OutputConfig) -> None:

@@ -11,6 +11,7 @@ import dataclasses
 import jax
 import optax
 
+from fedem_jax import memory
 from fedem_jax.algorithms.base import Algorithm, Context, state_specs
 from fedem_jax.config import Config, ConfigError
 from fedem_jax.core.client_update import ClientUpdate
@@ -42,12 +43,18 @@ def resolve_layout(cfg: Config, model_name: str) -> tuple[int, bool]:
     return client_chunk, bool(learner_vmap)
 
 
-def resolve_micro_batch(cfg: Config, client_chunk: int) -> int:
+def resolve_micro_batch(cfg: Config, client_chunk: int, batch_size: int) -> int:
     """``--micro_batch``; auto (-1): 32 when clients run sequentially (only that layout skips the
     unused sub-batches), else off. See ``benchmarks/efficiency.py``."""
     if cfg.layout.micro_batch >= 0:
         return cfg.layout.micro_batch
-    return AUTO_MICRO_BATCH if client_chunk == 1 and cfg.training.batch_size > AUTO_MICRO_BATCH else 0
+    return AUTO_MICRO_BATCH if client_chunk == 1 and batch_size > AUTO_MICRO_BATCH else 0
+
+
+def effective_batch_size(cfg: Config, data: FederatedData) -> int:
+    """``--batch_size`` capped at the largest client's train set: a larger batch is all padding
+    (still one step per epoch on all of a client's samples, the same update, many times slower)."""
+    return max(1, min(cfg.training.batch_size, data.train.max_count))
 
 
 def default_model(dataset: str, data: FederatedData) -> str:
@@ -73,12 +80,14 @@ def resolve_devices(cfg: Config) -> int:
     return wanted
 
 
-def make_layout(cfg: Config, model_name: str, n_devices: int = 1, runs_vmapped: bool = False) -> Layout:
+def make_layout(
+    cfg: Config, model_name: str, n_devices: int = 1, runs_vmapped: bool = False, batch_size: int = 0
+) -> Layout:
     client_chunk, learner_vmap = resolve_layout(cfg, model_name)
     return Layout(
         client_chunk=client_chunk,
         learner_vmap=learner_vmap,
-        micro_batch=resolve_micro_batch(cfg, client_chunk),
+        micro_batch=resolve_micro_batch(cfg, client_chunk, batch_size or cfg.training.batch_size),
         mesh=client_mesh(n_devices) if n_devices > 1 else None,
         runs_vmapped=runs_vmapped,
     )
@@ -90,13 +99,18 @@ def make_update(cfg: Config, data: FederatedData, model_name: str, layout: Layou
     # Forward-only passes (E-step, evaluation) use XLA's convolution, the fastest there on
     # every backend; the parameters of both implementations are the same pytree.
     forward_model = build_model(model_name, data.task.output_dim, "xla")
-    return update_for_model(cfg, data.task, model, layout, forward_model, model_name in STATEFUL_MODELS)
+    stateful = model_name in STATEFUL_MODELS
+    batch_size = effective_batch_size(cfg, data)
+    return update_for_model(cfg, data.task, model, layout, forward_model, stateful, batch_size)
 
 
-def update_for_model(cfg: Config, task, model, layout: Layout, forward_model=None, stateful=False):
+def update_for_model(
+    cfg: Config, task, model, layout: Layout, forward_model=None, stateful=False, batch_size=0
+) -> ClientUpdate:
     """The :class:`ClientUpdate` of ``cfg`` with any flax ``model`` (``stateful``: it has
     BatchNorm statistics and takes ``train=`` and the batch's sample ``mask=``);
-    ``forward_model`` computes the same function for forward-only passes (default: ``model``)."""
+    ``forward_model`` computes the same function for forward-only passes (default: ``model``);
+    ``batch_size``: the one to use, if not ``--batch_size`` (see :func:`effective_batch_size`)."""
     forward_model = forward_model or model
     direction = make_direction(cfg.training.optimizer, cfg.training.momentum, cfg.training.weight_decay)
     if stateful:  # BatchNorm statistics: no gradient step, no decay; replaced after each step
@@ -123,7 +137,7 @@ def update_for_model(cfg: Config, task, model, layout: Layout, forward_model=Non
         per_sample_loss=task.per_sample_loss,
         direction=direction,
         schedule=lr_schedule(cfg.training.lr_scheduler, cfg.training.lr, cfg.training.n_rounds),
-        batch_size=cfg.training.batch_size,
+        batch_size=batch_size or cfg.training.batch_size,
         local_epochs=cfg.training.local_epochs,
         drop_last=cfg.training.drop_last,
         layout=layout,
@@ -206,19 +220,21 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1, model=None, runs
     and a state placed by :func:`place_state`. ``model``: a flax module of your own instead of
     ``cfg.model``'s (one with BatchNorm takes ``train=`` and ``mask=``, as MobileNetV2 does).
     """
+    batch = effective_batch_size(cfg, data)
     if model is None:
         model_name = cfg.model.name or default_model(cfg.data.dataset, data)
         problem = input_problem(model_name, data.train.x.shape[1:], data.task.sequence)
         if problem:  # before anything is compiled
             raise ConfigError(problem)
         model = build_model(model_name, data.task.output_dim, cfg.model.conv_impl)
-        layout = make_layout(cfg, model_name, n_devices, runs_vmapped)
+        layout = make_layout(cfg, model_name, n_devices, runs_vmapped, batch)
         update = make_update(cfg, data, model_name, layout)
     else:
         model_name = type(model).__name__
-        layout = make_layout(cfg, model_name, n_devices, runs_vmapped)
+        layout = make_layout(cfg, model_name, n_devices, runs_vmapped, batch)
         variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.train.x[:1])
-        update = update_for_model(cfg, data.task, model, layout, stateful="batch_stats" in variables)
+        stateful = "batch_stats" in variables
+        update = update_for_model(cfg, data.task, model, layout, stateful=stateful, batch_size=batch)
     ctx = make_context(cfg, data, model, update, model_name)
     raw = cfg.method_info.factory(ctx, cfg.hyperparams)
     info = {
@@ -227,6 +243,7 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1, model=None, runs
         "conv_impl": getattr(model, "conv_impl", None),
         "client_chunk": layout.client_chunk,
         "learner_vmap": layout.learner_vmap,
+        "batch_size": update.batch_size,
     }
     return Experiment(model, ctx, on_layout(raw, layout), raw, layout, info)
 
@@ -257,6 +274,7 @@ def setup(cfg: Config, data: FederatedData):
         experiment = build(cfg, data, resolve_devices(cfg))
     shapes = jax.eval_shape(experiment.model.init, jax.random.PRNGKey(0), data.train.x[:1])
     experiment.info["n_params"] = count_params(shapes["params"])  # one component, BatchNorm stats excluded
+    memory.check_state(experiment.algorithm.init, data, experiment.info.get("devices", 1))
     if experiment.layout.mesh is not None:
         data = shard_data(data, experiment.layout.mesh)
     state = place_state(experiment.algorithm.init(data), experiment.layout)

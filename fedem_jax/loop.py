@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 
-from fedem_jax import outputs
+from fedem_jax import memory, outputs
 from fedem_jax.checkpoint import Checkpointer, check_workdir
 from fedem_jax.config import Config, ConfigError
 from fedem_jax.data import FederatedData, load_dataset
@@ -200,6 +200,11 @@ def _run_locked(cfg: Config, data, log, stop: StopSignals, main_process: bool) -
     data_seconds = time.perf_counter() - start
     log(federation.summary())
     log(_describe(cfg, experiment.info))
+    if experiment.info["batch_size"] < cfg.training.batch_size:
+        log(
+            f"--batch_size {cfg.training.batch_size} is larger than the largest client "
+            f"({experiment.info['batch_size']} train samples): using {experiment.info['batch_size']}"
+        )
     bookkeeping = _Run(cfg, experiment, data, federation.n_clients)
     try:
         state = bookkeeping.resume(state, log)
@@ -209,6 +214,7 @@ def _run_locked(cfg: Config, data, log, stop: StopSignals, main_process: bool) -
         compiled = bookkeeping.round_jit.lower(state, data.train).compile()
         compile_seconds = time.perf_counter() - t0
         log(f"compiled the round in {compile_seconds:.1f}s")
+        memory.check_compiled(compiled)  # before the round's buffers are allocated
         _stop_if_asked(stop, bookkeeping, first_round)
         writer = _writer(cfg, bookkeeping.history, first_round, main_process)
         progress = _progress(cfg, first_round) if main_process else None

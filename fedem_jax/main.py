@@ -35,11 +35,12 @@ def _main(argv: list[str] | None, stop) -> int:
     if cfg.layout.distributed:
         from fedem_jax.distributed import initialize
 
+        log = (lambda *_: None) if cfg.output.quiet else (lambda line: print(line, file=sys.stderr))
         try:
-            initialize(cfg.layout)
-        except (RuntimeError, ValueError) as err:
-            print(f"error: --distributed: jax.distributed.initialize failed ({err})", file=sys.stderr)
-            return 1
+            initialize(cfg.layout, log)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
 
     from fedem_jax.data import DataError
     from fedem_jax.distributed import is_main_process

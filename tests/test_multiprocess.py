@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from fedem_jax.main import main
 
@@ -74,3 +75,32 @@ def test_distributed_checkpoints_resume(tmp_path):
     _launch([shared, shared], ["--checkpoint_every", "1"])
     _launch([shared, shared], ["--checkpoint_every", "1", "--n_rounds", "3"])
     assert [row["round"] for row in _rows(shared)] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--coordinator_address", "notahost"], "--coordinator_address must be host:port"),
+        (["--coordinator_address", "localhost:99999"], "--coordinator_address must be host:port"),
+        (["--coordinator_address", "no-such-host.invalid:1234"], "cannot resolve 'no-such-host.invalid'"),
+        (["--num_processes", "2", "--process_id", "2"], "--process_id 2 must be below --num_processes 2"),
+    ],
+)
+def test_distributed_setup_errors_are_one_line_exit_2(tmp_path, capsys, flags, message):
+    assert main([*FLAGS, "--distributed", *flags, "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_a_peer_that_never_starts_ends_the_wait_with_one_line(tmp_path):
+    """Process 1 of 2 whose coordinator never comes: exit 2 after --distributed_timeout, no abort."""
+    flags = ["--distributed", "--coordinator_address", f"localhost:{_free_port()}"]
+    flags += ["--num_processes", "2", "--process_id", "1", "--distributed_timeout", "2"]
+    done = subprocess.run(
+        [sys.executable, "-m", "fedem_jax.main", *FLAGS, *flags, "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: --distributed: not every process joined within 2 s")
