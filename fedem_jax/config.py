@@ -20,7 +20,7 @@ from fedem_jax.errors import ConfigError, check
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "emnist", "femnist", "shakespeare", "npz")
 PATH_DATASETS = ("npz", "femnist", "shakespeare")  # read from --data_path
-SPLITS = ("label_groups", "dirichlet", "shards", "pachinko")
+SPLITS = ("label_groups", "dirichlet", "shards", "pachinko", "iid", "classes")
 MODELS = ("linear", "mlp", "cnn", "cifar10_cnn", "femnist_cnn", "lstm", "mobilenet_v2")
 OPTIMIZERS = ("sgd", "adam")
 CONV_IMPLS = ("xla", "matmul")
@@ -55,6 +55,7 @@ class DataConfig:
     n_test_per_client: int = setting(5000, "synthetic: test samples per client")
     split: str = setting("", "client split of image datasets (default: the dataset's own)")
     shards_per_client: int = setting(2, "--split shards: label-sorted shards per client")
+    classes_per_client: int = setting(2, "--split classes: distinct labels per client")
     data_frac: float = setting(
         1.0, "fraction of the pooled samples (femnist: of the writers) kept, in (0, 1]"
     )
@@ -129,6 +130,9 @@ class OutputConfig:
     unseen_em_iters: int = setting(500, "max EM iterations fitting an unseen client's pi")
     checkpoint_every: int = setting(10, "save a checkpoint every N rounds and at the end (0: never)")
     tensorboard: bool = setting(True, "write TensorBoard event files to WORKDIR/tb")
+    plots: bool = setting(
+        True, "draw partition.png at the start, mixture.png and clients_over_time.png at the end"
+    )
     overwrite: bool = setting(
         False, "start over in a workdir of another experiment (old checkpoints set aside)"
     )
@@ -424,7 +428,14 @@ def _validate_data(d: DataConfig) -> None:
     _one_of("dataset", d.dataset, DATASETS)
     if d.split:
         _one_of("split", d.split, SPLITS)
-    for name in ("shards_per_client", "n_clients", "dim", "synthetic_components", "n_test_per_client"):
+    for name in (
+        "shards_per_client",
+        "classes_per_client",
+        "n_clients",
+        "dim",
+        "synthetic_components",
+        "n_test_per_client",
+    ):
         _at_least(name, getattr(d, name), 1)
     _at_least("max_samples", d.max_samples, 0)
     _at_least("noise_std", d.noise_std, 0)

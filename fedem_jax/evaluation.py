@@ -78,20 +78,55 @@ def evaluation_rows(
         unseen_stats = unseen_fn(state, data.unseen_train, data.unseen_test, cfg.output.unseen_em_iters)[0]
         unseen = jax.tree.map(np.asarray, to_host_runs(unseen_stats, runs))
     pi_all = to_host_runs(state.clients.pi, runs)
-    rows = []
+    split = eval_split(cfg, data)[0]
+    rows, client_records = [], []
     for (train_stats, test_stats), i in zip(stats, run_indices(runs), strict=True):
         row = {"round": done} if i is None else {"round": done, "run": i, **runs[i]}
-        parts = [("train", train_stats), (eval_split(cfg, data)[0], test_stats)]
+        parts = [("train", train_stats), (split, test_stats)]
         if unseen is not None:
             parts.append(("unseen_test", take_run(unseen, i)))
         for prefix, part in parts:
             row.update({f"{prefix}_{k}": v for k, v in summarize_eval(part).items()})
-        row["pi_entropy"] = outputs.mean_entropy(real_clients(take_run(pi_all, i), data.train, n_clients))
+        pi = real_clients(take_run(pi_all, i), data.train, n_clients)
+        row["pi_entropy"] = outputs.mean_entropy(pi)
+        if data.true_pi is not None and data.true_pi.shape == np.shape(pi):
+            row["pi_tv_to_truth"] = pi_distance_to_truth(pi, data.true_pi)
         row["seconds_per_round"] = float(np.mean(recent_seconds)) if recent_seconds else 0.0
         rows.append(row)
+        client_records.append(client_record(row, split, train_stats, test_stats, pi))
     for row in rows:
         row["eval_seconds"] = time.perf_counter() - t0
-    return rows, stats
+    return rows, stats, client_records
+
+
+def client_record(row: dict, split: str, train_stats: dict, test_stats: dict, pi) -> dict:
+    """One evaluation's per-client accuracy, loss and ``pi`` (a line of ``clients.jsonl``)."""
+
+    def per_client(stats: dict, key: str) -> list[float]:
+        values = np.asarray(stats[key], np.float64) / np.maximum(np.asarray(stats["count"], np.float64), 1)
+        return [round(float(v), 6) for v in values]
+
+    record = {key: row[key] for key in ("round", "run") if key in row}
+    record["train_accuracy"] = per_client(train_stats, "correct")
+    record[f"{split}_accuracy"] = per_client(test_stats, "correct")
+    record[f"{split}_loss"] = per_client(test_stats, "loss_sum")
+    record["pi"] = [[round(float(p), 6) for p in client] for client in np.asarray(pi)]
+    return record
+
+
+def pi_distance_to_truth(pi, true_pi) -> float:
+    """How well learned mixture weights recover the true ones, up to a renaming of the
+    components: ``min_P mean_c TV(pi_c[P], true_c)``, ``TV = 0.5 * L1`` (0: exact, 1: disjoint).
+
+    The L1 sum over clients and components separates over components, so the best permutation
+    is a linear assignment on ``cost[k, m] = sum_c |true[c, k] - pi[c, m]|``.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    pi, true_pi = np.asarray(pi, np.float64), np.asarray(true_pi, np.float64)
+    cost = np.abs(true_pi[:, :, None] - pi[:, None, :]).sum(axis=0)
+    rows, cols = linear_sum_assignment(cost)
+    return float(0.5 * cost[rows, cols].sum() / pi.shape[0])
 
 
 ENGINE_METRICS = ("train_nll_start", "params_finite", "participants")

@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 
-from fedem_jax import memory, outputs
+from fedem_jax import federation_plots, memory, outputs
 from fedem_jax.checkpoint import Checkpointer, check_workdir
 from fedem_jax.config import Config, ConfigError
 from fedem_jax.data import FederatedData, load_dataset
@@ -51,6 +51,7 @@ class _Run:
         self.final_stats = None  # per run: per-client (train, eval-split) stats of the last evaluation
         self.runs = experiment.runs  # a sweep's settings per run (None: a single run)
         self.diverged: dict[int, int] = {}  # a sweep's runs masked out: run -> round
+        self.client_records: list[dict] = []  # the last evaluation's per-client values, per run
         algorithm = experiment.algorithm
         self.round_jit = jax.jit(algorithm.round, donate_argnums=0)
         # One jit returning only statistics: a jitted identity on the state would copy it whole.
@@ -104,7 +105,7 @@ class _Run:
     def evaluate(self, state, done: int, round_metrics: dict, log=print) -> list[dict]:
         """Metrics rows of this evaluation: one, or one per run still going in a sweep."""
         cfg = self.cfg
-        rows, self.final_stats = evaluation_rows(
+        rows, self.final_stats, records = evaluation_rows(
             self.eval_fn, self.unseen_jit, state, self.data, cfg, self.n_clients, done,
             self.round_seconds[-cfg.output.log_freq :], self.runs,
         )  # fmt: skip
@@ -114,8 +115,15 @@ class _Run:
         finite = [math.isfinite(row["train_loss"] + row[f"{split}_loss"]) for row in rows]
         self.check_finite(finite[0] if self.runs is None else np.array(finite), done, log)
         rows = [row for row in rows if row.get("run") not in self.diverged]
+        self.client_records = [r for r in records if r.get("run") not in self.diverged]
         self.history.extend(rows)
         return rows
+
+    def write_evaluation(self, state, done: int, round_metrics: dict, writer, log=print) -> None:
+        """Evaluate, then append the rows to ``metrics.jsonl`` and per-client values to ``clients.jsonl``."""
+        for row in self.evaluate(state, done, round_metrics, log):
+            writer.write(row)
+        writer.write_clients(self.client_records)
 
     def save(self, state, done: int) -> None:
         cfg = self.cfg
@@ -146,8 +154,7 @@ def train_rounds(run: _Run, state, compiled, writer, progress, log=print, stop=N
     a stop signal, save the last round and raise :class:`~fedem_jax.safety.Interrupted`."""
     cfg, split_name = run.cfg, eval_split(run.cfg, run.data)[0]
     if _rounds_done(state) == 0:  # round 0: the model before training, as the reference logs
-        for row in run.evaluate(state, 0, {}, log):
-            writer.write(row)
+        run.write_evaluation(state, 0, {}, writer, log)
     for r in range(_rounds_done(state), cfg.training.n_rounds):
         if stop is not None and stop.requested:
             raise Interrupted(stop.signum, r, run.save_now(state, r), run.checkpointer is not None)
@@ -159,8 +166,7 @@ def train_rounds(run: _Run, state, compiled, writer, progress, log=print, stop=N
         run.check_finite(bool(finite) if run.runs is None else finite, r + 1, log)
         done = r + 1
         if done % cfg.output.log_freq == 0 or done == cfg.training.n_rounds:
-            for row in run.evaluate(state, done, round_metrics, log):
-                writer.write(row)
+            run.write_evaluation(state, done, round_metrics, writer, log)
         run.save(state, done)
         if progress is not None:
             latest = run.history[-len(run.runs or [0]) :]  # the last evaluation's rows (one per run)
@@ -196,8 +202,14 @@ def _run_locked(cfg: Config, data, log, stop: StopSignals, main_process: bool) -
     if main_process:
         outputs.write_config(cfg.output.workdir, cfg)
     federation = data if data is not None else load_dataset(cfg)  # its client order is the outputs'
+    if main_process:
+        _draw(cfg, federation_plots.write_partition, federation)
+        if cfg.output.plots:
+            _draw(cfg, federation_plots.plot_partition, cfg.output.workdir)
     experiment, data, state = setup(cfg, federation)
     data_seconds = time.perf_counter() - start
+    if federation.source:
+        log(federation.source)
     log(federation.summary())
     log(_describe(cfg, experiment.info))
     if experiment.info["batch_size"] < cfg.training.batch_size:
@@ -261,7 +273,18 @@ def _finish(run: _Run, state, federation: FederatedData, timings: dict, main_pro
     }
     if main_process:
         outputs.write_json(cfg.output.workdir, "summary.json", summary)
+        if cfg.output.plots and cfg.model.n_learners > 1:
+            _draw(cfg, federation_plots.plot_mixture, cfg.output.workdir)
+            _draw(cfg, federation_plots.plot_clients_over_time, cfg.output.workdir)
     return summary
+
+
+def _draw(cfg: Config, draw, *args) -> None:
+    """``draw(workdir, *args)``; a failed write is one line (:class:`~fedem_jax.outputs.OutputError`)."""
+    try:
+        draw(cfg.output.workdir, *args)
+    except OSError as err:
+        raise outputs.OutputError(f"cannot write into {cfg.output.workdir} ({err.strerror or err})") from None
 
 
 def _stop_if_asked(stop: StopSignals, run: _Run, round_done: int) -> None:

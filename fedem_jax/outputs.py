@@ -4,6 +4,8 @@
 - ``metrics.jsonl`` one JSON object per evaluated round;
 - ``tb/``           TensorBoard event files with the same scalars (tensorboardX: no TensorFlow);
 - ``clients.csv``   per-client sample counts, accuracies and mixture weights, at the end;
+- ``clients.jsonl`` per-client accuracy, loss and mixture weights at every evaluation (a line
+  per evaluation, per run in a sweep);
 - ``summary.json``  the final evaluation and timings.
 
 Whole files are written atomically (a temporary file, synced, then renamed) and ``metrics.jsonl``
@@ -63,6 +65,15 @@ class MetricsWriter:
             self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
         except OSError as err:
             raise _failed(self.path, err) from None
+        self.clients_path = os.path.join(workdir, "clients.jsonl")
+        kept = [r for r in read_jsonl(self.clients_path) if r["round"] <= start_round] if start_round else []
+        with atomic_open(self.clients_path) as f:
+            for record in kept:
+                f.write(_compact(record))
+        try:
+            self._clients = open(self.clients_path, "a")  # noqa: SIM115 - closed in close()
+        except OSError as err:
+            raise _failed(self.clients_path, err) from None
         self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -83,8 +94,18 @@ class MetricsWriter:
                     self._tb.add_scalar(prefix + key.replace("_", "/", 1), value, row["round"])
             self._tb.flush()
 
+    def write_clients(self, records: list[dict]) -> None:
+        """Append one evaluation's per-client records (one line per run)."""
+        try:
+            for record in records:
+                self._clients.write(_compact(record))
+            self._clients.flush()
+        except OSError as err:
+            raise _failed(self.clients_path, err) from None
+
     def close(self) -> None:
         self._file.close()
+        self._clients.close()
         if self._tb is not None:
             self._tb.close()
 
@@ -95,8 +116,29 @@ class NullWriter:
     def write(self, row: dict) -> None:
         del row
 
+    def write_clients(self, records: list[dict]) -> None:
+        del records
+
     def close(self) -> None:
         pass
+
+
+def _compact(record: dict) -> str:
+    return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The whole lines of a JSON-lines file (a last line cut by a crash is dropped)."""
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                break
+    return records
 
 
 def write_config(workdir: str, cfg) -> None:

@@ -1,6 +1,8 @@
 """Plot one or several runs: ``python -m fedem_jax.plot WORKDIR [WORKDIR ...] [--out DIR]``.
 
-Writes
+``--partition WORKDIR`` draws the client split instead (``partition.png``), ``--mixture WORKDIR``
+the mixture weights and per-client accuracy over rounds (``mixture.png``,
+``clients_over_time.png``); see :mod:`fedem_jax.federation_plots`. By default it writes
 - ``curves.png``: test accuracy, bottom-10 % accuracy and test loss against rounds, one line per
   run (e.g. methods side by side); a sweep (``--seeds``, lists of settings) draws the mean over
   seeds of each setting with a band of ± one standard deviation;
@@ -105,13 +107,32 @@ def plot_runs(workdirs: list[str], out_dir: str) -> list[str]:
     return [curves, hist]
 
 
+def _plot(args) -> list[str]:
+    from fedem_jax import federation_plots
+
+    if not (args.partition or args.mixture):
+        return plot_runs(args.workdirs, args.out or args.workdirs[0])
+    paths = []
+    for workdir in args.workdirs:
+        out = args.out or workdir
+        os.makedirs(out, exist_ok=True)
+        if args.partition:
+            paths.append(federation_plots.plot_partition(workdir, out))
+        if args.mixture:
+            paths.append(federation_plots.plot_mixture(workdir, out))
+            paths.append(federation_plots.plot_clients_over_time(workdir, out))
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedem_jax.plot", description=__doc__.split("\n")[0])
     parser.add_argument("workdirs", nargs="+", help="run folders (each with metrics.jsonl)")
     parser.add_argument("--out", default="", help="where to write the PNGs (default: the first workdir)")
+    parser.add_argument("--partition", action="store_true", help="draw the client split (partition.png)")
+    parser.add_argument("--mixture", action="store_true", help="draw pi and per-client accuracy over rounds")
     args = parser.parse_args(argv)
     try:
-        paths = plot_runs(args.workdirs, args.out or args.workdirs[0])
+        paths = _plot(args)
     except (FileNotFoundError, KeyError, json.JSONDecodeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

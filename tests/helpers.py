@@ -34,6 +34,7 @@ def tiny_config(workdir, **overrides) -> Config:
         log_freq=1,
         client_chunk=0,
         learner_vmap=1,
+        plots=False,
     )
     values.update(overrides)
     return make_config(**values)
@@ -48,3 +49,49 @@ class TinyBatchNormModel(nn.Module):
     def __call__(self, x, train: bool = False, mask=None):
         norm = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
         return nn.Dense(self.output_dim)(norm(x, mask=None if mask is None else mask[:, None]))
+
+
+def write_tfds_folder(data_dir, name: str, splits: dict) -> str:
+    """A TFDS-prepared TFRecord folder of dataset ``name`` (its registered features) holding the
+    given examples, written without TensorFlow: ``splits`` maps a split to ``{"image": uint8
+    [N, H, W, C], "label": [N], ...}``. Returns the folder."""
+    import io
+    import os
+
+    import tensorflow_datasets as tfds
+    from PIL import Image
+    from tensorflow_datasets.core import example_serializer
+
+    from fedem_jax.data.tfds_files import write_tfrecord
+
+    builder = tfds.builder(name, data_dir=str(data_dir))
+    info, folder = builder.info, builder.data_dir
+    os.makedirs(folder, exist_ok=True)
+    serializer = example_serializer.ExampleSerializer(info.features.get_serialized_info())
+
+    def png(image):
+        buffer = io.BytesIO()
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    split_infos = []
+    for split, columns in splits.items():
+        n = len(columns["image"])
+        records = []
+        for i in range(n):
+            example = {"id": f"{split}_{i}".encode(), "image": png(columns["image"][i])}
+            example.update({key: int(values[i]) for key, values in columns.items() if key != "image"})
+            records.append(
+                serializer.serialize_example({k: v for k, v in example.items() if k in info.features})
+            )
+        write_tfrecord(os.path.join(folder, f"{info.name}-{split}.tfrecord-00000-of-00001"), records)
+        template = tfds.core.ShardedFileTemplate(
+            data_dir=folder, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+            dataset_name=info.name, split=split, filetype_suffix="tfrecord",
+        )  # fmt: skip
+        split_infos.append(
+            tfds.core.SplitInfo(name=split, shard_lengths=[n], num_bytes=0, filename_template=template)
+        )
+    info.set_splits(tfds.core.SplitDict(split_infos))
+    info.write_to_directory(folder)
+    return folder

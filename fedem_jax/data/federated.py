@@ -58,6 +58,10 @@ class FederatedData:
     val: ClientSplit | None = None
     unseen_train: ClientSplit | None = None
     unseen_test: ClientSplit | None = None
+    source: str = ""  # one line: where and how the data was read, if worth saying
+    # The training clients' true mixture weights [C, K], where the data was generated from a
+    # mixture (synthetic): learned ``pi`` are compared with them (``pi_tv_to_truth``).
+    true_pi: np.ndarray | None = None
 
     @property
     def n_clients(self) -> int:
@@ -137,12 +141,14 @@ def assemble(
     val_frac: float = 0.0,
     unseen_frac: float = 0.0,
     rng: np.random.Generator,
+    true_pi: np.ndarray | None = None,
 ) -> FederatedData:
     """Per-client arrays -> :class:`FederatedData`, with optional validation and unseen clients.
 
     - ``val_frac``: fraction of each client's *training* samples moved to a validation split
       (0.25 turns the 80/20 train/test split into 60/20/20, spec section 5).
     - ``unseen_frac``: fraction of clients held out of training (at least one client trains).
+    - ``true_pi``: per-client true mixture weights, if known (kept for the training clients).
     """
     train_xs, train_ys = list(train[0]), list(train[1])
     test_xs, test_ys = list(test[0]), list(test[1])
@@ -181,4 +187,5 @@ def assemble(
         val=val,
         unseen_train=build_split(pick(train_xs, held), pick(train_ys, held)) if held else None,
         unseen_test=build_split(pick(test_xs, held), pick(test_ys, held)) if held else None,
+        true_pi=None if true_pi is None else np.asarray(true_pi)[seen],
     )

@@ -68,6 +68,32 @@ def pathological_shards(
     return [np.sort(shards[row].ravel()) for row in assignment]
 
 
+def iid(n_samples: int, n_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffle the samples and deal them into ``n_clients`` parts of equal size (± 1)."""
+    return [np.sort(part) for part in np.array_split(rng.permutation(n_samples), n_clients)]
+
+
+def classes_per_client(
+    labels: np.ndarray, n_clients: int, k: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Each client holds ``k`` distinct labels (the pathological split, generalised; McMahan et al.,
+    AISTATS 2017 use k = 2 through shards). Labels are dealt round-robin from a random order, so
+    every label goes to ``n_clients * k / K`` clients (± 1) and none twice to one client; each
+    label's shuffled samples are divided equally among its clients. With ``n_clients * k < K``
+    some labels are left out."""
+    classes = rng.permutation(np.unique(labels))
+    if k > len(classes):
+        raise ValueError(f"{k} classes per client, but the data has only {len(classes)} labels")
+    owned = [[classes[(c * k + j) % len(classes)] for j in range(k)] for c in range(n_clients)]
+    holders = {label: [c for c in range(n_clients) if label in owned[c]] for label in classes}
+    per_client: list[list[np.ndarray]] = [[] for _ in range(n_clients)]
+    for label, clients in holders.items():
+        members = rng.permutation(np.flatnonzero(labels == label))
+        for client, chunk in zip(clients, np.array_split(members, max(len(clients), 1)), strict=False):
+            per_client[client].append(chunk)
+    return [np.sort(np.concatenate(chunks)) for chunks in per_client]
+
+
 def pachinko(
     fine_labels: np.ndarray,
     coarse_labels: np.ndarray,

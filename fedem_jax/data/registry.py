@@ -3,6 +3,7 @@ the loaders here read only its data section (``DataConfig``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -11,7 +12,14 @@ from fedem_jax.core.tasks import Task
 from fedem_jax.data.federated import DataError, FederatedData, assemble, train_test_split
 from fedem_jax.data.leaf_source import load_femnist, load_shakespeare
 from fedem_jax.data.npz_source import load_npz
-from fedem_jax.data.partition import dirichlet_per_label, label_group_dirichlet, pachinko, pathological_shards
+from fedem_jax.data.partition import (
+    classes_per_client,
+    dirichlet_per_label,
+    iid,
+    label_group_dirichlet,
+    pachinko,
+    pathological_shards,
+)
 from fedem_jax.data.synthetic import generate_synthetic
 from fedem_jax.data.tfds_source import (
     CIFAR10_MEAN,
@@ -28,11 +36,12 @@ CIFAR10_GROUPS = 3
 
 def _cifar10(cfg) -> FederatedData:
     """80 clients, label groups {3,3,4} x Dirichlet(0.4) over pooled train+test (spec section 5)."""
-    images, labels = load_pooled("cifar10", cfg.data_dir)
+    images, labels, source = load_pooled("cifar10", cfg.data_dir)
     rng = np.random.default_rng(cfg.data_seed)
     images, labels = _subsample(cfg, images, labels, rng)
     clients = _partition(cfg, labels, None, rng)
-    return _split_images(cfg, "cifar10", images, labels, clients, CIFAR10_MEAN, CIFAR10_STD, Task(10), rng)
+    data = _split_images(cfg, "cifar10", images, labels, clients, CIFAR10_MEAN, CIFAR10_STD, Task(10), rng)
+    return dataclasses.replace(data, source=source)
 
 
 CIFAR100_PER_CLIENT = 600
@@ -41,16 +50,17 @@ CIFAR100_FINE_ALPHA = 10.0
 
 def _cifar100(cfg) -> FederatedData:
     """100 clients x 600 samples by Pachinko allocation over pooled train+test (spec section 5)."""
-    features = load_pooled_features("cifar100", cfg.data_dir, ("image", "label", "coarse_label"))
+    features, source = load_pooled_features("cifar100", cfg.data_dir, ("image", "label", "coarse_label"))
     images, labels = features["image"], features["label"].astype(np.int32)
     coarse = features["coarse_label"].astype(np.int32)
     rng = np.random.default_rng(cfg.data_seed)
     keep = _subsample_index(cfg, len(labels), rng)
     images, labels, coarse = images[keep], labels[keep], coarse[keep]
     clients = _partition(cfg, labels, coarse, rng)
-    return _split_images(
+    data = _split_images(
         cfg, "cifar100", images, labels, clients, CIFAR100_MEAN, CIFAR100_STD, Task(100), rng
     )
+    return dataclasses.replace(data, source=source)
 
 
 def _partition(cfg, labels, coarse_labels, rng) -> list[np.ndarray]:
@@ -61,6 +71,13 @@ def _partition(cfg, labels, coarse_labels, rng) -> list[np.ndarray]:
         return dirichlet_per_label(labels, cfg.n_clients, cfg.alpha, rng)
     if cfg.split == "shards":
         return pathological_shards(labels, cfg.n_clients, cfg.shards_per_client, rng)
+    if cfg.split == "iid":
+        return iid(len(labels), cfg.n_clients, rng)
+    if cfg.split == "classes":
+        try:
+            return classes_per_client(labels, cfg.n_clients, cfg.classes_per_client, rng)
+        except ValueError as err:
+            raise DataError(f"--split classes: {err}") from None
     if cfg.split == "pachinko":
         if coarse_labels is None:
             raise DataError(f"--split pachinko needs coarse labels; {cfg.dataset} has none (use cifar100)")
@@ -118,13 +135,14 @@ def _subsample_index(cfg, n: int, rng) -> np.ndarray:
 
 def _emnist(cfg) -> FederatedData:
     """EMNIST byclass (62 classes): 10 % of train+test, per-label Dirichlet(0.4) over 100 clients."""
-    images, labels = load_pooled("emnist/byclass", cfg.data_dir)
+    images, labels, source = load_pooled("emnist/byclass", cfg.data_dir)
     rng = np.random.default_rng(cfg.data_seed)
     images, labels = _subsample(cfg, images, labels, rng)
     clients = _partition(cfg, labels, None, rng)
-    return _split_images(
+    data = _split_images(
         cfg, "emnist", images, labels, clients, EMNIST_MEAN, EMNIST_STD, Task(num_classes=62), rng
     )
+    return dataclasses.replace(data, source=source)
 
 
 def load_dataset(config) -> FederatedData:

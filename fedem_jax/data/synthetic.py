@@ -64,6 +64,7 @@ def generate_synthetic(
         val_frac=val_frac,
         unseen_frac=unseen_frac,
         rng=np.random.default_rng([seed, 1]),
+        true_pi=pis,
     )
     truth = {"thetas": thetas, "pis": pis, "train_components": train_z}
     return data, truth
