@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import importlib.util
 import itertools
 import math
 import os
@@ -226,7 +227,13 @@ def dataset_defaults(dataset: str) -> dict[str, Any]:
     """The paper's hyperparameters for ``dataset`` from ``configs/<dataset>.py``."""
     if dataset not in DATASETS:
         raise ConfigError(f"--dataset: unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
-    module = importlib.import_module(f"fedem_jax.configs.{dataset}")
+    try:
+        module = importlib.import_module(f"fedem_jax.configs.{dataset}")
+    except ModuleNotFoundError:  # run from a source checkout that was never installed
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+        spec = importlib.util.spec_from_file_location(f"configs.{dataset}", f"{path}/{dataset}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module.get_config()
 
 

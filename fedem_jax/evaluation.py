@@ -90,7 +90,8 @@ def evaluation_rows(
         pi = real_clients(take_run(pi_all, i), data.train, n_clients)
         row["pi_entropy"] = outputs.mean_entropy(pi)
         if data.true_pi is not None and data.true_pi.shape == np.shape(pi):
-            row["pi_tv_to_truth"] = pi_distance_to_truth(pi, data.true_pi)
+            finite = np.all(np.isfinite(pi))  # a diverged run's pi can be NaN
+            row["pi_tv_to_truth"] = pi_distance_to_truth(pi, data.true_pi) if finite else float("nan")
         row["seconds_per_round"] = float(np.mean(recent_seconds)) if recent_seconds else 0.0
         rows.append(row)
         client_records.append(client_record(row, split, train_stats, test_stats, pi))

@@ -9,7 +9,7 @@ from fedem_jax.algorithms import registry
 from fedem_jax.config import ConfigError, flag_name, make_config, resolve, section_fields
 from fedem_jax.main import main
 
-SMALL = ["--n_clients", "24", "--dim", "20", "--n_test_per_client", "200", "--quiet"]
+SMALL = ["--n_clients", "24", "--dim", "20", "--n_test_per_client", "200", "--quiet", "--plots", "false"]
 
 
 def _run(tmp_path, name, *flags):

@@ -19,7 +19,7 @@ from fedem_jax.outputs import TIMING_KEYS
 from fedem_jax.safety import WorkdirLock
 
 FLAGS = ["--n_clients", "24", "--n_test_per_client", "50", "--lr_scheduler", "constant", "--quiet"]
-FLAGS += ["--log_freq", "2", "--checkpoint_every", "2", "--tensorboard", "false"]
+FLAGS += ["--log_freq", "2", "--checkpoint_every", "2", "--tensorboard", "false", "--plots", "false"]
 
 
 def _rows(workdir):

@@ -22,7 +22,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN = os.path.join(HERE, "golden", "method_metrics.json")
 SMALL = ["--n_clients", "12", "--dim", "8", "--n_test_per_client", "40", "--n_rounds", "4", "--log_freq", "2"]
-SMALL += ["--quiet", "--checkpoint_every", "0", "--tensorboard", "false", "--seed", "7"]
+SMALL += ["--quiet", "--checkpoint_every", "0", "--tensorboard", "false", "--seed", "7", "--plots", "false"]
 CASES = {
     "FedEM": [],
     "FedEM-sampled": ["--method", "FedEM", "--sampling_rate", "0.5"],

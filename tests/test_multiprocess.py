@@ -13,7 +13,7 @@ import pytest
 from fedem_jax.main import main
 
 FLAGS = ["--n_clients", "12", "--n_test_per_client", "40", "--n_rounds", "2", "--log_freq", "1",
-         "--tensorboard", "false", "--quiet"]  # fmt: skip
+         "--tensorboard", "false", "--quiet", "--plots", "false"]  # fmt: skip
 
 
 def _free_port() -> int:

@@ -16,7 +16,7 @@ from fedem_jax.outputs import TIMING_KEYS
 from tests.helpers import tiny_binary_data, tiny_config
 
 FLAGS = ["--n_clients", "6", "--n_test_per_client", "20", "--n_rounds", "2"]
-FLAGS += ["--tensorboard", "false", "--lr_scheduler", "constant"]
+FLAGS += ["--tensorboard", "false", "--lr_scheduler", "constant", "--plots", "false"]
 
 
 @pytest.mark.parametrize("method", ["FedEM", "Ditto", "SCAFFOLD"])

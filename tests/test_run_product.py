@@ -24,6 +24,8 @@ KILLABLE = [
     "--checkpoint_every",
     "4",
     "--quiet",
+    "--plots",
+    "false",
 ]
 
 

@@ -135,7 +135,8 @@ def test_bad_lists_are_refused(tmp_path, flags, message):
         resolve([*flags, "--workdir", str(tmp_path)])
 
 
-SMALL = ["--n_clients", "8", "--dim", "6", "--n_test_per_client", "20", "--quiet", "--log_freq", "1"]
+SMALL = ["--plots", "false", "--n_clients", "8", "--dim", "6", "--n_test_per_client", "20"]
+SMALL += ["--quiet", "--log_freq", "1"]
 
 
 def test_a_diverging_run_is_masked_out_while_the_others_go_on(tmp_path, capsys):

@@ -1,0 +1,163 @@
+"""One command on a GPU (or TPU) machine: the paper's CIFAR-10 models and the synthetic setting.
+
+    python benchmarks/gpu_check.py [--out gpu_check.json] [--budget_s 480]
+
+Needs only jax, flax, optax, chex and orbax, from a source checkout (nothing installed; no
+TensorFlow, TFDS, tqdm, matplotlib or tensorboardX): runs go through ``python -m fedem_jax.main``
+with ``--quiet --plots false --tensorboard false``. Steps, each in its own process with its own
+time limit, all within ``--budget_s``:
+
+1. make CIFAR-10-shaped data (random pixels: timings only) with the exact per-client train/test
+   sizes and label counts of the default 80-client split (``benchmarks/data/cifar10_split.json``);
+2. FedEM, M = 3, ``cifar10_cnn``: compile time and steady seconds per round (default layout);
+3. the same with ``mobilenet_v2`` (the paper's CIFAR model);
+4. FedEM on the synthetic paper setting, 200 rounds: accuracy, seconds per round, compile;
+5. the GPU-relevant tests (``test_math``, ``test_engine``, ``test_methods``) if pytest is there.
+
+Writes one JSON: ``{"device": ..., "jax": ..., "steps": {name: {...}}}``; each step has
+``status`` (``ok``, ``timeout``, ``failed``, ``skipped``), ``wall_s`` and its own numbers
+(``compile_s``, ``s_per_round``, ``rounds``, ``accuracy``, ``layout``; ``passed`` / ``failed``
+for the tests). ``--quick`` shrinks everything (a check of the script itself, e.g. on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RUN_FLAGS = ["--quiet", "--plots", "false", "--tensorboard", "false", "--checkpoint_every", "0"]
+TESTS = ["tests/test_math.py", "tests/test_engine.py", "tests/test_methods.py"]
+
+
+def make_cifar_like(path: str, quick: bool) -> dict:
+    """An ``npz`` with the real split's per-client sizes and label counts, random pixels."""
+    with open(os.path.join(HERE, "data", "cifar10_split.json")) as f:
+        split = json.load(f)
+    rng = np.random.default_rng(0)
+    train, test = np.asarray(split["train_labels"]), np.asarray(split["test_labels"])
+    if quick:
+        train, test = train[:4] // 20 + 1, test[:4] // 20 + 1
+    labels, clients, is_test = [], [], []
+    for client, (train_row, test_row) in enumerate(zip(train, test, strict=True)):
+        for row, held_out in ((train_row, False), (test_row, True)):
+            y = np.repeat(np.arange(len(row)), row)
+            labels.append(y)
+            clients.append(np.full(len(y), client))
+            is_test.append(np.full(len(y), held_out))
+    y = np.concatenate(labels).astype(np.int32)
+    x = rng.standard_normal((len(y), 32, 32, 3), dtype=np.float32)
+    np.savez(path, x=x, y=y, client=np.concatenate(clients), is_test=np.concatenate(is_test))
+    return {"clients": len(train), "train_samples": int(train.sum()), "test_samples": int(test.sum())}
+
+
+def run_main(flags: list[str], workdir: str, timeout: float) -> dict:
+    """``python -m fedem_jax.main`` in a process; its summary's numbers, or why there are none."""
+    start = time.perf_counter()
+    command = [sys.executable, "-m", "fedem_jax.main", *flags, *RUN_FLAGS, "--workdir", workdir]
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=max(timeout, 1))
+    except subprocess.TimeoutExpired:
+        return {
+            "status": "timeout",
+            "wall_s": round(time.perf_counter() - start, 1),
+            "limit_s": round(timeout),
+        }
+    result = {"wall_s": round(time.perf_counter() - start, 1)}
+    if done.returncode != 0:
+        return {**result, "status": "failed", "exit": done.returncode, "stderr": done.stderr[-1500:]}
+    with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)
+    split = "val" if "val_accuracy" in summary else "test"
+    return {
+        **result,
+        "status": "ok",
+        "compile_s": round(summary["compile_seconds"], 2),
+        "s_per_round": round(summary["seconds_per_round"], 4),
+        "rounds": summary["n_rounds"],
+        "accuracy": round(summary[f"{split}_accuracy"], 4),
+        "data_s": round(summary["data_seconds"], 1),
+        "layout": summary["layout"],
+    }
+
+
+def run_tests(timeout: float) -> dict:
+    start = time.perf_counter()
+    try:
+        import pytest  # noqa: F401
+    except ImportError:
+        return {"status": "skipped", "why": "pytest is not installed"}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider", *TESTS]
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=max(timeout, 1))
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "limit_s": round(timeout)}
+    last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    counts = {
+        word: int(n)
+        for n, word in (part.split()[:2] for part in last.split(",") if part.split()[0].isdigit())
+    }
+    status = "ok" if done.returncode == 0 else "failed"
+    return {"status": status, "wall_s": round(time.perf_counter() - start, 1), "summary": last, **counts}
+
+
+def device_description() -> dict:
+    import jax
+
+    device = jax.devices()[0]
+    return {"device": getattr(device, "device_kind", str(device)), "backend": jax.default_backend(),
+            "n_devices": jax.device_count(), "jax": jax.__version__}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="gpu_check.json")
+    parser.add_argument("--budget_s", type=float, default=480.0, help="all steps together")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: check the script itself")
+    args = parser.parse_args()
+    deadline = time.perf_counter() + args.budget_s
+    report = {**device_description(), "steps": {}}
+
+    def left(share: float) -> float:  # a step's limit: its share of what is left
+        return share * (deadline - time.perf_counter())
+
+    def record(name: str, result: dict) -> None:
+        report["steps"][name] = result
+        print(f"{name}: {json.dumps(result)}", flush=True)
+        with open(args.out, "w") as f:  # after every step: a later crash keeps the earlier ones
+            json.dump(report, f, indent=2)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        data = os.path.join(scratch, "cifar10_like.npz")
+        t0 = time.perf_counter()
+        record(
+            "data",
+            {
+                "status": "ok",
+                **make_cifar_like(data, args.quick),
+                "wall_s": round(time.perf_counter() - t0, 1),
+            },
+        )
+        rounds = "2" if args.quick else "3"
+        cifar = ["--dataset", "npz", "--data_path", data, "--n_learners", "3", "--n_rounds", rounds,
+                 "--log_freq", rounds, "--lr", "0.03", "--batch_size", "128"]  # fmt: skip
+        record("cifar10_cnn", run_main([*cifar, "--model", "cifar10_cnn"], f"{scratch}/cnn", left(0.3)))
+        record("mobilenet_v2", run_main([*cifar, "--model", "mobilenet_v2"], f"{scratch}/mnv2", left(0.5)))
+        synthetic = (
+            ["--n_clients", "20", "--n_rounds", "5", "--n_test_per_client", "100"] if args.quick else []
+        )
+        record("synthetic_200_rounds", run_main(synthetic, f"{scratch}/synthetic", left(0.5)))
+        record("tests", run_tests(left(0.95)) if not args.quick else {"status": "skipped", "why": "--quick"})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
