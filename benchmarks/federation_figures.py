@@ -4,7 +4,7 @@
 
 Runs the default synthetic FedEM (``python -m fedem_jax.main``, 200 rounds) and copies its
 ``partition.png``, ``mixture.png`` and ``clients_over_time.png``; with ``--data_dir``, also draws
-the CIFAR-10 partitions (the paper's label-group split, and two classes per client). Writes into
+the CIFAR-10 partitions (the paper's label-group split, two classes per client, IID). Writes into
 ``docs/images/``.
 """
 
@@ -50,6 +50,7 @@ def main() -> None:
     if args.data_dir:
         cifar10_partition(args.out, args.data_dir, "cifar10")
         cifar10_partition(args.out, args.data_dir, "cifar10_classes2", "--split", "classes")
+        cifar10_partition(args.out, args.data_dir, "cifar10_iid", "--split", "iid")
     print(f"wrote {sorted(os.listdir(args.out))} to {args.out}")
 
 

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from fedem_jax.algorithms import registry
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -16,17 +18,23 @@ def _env():
     return env
 
 
-def test_eight_devices_match_one(tmp_path):
+METHODS = list(registry.methods())
+GROUPS = [METHODS[i::3] for i in range(3)]  # three processes: xdist spreads them over the workers
+
+
+@pytest.mark.parametrize("methods", GROUPS, ids=lambda group: group[0])
+def test_eight_devices_match_one(tmp_path, methods):
     result = subprocess.run(
-        [sys.executable, os.path.join(HERE, "sharding_check.py"), str(tmp_path)],
+        [sys.executable, os.path.join(HERE, "sharding_check.py"), str(tmp_path), ",".join(methods)],
         env=_env(),
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    for method in registry.methods():
+    for method in methods:
         assert f"{method}: sharded run matches single-device run" in result.stdout, result.stdout
+    assert sorted(sum(GROUPS, [])) == sorted(registry.methods())  # every method, once
 
 
 def test_cli_on_eight_devices(tmp_path):

@@ -102,8 +102,8 @@ def test_cifar10_run_from_a_tfrecord_folder_never_imports_tensorflow(cifar10_fol
     script = (
         "import sys; from fedem_jax.main import main; "
         f"rc = main(['--dataset', 'cifar10', '--data_dir', {data_dir!r}, '--n_clients', '2', "
-        f"'--alpha', '100', '--batch_size', '8', '--n_rounds', '1', '--n_learners', '2', '--model', 'cnn', "
-        "'--workdir', "
+        f"'--alpha', '100', '--batch_size', '8', '--n_rounds', '1', '--n_learners', '2', "
+        "'--model', 'linear', '--workdir', "
         f"{str(tmp_path / 'w')!r}, '--checkpoint_every', '0', '--tensorboard', 'false']); "
         "assert rc == 0, rc; assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'"
     )
@@ -121,7 +121,7 @@ def test_cifar10_splits_iid_and_k_classes_end_to_end(
     workdir = tmp_path / "w"
     rc = main(
         ["--dataset", "cifar10", "--data_dir", data_dir, "--split", split, *flags, "--n_clients", "5",
-         "--n_rounds", "1", "--n_learners", "2", "--model", "cnn", "--batch_size", "8", "--workdir",
+         "--n_rounds", "1", "--n_learners", "2", "--model", "linear", "--batch_size", "8", "--workdir",
          str(workdir), "--checkpoint_every", "0", "--tensorboard", "false", "--quiet"]
     )  # fmt: skip
     assert rc == 0
