@@ -98,7 +98,8 @@ def main() -> None:
         cifar_like_npz(data_path, args.n_clients)
         for model in args.models.split(","):
             for name, (chunk, learner_vmap) in LAYOUTS.items():
-                row = {"model": model, "layout": name, **measure(data_path, model, chunk, learner_vmap, args.compile)}
+                sizes = measure(data_path, model, chunk, learner_vmap, args.compile)
+                row = {"model": model, "layout": name, **sizes}
                 results["rows"].append(row)
                 print(json.dumps(row), flush=True)
     out = os.path.join(HERE, "results", "program_size.json")
