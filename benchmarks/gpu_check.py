@@ -9,8 +9,9 @@ time limit, all within ``--budget_s``:
 
 1. make CIFAR-10-shaped data (random pixels: timings only) with the exact per-client train/test
    sizes and label counts of the default 80-client split (``benchmarks/data/cifar10_split.json``);
-2. FedEM, M = 3, ``cifar10_cnn``: compile time and steady seconds per round (default layout);
-3. the same with ``mobilenet_v2`` (the paper's CIFAR model);
+2. FedEM, M = 3, ``cifar10_cnn``: compile time and steady seconds per round (default layout), with
+   the default convolution and with ``--conv_impl matmul``;
+3. the same with ``mobilenet_v2`` (the paper's CIFAR model), matmul first;
 4. FedEM on the synthetic paper setting, 200 rounds: accuracy, seconds per round, compile;
 5. the GPU-relevant tests (``test_math``, ``test_engine``, ``test_methods``) if pytest is there.
 
@@ -36,6 +37,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RUN_FLAGS = ["--quiet", "--plots", "false", "--tensorboard", "false", "--checkpoint_every", "0"]
 TESTS = ["tests/test_math.py", "tests/test_engine.py", "tests/test_methods.py"]
+# (model, training convolution, share of the time left): the default layout and convolution, and
+# the slices + matmul convolution, which vmap turns into batched matmuls instead of convolutions
+# with clients x learners x channels groups (benchmarks/program_size.py counts them).
+STEPS = [
+    ("cifar10_cnn", "default", 0.15),
+    ("cifar10_cnn", "matmul", 0.15),
+    ("mobilenet_v2", "matmul", 0.3),
+    ("mobilenet_v2", "default", 0.45),
+]
 
 
 def make_cifar_like(path: str, quick: bool) -> dict:
@@ -149,8 +159,10 @@ def main() -> None:
         rounds = "2" if args.quick else "3"
         cifar = ["--dataset", "npz", "--data_path", data, "--n_learners", "3", "--n_rounds", rounds,
                  "--log_freq", rounds, "--lr", "0.03", "--batch_size", "128"]  # fmt: skip
-        record("cifar10_cnn", run_main([*cifar, "--model", "cifar10_cnn"], f"{scratch}/cnn", left(0.3)))
-        record("mobilenet_v2", run_main([*cifar, "--model", "mobilenet_v2"], f"{scratch}/mnv2", left(0.5)))
+        for model, impl, share in STEPS:
+            name = model if impl == "default" else f"{model}_{impl}"
+            flags = [*cifar, "--model", model] + ([] if impl == "default" else ["--conv_impl", impl])
+            record(name, run_main(flags, f"{scratch}/{name}", left(share)))
         synthetic = (
             ["--n_clients", "20", "--n_rounds", "5", "--n_test_per_client", "100"] if args.quick else []
         )

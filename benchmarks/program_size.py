@@ -2,18 +2,20 @@
 
     python benchmarks/program_size.py --models mobilenet_v2,cifar10_cnn --n_clients 8
 
-A CPU proxy for issue 12 (no GPU needed): for each model and layout of the client and learner
-axes, lowers one FedEM round (M = 3) with XLA's convolution (``--conv_impl xla``, the GPU
-default) on CIFAR-10-shaped data with the first ``--n_clients`` clients of the real split's sizes,
-and reports the StableHLO size, the number of convolutions, how many are *grouped* (per-client
-or per-learner weights under vmap become ``feature_group_count`` / ``batch_group_count`` > 1, the
-shapes cuDNN handles worst), the largest group count, and the CPU compile time (``--compile``).
-Writes ``benchmarks/results/program_size.json``.
+A CPU proxy for issue 12 (no GPU needed): for each model, training convolution (``xla``, the GPU
+default, and ``matmul``: shifted slices and one matmul, which vmap turns into batched matmuls) and
+layout of the client and learner axes, lowers one FedEM round (M = 3) on CIFAR-10-shaped data
+with the first ``--n_clients`` clients of the real split's sizes, and reports the StableHLO size,
+the number of convolutions, how many are *grouped* (per-client or per-learner weights under vmap
+become ``feature_group_count`` / ``batch_group_count`` > 1, the shapes cuDNN handles worst), the
+largest group count, and the CPU compile time (``--compile``). Writes
+``benchmarks/results/program_size.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -27,11 +29,11 @@ from fedem_jax.data import load_dataset
 from fedem_jax.experiment import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-LAYOUTS = {
-    "clients vmap, learners vmap (GPU default)": ("0", "1"),
-    "clients chunks of 4, learners vmap": ("4", "1"),
-    "clients sequential, learners vmap": ("1", "1"),
-    "clients sequential, learners sequential": ("1", "0"),
+LAYOUTS = {  # name: (--client_chunk, --learner_vmap)
+    "vmap-vmap": ("0", "1"),  # clients and learners vmapped: the GPU default
+    "chunks4-vmap": ("4", "1"),
+    "sequential-vmap": ("1", "1"),
+    "sequential-sequential": ("1", "0"),
 }
 
 
@@ -66,10 +68,10 @@ def convolution_stats(text: str) -> dict:
     }
 
 
-def measure(data_path: str, model: str, chunk: str, learner_vmap: str, compile_too: bool) -> dict:
+def measure(data_path: str, model: str, impl: str, chunk: str, learner_vmap: str, compile_too: bool) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         cfg = resolve(
-            ["--dataset", "npz", "--data_path", data_path, "--model", model, "--conv_impl", "xla",
+            ["--dataset", "npz", "--data_path", data_path, "--model", model, "--conv_impl", impl,
              "--client_chunk", chunk, "--learner_vmap", learner_vmap, "--n_learners", "3",
              "--workdir", workdir, "--quiet", "--plots", "false"]
         )  # fmt: skip
@@ -90,18 +92,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="mobilenet_v2,cifar10_cnn")
     parser.add_argument("--n_clients", type=int, default=8)
+    parser.add_argument("--conv_impls", default="xla,matmul", help="training convolutions to compare")
+    parser.add_argument("--layouts", default=",".join(LAYOUTS), help=f"among {', '.join(LAYOUTS)}")
     parser.add_argument("--compile", action="store_true", help="also compile (CPU compile time)")
     args = parser.parse_args()
     results = {"backend": jax.default_backend(), "n_clients": args.n_clients, "rows": []}
     with tempfile.TemporaryDirectory() as scratch:
         data_path = os.path.join(scratch, "cifar_like.npz")
         cifar_like_npz(data_path, args.n_clients)
-        for model in args.models.split(","):
-            for name, (chunk, learner_vmap) in LAYOUTS.items():
-                sizes = measure(data_path, model, chunk, learner_vmap, args.compile)
-                row = {"model": model, "layout": name, **sizes}
-                results["rows"].append(row)
-                print(json.dumps(row), flush=True)
+        chosen = args.layouts.split(",")
+        grid = itertools.product(args.models.split(","), args.conv_impls.split(","), chosen)
+        for model, impl, name in grid:
+            chunk, learner_vmap = LAYOUTS[name]
+            sizes = measure(data_path, model, impl, chunk, learner_vmap, args.compile)
+            row = {"model": model, "conv_impl": impl, "layout": name, **sizes}
+            results["rows"].append(row)
+            print(json.dumps(row), flush=True)
     out = os.path.join(HERE, "results", "program_size.json")
     with open(out, "w") as f:
         json.dump(results, f, indent=2)
