@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from fedem_jax.data import DataError
+from fedem_jax.data.convert import main as convert_main
 from fedem_jax.data.tfds_files import convert_to_array_record, crc32c, file_format
-from fedem_jax.data.tfds_files import main as convert_main
 from fedem_jax.data.tfds_source import load_pooled, load_pooled_features
 from fedem_jax.main import main
 from tests.helpers import write_tfds_folder
@@ -133,3 +133,14 @@ def test_cifar10_splits_iid_and_k_classes_end_to_end(
     else:
         assert sorted((train + test).sum(axis=1).tolist()) == [10, 10, 10, 11, 11]
     assert (workdir / "partition.png").exists()
+
+
+def test_convert_refuses_what_it_cannot_convert_in_one_line(cifar10_folder, tmp_path, capsys):
+    assert convert_main([str(tmp_path / "nothing"), str(tmp_path / "out")]) == 1
+    assert "cannot read the dataset's description" in capsys.readouterr().err
+    _, folder, _ = cifar10_folder
+    converted = tmp_path / "ar"
+    assert convert_main([folder, str(converted)]) == 0
+    assert convert_main([str(converted), str(tmp_path / "again")]) == 1
+    assert capsys.readouterr().err.strip().endswith("is not a TFRecord folder")
+    assert convert_main([folder]) == 2

@@ -6,7 +6,7 @@ or ArrayRecord (``file_format='array_record'``). Both hold the same serialized e
 ``info.features.deserialize_example_np`` decodes without TensorFlow. ``tfds.data_source`` reads
 ArrayRecord folders but refuses TFRecord ones, so this module reads TFRecord files itself (the
 format is ``length, crc(length), bytes, crc(bytes)`` per record) and can rewrite a TFRecord folder
-as ArrayRecord (:func:`convert_to_array_record`; ``python -m fedem_jax.data.tfds_files SRC DST``).
+as ArrayRecord (:func:`convert_to_array_record`; ``python -m fedem_jax.data.convert SRC DST``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import struct
-import sys
 
 from fedem_jax.data.federated import DataError
 
@@ -147,26 +146,3 @@ def masked_crc32c(data: bytes) -> int:
     """TFRecord's checksum: CRC-32C rotated right by 15 bits plus a constant."""
     crc = crc32c(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m fedem_jax.data.tfds_files SRC DST``: a TFRecord folder to ArrayRecord."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print(
-            "usage: python -m fedem_jax.data.tfds_files TFRECORD_FOLDER ARRAY_RECORD_FOLDER", file=sys.stderr
-        )
-        return 2
-    try:
-        if file_format(args[0]) != "tfrecord":
-            raise DataError(f"{args[0]} is not a TFRecord folder")
-        convert_to_array_record(args[0], args[1])
-    except (DataError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {args[1]} (ArrayRecord)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
