@@ -1,4 +1,5 @@
-"""Experiment configuration: frozen dataclasses in sections, the command-line parser, validation.
+"""Experiment configuration: frozen dataclasses in sections and the command-line parser (the
+checks of every value are in :mod:`fedem_jax.config_checks`).
 
 Resolution order: dataclass defaults < ``configs/<dataset>.py`` (the paper's hyperparameters)
 < flags given on the command line. Every invalid value raises :class:`ConfigError` with a one-line
@@ -17,15 +18,18 @@ import os
 from typing import Any
 
 from fedem_jax.algorithms import registry
+from fedem_jax.config_checks import (  # noqa: F401 - the choices are part of this module's API
+    CONV_IMPLS,
+    DATASETS,
+    MODELS,
+    OPTIMIZERS,
+    PATH_DATASETS,
+    SCHEDULERS,
+    SPLITS,
+    validate,
+    validate_method,
+)
 from fedem_jax.errors import ConfigError, check
-
-DATASETS = ("synthetic", "cifar10", "cifar100", "emnist", "femnist", "shakespeare", "npz")
-PATH_DATASETS = ("npz", "femnist", "shakespeare")  # read from --data_path
-SPLITS = ("label_groups", "dirichlet", "shards", "pachinko", "iid", "classes")
-MODELS = ("linear", "mlp", "cnn", "cifar10_cnn", "femnist_cnn", "lstm", "mobilenet_v2")
-OPTIMIZERS = ("sgd", "adam")
-CONV_IMPLS = ("xla", "matmul")
-SCHEDULERS = ("constant", "sqrt", "linear", "cosine", "multi_step")
 
 
 def setting(default, help: str, flag: str = ""):  # noqa: A002 - the CLI's word
@@ -368,157 +372,3 @@ def resolve(argv: list[str] | None = None) -> Config:
     if not method.capabilities.components:
         defaults.pop("n_learners", None)  # a single-model method: 1 unless given explicitly
     return make_config(**{**defaults, **explicit})
-
-
-def validate_method(cfg: Config) -> None:
-    """What the method's capabilities allow (see :class:`~fedem_jax.algorithms.registry.Capabilities`)."""
-    caps, name = cfg.method_info.capabilities, cfg.method
-    n_learners = cfg.model.n_learners
-    check(caps.components or n_learners == 1, f"--n_learners must be 1 for {name}, got {n_learners}")
-    check(
-        caps.batch_norm or cfg.model.name != "mobilenet_v2",
-        f"--model mobilenet_v2 (BatchNorm) is not supported with --method {name}",
-    )
-    check(
-        caps.unseen or cfg.data.test_clients_frac == 0,
-        f"--test_clients_frac: unseen clients are not supported with --method {name}",
-    )
-    check(
-        not caps.full_participation or cfg.training.sampling_rate == 1,
-        f"--sampling_rate: {name} needs every client in every round (1.0), got {cfg.training.sampling_rate}",
-    )
-    check(
-        caps.multi_process or not cfg.layout.distributed,
-        f"--distributed: {name} is not tested over several processes; use FedEM, FedAvg or FedProx",
-    )
-    if cfg.hyperparams is not None:
-        cfg.hyperparams.validate()
-
-
-def validate(cfg: Config) -> Config:
-    """Check every field; raise :class:`ConfigError` naming the flag and its allowed range."""
-    for flag, value in cfg.to_dict().items():  # --lr inf, --mu nan: refused, whatever the range
-        if isinstance(value, float):
-            check(math.isfinite(value), f"--{flag} must be a finite number, got {value}")
-    _validate_data(cfg.data)
-    _validate_model(cfg.model)
-    validate_method(cfg)
-    _validate_training(cfg.training)
-    _validate_layout(cfg.layout)
-    _validate_output(cfg.output)
-    check(
-        not cfg.output.validation or cfg.data.val_frac > 0,
-        "--validation needs --val_frac in (0, 1), e.g. 0.25",
-    )
-    check(
-        not cfg.layout.distributed or cfg.data.test_clients_frac == 0,
-        "--distributed: unseen clients (--test_clients_frac) are not supported yet",
-    )
-    return cfg
-
-
-def _one_of(name: str, value: str, valid: tuple[str, ...]) -> None:
-    check(value in valid, f"--{name}: unknown value {value!r}; valid: {', '.join(valid)}")
-
-
-def _at_least(name: str, value, low) -> None:
-    check(value >= low, f"--{name} must be >= {low}, got {value}")
-
-
-def _in_range(name: str, value, low, high, closed_low: bool, closed_high: bool) -> None:
-    ok = (low <= value if closed_low else low < value) and (value <= high if closed_high else value < high)
-    bounds = f"{'[' if closed_low else '('}{low}, {high}{']' if closed_high else ')'}"
-    check(ok, f"--{name} must be in {bounds}, got {value}")
-
-
-def _validate_data(d: DataConfig) -> None:
-    _one_of("dataset", d.dataset, DATASETS)
-    if d.split:
-        _one_of("split", d.split, SPLITS)
-    for name in (
-        "shards_per_client",
-        "classes_per_client",
-        "n_clients",
-        "dim",
-        "synthetic_components",
-        "n_test_per_client",
-    ):
-        _at_least(name, getattr(d, name), 1)
-    _at_least("max_samples", d.max_samples, 0)
-    _at_least("noise_std", d.noise_std, 0)
-    check(d.alpha > 0, f"--alpha must be > 0, got {d.alpha}")
-    _in_range("test_frac", d.test_frac, 0, 1, False, False)
-    _in_range("val_frac", d.val_frac, 0, 1, True, False)
-    _in_range("test_clients_frac", d.test_clients_frac, 0, 1, True, False)
-    _in_range("data_frac", d.data_frac, 0, 1, False, True)
-    check(
-        d.dataset not in PATH_DATASETS or bool(d.data_path),
-        f"--data_path is required with --dataset {d.dataset}",
-    )
-
-
-def _validate_model(m: ModelConfig) -> None:
-    if m.name:
-        _one_of("model", m.name, MODELS)
-    if m.conv_impl:
-        _one_of("conv_impl", m.conv_impl, CONV_IMPLS)
-    _one_of("init", m.init, ("flax", "torch"))
-    _at_least("n_learners", m.n_learners, 1)
-
-
-def _validate_training(t: TrainingConfig) -> None:
-    _one_of("optimizer", t.optimizer, OPTIMIZERS)
-    _one_of("lr_scheduler", t.lr_scheduler, SCHEDULERS)
-    for name in ("n_rounds", "local_epochs", "batch_size"):
-        _at_least(name, getattr(t, name), 1)
-    check(t.lr > 0, f"--lr must be > 0, got {t.lr}")
-    _in_range("momentum", t.momentum, 0, 1, True, False)
-    _at_least("weight_decay", t.weight_decay, 0)
-    _in_range("sampling_rate", t.sampling_rate, 0, 1, False, True)
-
-
-def _validate_layout(lay: LayoutConfig) -> None:
-    _at_least("client_chunk", lay.client_chunk, -1)
-    check(lay.learner_vmap in (-1, 0, 1), f"--learner_vmap must be -1, 0 or 1, got {lay.learner_vmap}")
-    _at_least("micro_batch", lay.micro_batch, -1)
-    _at_least("eval_chunk", lay.eval_chunk, 1)
-    _at_least("runs_per_chunk", lay.runs_per_chunk, 0)
-    _at_least("n_devices", lay.n_devices, 0)
-    _at_least("num_processes", lay.num_processes, 0)
-    check(lay.process_id >= -1, f"--process_id must be >= 0 (or -1: auto), got {lay.process_id}")
-    check(
-        lay.num_processes == 0 or lay.process_id < lay.num_processes,
-        f"--process_id {lay.process_id} must be below --num_processes {lay.num_processes}",
-    )
-    _at_least("distributed_timeout", lay.distributed_timeout, 1)
-    if lay.coordinator_address:
-        _check_address(lay.coordinator_address)
-
-
-def _check_address(address: str) -> None:
-    """``host:port`` (``[v6 address]:port`` too), the port in 1..65535."""
-    host, _, port = address.rpartition(":")
-    check(
-        bool(host) and port.isdigit() and 0 < int(port) < 65536,
-        f"--coordinator_address must be host:port (e.g. 10.0.0.1:1234), got {address!r}",
-    )
-
-
-def _validate_output(o: OutputConfig) -> None:
-    _at_least("log_freq", o.log_freq, 1)
-    _one_of("select_metric", o.select_metric, ("accuracy", "accuracy_bottom10", "loss"))
-    _at_least("unseen_em_iters", o.unseen_em_iters, 1)
-    _at_least("checkpoint_every", o.checkpoint_every, 0)
-    _check_workdir(o.workdir)
-
-
-def _check_workdir(workdir: str) -> None:
-    """Fail early if ``workdir`` cannot be created or written."""
-    if not workdir:
-        raise ConfigError("--workdir must not be empty")
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"--workdir: cannot create {workdir!r} ({err.strerror})") from None
-    if not os.access(workdir, os.W_OK):
-        raise ConfigError(f"--workdir: {workdir!r} is not writable")
