@@ -93,14 +93,16 @@ def make_layout(
     )
 
 
-def make_update(cfg: Config, data: FederatedData, model_name: str, layout: Layout) -> ClientUpdate:
-    """The local training of ``cfg`` (see :class:`fedem_jax.core.client_update.ClientUpdate`)."""
+def make_update(
+    cfg: Config, data: FederatedData, model_name: str, layout: Layout, batch_size: int = 0
+) -> ClientUpdate:
+    """The local training of ``cfg`` (see :class:`fedem_jax.core.client_update.ClientUpdate`);
+    ``batch_size`` as in :func:`update_for_model`."""
     model = build_model(model_name, data.task.output_dim, cfg.model.conv_impl)
     # Forward-only passes (E-step, evaluation) use XLA's convolution, the fastest there on
     # every backend; the parameters of both implementations are the same pytree.
     forward_model = build_model(model_name, data.task.output_dim, "xla")
     stateful = model_name in STATEFUL_MODELS
-    batch_size = effective_batch_size(cfg, data)
     return update_for_model(cfg, data.task, model, layout, forward_model, stateful, batch_size)
 
 
@@ -228,7 +230,7 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1, model=None, runs
             raise ConfigError(problem)
         model = build_model(model_name, data.task.output_dim, cfg.model.conv_impl)
         layout = make_layout(cfg, model_name, n_devices, runs_vmapped, batch)
-        update = make_update(cfg, data, model_name, layout)
+        update = make_update(cfg, data, model_name, layout, batch)
     else:
         model_name = type(model).__name__
         layout = make_layout(cfg, model_name, n_devices, runs_vmapped, batch)

@@ -203,7 +203,7 @@ def _run_locked(cfg: Config, data, log, stop: StopSignals, main_process: bool) -
         outputs.write_config(cfg.output.workdir, cfg)
     federation = data if data is not None else load_dataset(cfg)  # its client order is the outputs'
     if main_process:
-        _draw(cfg, federation_plots.write_partition, federation)
+        federation_plots.write_partition(cfg.output.workdir, federation)  # OutputError if it fails
         if cfg.output.plots:
             _draw(cfg, federation_plots.plot_partition, cfg.output.workdir)
     experiment, data, state = setup(cfg, federation)
@@ -280,7 +280,7 @@ def _finish(run: _Run, state, federation: FederatedData, timings: dict, main_pro
 
 
 def _draw(cfg: Config, draw, *args) -> None:
-    """``draw(workdir, *args)``; a failed write is one line (:class:`~fedem_jax.outputs.OutputError`)."""
+    """A plot ``draw(workdir, *args)``; a failed write is one line (``OutputError``)."""
     try:
         draw(cfg.output.workdir, *args)
     except OSError as err:

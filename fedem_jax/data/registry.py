@@ -40,8 +40,9 @@ def _cifar10(cfg) -> FederatedData:
     rng = np.random.default_rng(cfg.data_seed)
     images, labels = _subsample(cfg, images, labels, rng)
     clients = _partition(cfg, labels, None, rng)
-    data = _split_images(cfg, "cifar10", images, labels, clients, CIFAR10_MEAN, CIFAR10_STD, Task(10), rng)
-    return dataclasses.replace(data, source=source)
+    return _split_images(
+        cfg, "cifar10", images, labels, clients, CIFAR10_MEAN, CIFAR10_STD, Task(10), rng, source
+    )
 
 
 CIFAR100_PER_CLIENT = 600
@@ -57,10 +58,9 @@ def _cifar100(cfg) -> FederatedData:
     keep = _subsample_index(cfg, len(labels), rng)
     images, labels, coarse = images[keep], labels[keep], coarse[keep]
     clients = _partition(cfg, labels, coarse, rng)
-    data = _split_images(
-        cfg, "cifar100", images, labels, clients, CIFAR100_MEAN, CIFAR100_STD, Task(100), rng
+    return _split_images(
+        cfg, "cifar100", images, labels, clients, CIFAR100_MEAN, CIFAR100_STD, Task(100), rng, source
     )
-    return dataclasses.replace(data, source=source)
 
 
 def _partition(cfg, labels, coarse_labels, rng) -> list[np.ndarray]:
@@ -93,8 +93,9 @@ def _partition(cfg, labels, coarse_labels, rng) -> list[np.ndarray]:
 EMNIST_MEAN, EMNIST_STD = np.float32(0.1307), np.float32(0.3081)
 
 
-def _split_images(cfg, name, images, labels, clients, mean, std, task, rng) -> FederatedData:
-    """Per-client 80/20 split (dropping clients too small for it), normalisation, assembly."""
+def _split_images(cfg, name, images, labels, clients, mean, std, task, rng, source="") -> FederatedData:
+    """Per-client 80/20 split (dropping clients too small for it), normalisation, assembly;
+    ``source``: the loader's line saying where the data was read from."""
     train_idx, test_idx, dropped = train_test_split(clients, cfg.test_frac, rng)
     if dropped:
         warnings.warn(
@@ -105,7 +106,7 @@ def _split_images(cfg, name, images, labels, clients, mean, std, task, rng) -> F
     if not train_idx:
         raise DataError(f"{name}: no client has enough samples; lower --n_clients")
     x = normalize_images(images, mean, std)
-    return assemble(
+    data = assemble(
         name,
         task,
         ([x[i] for i in train_idx], [labels[i] for i in train_idx]),
@@ -114,6 +115,7 @@ def _split_images(cfg, name, images, labels, clients, mean, std, task, rng) -> F
         unseen_frac=cfg.test_clients_frac,
         rng=rng,
     )
+    return dataclasses.replace(data, source=source)
 
 
 def _subsample(cfg, images, labels, rng):
@@ -139,10 +141,9 @@ def _emnist(cfg) -> FederatedData:
     rng = np.random.default_rng(cfg.data_seed)
     images, labels = _subsample(cfg, images, labels, rng)
     clients = _partition(cfg, labels, None, rng)
-    data = _split_images(
-        cfg, "emnist", images, labels, clients, EMNIST_MEAN, EMNIST_STD, Task(num_classes=62), rng
+    return _split_images(
+        cfg, "emnist", images, labels, clients, EMNIST_MEAN, EMNIST_STD, Task(num_classes=62), rng, source
     )
-    return dataclasses.replace(data, source=source)
 
 
 def load_dataset(config) -> FederatedData:
