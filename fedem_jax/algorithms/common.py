@@ -15,15 +15,16 @@ from fedem_jax.algorithms.base import (
 from fedem_jax.core import mixture
 from fedem_jax.core.client_update import ClientUpdate
 from fedem_jax.data.federated import ClientSplit, FederatedData
+from fedem_jax.execution.sample_map import map_samples
 
 
 def shared_sample_losses(update: ClientUpdate, params, split: ClientSplit, eval_chunk: int) -> jax.Array:
     """``[M, N]`` per-sample loss of every component of one shared model on every sample,
     ``eval_chunk`` samples per forward pass (the E-step input, paper eq. (4))."""
-    losses = jax.lax.map(
+    losses = map_samples(
         lambda xy: update.learner_losses(params, xy[0][None], xy[1][None])[:, 0],
         (split.x, split.y),
-        batch_size=eval_chunk,
+        eval_chunk,
     )
     return losses.T
 

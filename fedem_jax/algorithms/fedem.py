@@ -31,6 +31,7 @@ from fedem_jax.core.optim import is_zero, or_default
 from fedem_jax.core.server_opt import DEFAULT_SERVER_LR, SERVER_OPTIMIZERS, server_direction
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.errors import check
+from fedem_jax.execution.sample_map import map_samples
 
 
 class ServerOptState(GlobalState):
@@ -97,7 +98,7 @@ def evaluate_mixture(ctx: Context, params, pi, split: ClientSplit) -> dict:
         probs = mixture.mixture_probs(pi[client], task.class_probs(logits))
         return task.sample_correct(probs, y[None])[0], task.sample_nll(probs, y[None])[0]
 
-    correct, nll = jax.lax.map(one_sample, (split.x, split.y, split.client_id), batch_size=ctx.eval_chunk)
+    correct, nll = map_samples(one_sample, (split.x, split.y, split.client_id), ctx.eval_chunk)
     n_clients = split.counts.shape[0]
     return {
         "correct": jax.ops.segment_sum(correct, split.client_id, n_clients),

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from fedem_jax.core import aggregation, mixture
 from fedem_jax.core.optim import is_zero, sgd_like_step
+from fedem_jax.core.shuffle import epoch_order
 from fedem_jax.execution.layout import Layout
 
 
@@ -168,8 +169,7 @@ class ClientUpdate:
         def epoch(carry, e):
             params, opt, t = carry
             # Valid positions first, in random order; padded positions last.
-            scores = jax.random.uniform(jax.random.fold_in(key, e), (n_slots,))
-            order = jnp.argsort(jnp.where(jnp.arange(n_slots) < count, scores, 2.0))
+            order = epoch_order(jax.random.fold_in(key, e), n_slots, count)
             lr = self.schedule(t)
 
             def step(state, s):
