@@ -10,6 +10,10 @@ the number of convolutions, how many are *grouped* (per-client or per-learner we
 become ``feature_group_count`` / ``batch_group_count`` > 1, the shapes cuDNN handles worst), the
 largest group count, and the CPU compile time (``--compile``). Writes
 ``benchmarks/results/program_size.json``.
+
+It also prints what the automatic GPU layout would pick on the full 80-client split
+(``memory.training_step_bytes`` of one learner at batch 128, times M = 3 per client, against
+``--gpu_free_gib``, by default an H100's 80 GB under JAX's 75 % preallocation, less the data).
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ import time
 
 import jax
 
+from fedem_jax import memory
 from fedem_jax.config import resolve
 from fedem_jax.data import load_dataset
 from fedem_jax.experiment import setup
+from fedem_jax.models import STATEFUL_MODELS, build_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LAYOUTS = {  # name: (--client_chunk, --learner_vmap)
@@ -88,6 +94,18 @@ def measure(data_path: str, model: str, impl: str, chunk: str, learner_vmap: str
         return result
 
 
+def gpu_plan(model: str, impl: str, free_gib: float, n_clients: int = 80) -> dict:
+    """The automatic GPU layout's client chunk for ``model`` on the full split (shapes only)."""
+    import numpy as np
+
+    step = memory.training_step_bytes(
+        build_model(model, 10, impl), model in STATEFUL_MODELS, np.zeros((1, 32, 32, 3), np.float32), 128
+    )
+    chunk, why = memory.client_chunk_that_fits(3 * step, n_clients, int(free_gib * memory.GIB))
+    return {"model": model, "conv_impl": impl, "step_gib_per_learner": round(step / memory.GIB, 3),
+            "client_chunk": chunk, "why": why}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="mobilenet_v2,cifar10_cnn")
@@ -95,8 +113,12 @@ def main() -> None:
     parser.add_argument("--conv_impls", default="xla,matmul", help="training convolutions to compare")
     parser.add_argument("--layouts", default=",".join(LAYOUTS), help=f"among {', '.join(LAYOUTS)}")
     parser.add_argument("--compile", action="store_true", help="also compile (CPU compile time)")
+    parser.add_argument("--gpu_free_gib", type=float, default=58.0, help="for the GPU layout plan")
     args = parser.parse_args()
-    results = {"backend": jax.default_backend(), "n_clients": args.n_clients, "rows": []}
+    results = {"backend": jax.default_backend(), "n_clients": args.n_clients, "rows": [], "gpu_plan": []}
+    for model, impl in itertools.product(args.models.split(","), args.conv_impls.split(",")):
+        results["gpu_plan"].append(gpu_plan(model, impl, args.gpu_free_gib))
+        print(json.dumps(results["gpu_plan"][-1]), flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         data_path = os.path.join(scratch, "cifar_like.npz")
         cifar_like_npz(data_path, args.n_clients)

@@ -81,7 +81,9 @@ class ModelConfig:
         "flax", "initialisation: flax (lecun normal, zero biases) or torch (PyTorch's defaults)"
     )
     init_from: str = setting("", "start every component from the weights in this .npz/msgpack file")
-    conv_impl: str = setting("", "convolution for training: xla or matmul (default: matmul on CPU)")
+    conv_impl: str = setting(
+        "", "convolution for training: xla or matmul (default: matmul on CPU and for mobilenet_v2)"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -310,6 +310,8 @@ def _describe(cfg: Config, info: dict) -> str:
         f"({info['n_params']:,} params x {cfg.model.n_learners} learners), "
         f"{jax.device_count()} {jax.default_backend()} device(s), layout: clients {chunk}, "
         f"learners {'vmap' if info['learner_vmap'] else 'sequential'}"
+        + (f", convolution {info['conv_impl']}" if info.get("conv_impl") else "")
+        + (f" ({info['client_chunk_why']})" if info.get("client_chunk_why") else "")
     )
 
 

@@ -8,6 +8,9 @@ Two checks, each refusing the run with one line (exit 2) and what to change:
 - :func:`check_compiled`, after the round is compiled and before it runs: XLA's own count of the
   round's temporary buffers and outputs (``Compiled.memory_analysis()``).
 
+On GPU/TPU the automatic layout vmaps only as many clients as fit (:func:`client_chunk_that_fits`,
+from the backward pass's residuals, :func:`training_step_bytes`).
+
 Free memory is the allocator's limit less what is in use on GPU/TPU, and the kernel's
 ``MemAvailable`` (or the cgroup's limit, if lower) on CPU.
 """
@@ -101,3 +104,44 @@ def check_compiled(compiled, free: int | None = None) -> None:
     needed = analysis.temp_size_in_bytes + analysis.output_size_in_bytes - analysis.alias_size_in_bytes
     if needed > HEADROOM * free:
         _refuse("one round (XLA's temporary buffers and outputs)", int(needed), free)
+
+
+# ---------------------------------------------------------------------------- automatic chunks
+# Share of the free memory the vmapped clients' backward passes may fill; the rest is for the
+# gradients, optimiser temporaries and what XLA adds (check_compiled still has the last word).
+ACTIVATION_SHARE = 0.5
+
+
+def training_step_bytes(model, stateful: bool, sample, batch_size: int) -> int:
+    """Bytes one learner's training step on one batch keeps for its backward pass: the
+    residuals of ``jax.vjp`` of the model on a batch of ``sample``'s shape (shapes only: nothing
+    is computed or allocated). ``stateful``: BatchNorm models, run in train mode."""
+    x = jax.ShapeDtypeStruct((batch_size, *sample.shape[1:]), sample.dtype)
+    one = jax.ShapeDtypeStruct((1, *sample.shape[1:]), sample.dtype)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), one)
+
+    def output_sum(v, x):
+        if stateful:
+            return model.apply(v, x, train=True, mutable=["batch_stats"])[0].sum()
+        return model.apply(v, x).sum()
+
+    residuals = jax.eval_shape(lambda v, x: jax.vjp(lambda v: output_sum(v, x), v)[1], variables, x)
+    return tree_bytes(residuals)
+
+
+def client_chunk_that_fits(per_client_bytes: int, clients_per_device: int, free: int | None):
+    """``(client_chunk, why)``: 0 (all clients vmapped) if their training steps fit in
+    ``ACTIVATION_SHARE`` of ``free``; else the fewest equal chunks of clients that fit (at
+    least one client at a time), so that no chunk is mostly padding."""
+    if free is None:
+        return 0, "free memory unknown"
+    fits = int(ACTIVATION_SHARE * free // max(per_client_bytes, 1))
+    why = (
+        f"one client's training step keeps about {per_client_bytes / GIB:.2f} GiB for its backward "
+        f"pass, {min(fits, clients_per_device)} of {clients_per_device} fit in "
+        f"{ACTIVATION_SHARE:.0%} of {free / GIB:.1f} GiB free"
+    )
+    if fits >= clients_per_device:
+        return 0, why
+    n_chunks = -(-clients_per_device // max(fits, 1))
+    return -(-clients_per_device // n_chunks), why

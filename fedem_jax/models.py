@@ -169,9 +169,19 @@ CONV_MODELS = ("cnn", "cifar10_cnn", "femnist_cnn", "mobilenet_v2")
 CONV_IMPLS = ("xla", "matmul")
 
 
-def default_conv_impl() -> str:
-    """``matmul`` on CPU (see :mod:`fedem_jax.convolution`), XLA's convolution elsewhere."""
-    return "matmul" if jax.default_backend() == "cpu" else "xla"
+# Models with depthwise convolutions: under vmap with per-client, per-learner weights, XLA makes
+# each one a grouped convolution of clients x learners x channels groups (230,400 for
+# MobileNetV2 on 80 clients, M = 3; benchmarks/program_size.py), the program issue 12 saw not
+# finish compiling in 200 s on an H100. The matmul form has no convolution left to group.
+DEPTHWISE_MODELS = ("mobilenet_v2",)
+
+
+def default_conv_impl(model_name: str = "") -> str:
+    """``matmul`` on CPU (see :mod:`fedem_jax.convolution`) and for depthwise models everywhere;
+    XLA's convolution for the other models on GPU/TPU."""
+    if jax.default_backend() == "cpu" or model_name in DEPTHWISE_MODELS:
+        return "matmul"
+    return "xla"
 
 
 # What each model's input must be: (rank of one sample, smallest height/width, channels or None).
@@ -212,7 +222,7 @@ def build_model(name: str, output_dim: int, conv_impl: str = "") -> nn.Module:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
     if name not in CONV_MODELS:
         return MODELS[name](output_dim=output_dim)
-    return MODELS[name](output_dim=output_dim, conv_impl=conv_impl or default_conv_impl())
+    return MODELS[name](output_dim=output_dim, conv_impl=conv_impl or default_conv_impl(name))
 
 
 def init_stacked_params(model: nn.Module, key: jax.Array, sample_input: jax.Array, n_learners: int):

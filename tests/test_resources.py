@@ -93,3 +93,51 @@ def test_capped_batch_trains_as_the_largest_client_batch(tmp_path, capsys):
     for row_big, row_exact in zip(big, exact, strict=True):
         for key, value in row_big.items():
             np.testing.assert_allclose(value, row_exact[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_training_step_bytes_are_the_backward_pass_residuals():
+    """A linear model keeps its input batch for the gradient of its weights, and nothing else;
+    for the CNN the estimate is of the order of XLA's own temporaries for the same gradient."""
+    from fedem_jax.models import build_model
+
+    linear = build_model("linear", 1)
+    for batch in (8, 32):
+        assert memory.training_step_bytes(linear, False, np.zeros((5, 4), np.float32), batch) == batch * 4 * 4
+    cnn = build_model("cifar10_cnn", 10, "matmul")
+    x = jax.ShapeDtypeStruct((16, 32, 32, 3), np.float32)
+    one = jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)
+    variables = jax.eval_shape(cnn.init, jax.random.PRNGKey(0), one)
+    grad = jax.jit(jax.grad(lambda v, x: cnn.apply(v, x).sum())).lower(variables, x).compile()
+    xla_temp = grad.memory_analysis().temp_size_in_bytes
+    estimate = memory.training_step_bytes(cnn, False, np.zeros((1, 32, 32, 3), np.float32), 16)
+    assert 0.5 * xla_temp < estimate < 3 * xla_temp
+
+
+def test_client_chunk_that_fits_at_the_boundaries():
+    assert memory.client_chunk_that_fits(100, 10, 2000)[0] == 0  # all 10 fit in half of 2000
+    assert memory.client_chunk_that_fits(100, 10, 1999)[0] == 5  # 9 fit: two chunks of 5
+    assert memory.client_chunk_that_fits(100, 80, 3800)[0] == 16  # 19 fit: five chunks of 16
+    assert memory.client_chunk_that_fits(100, 10, 100)[0] == 1  # not even one: one at a time
+    assert memory.client_chunk_that_fits(100, 10, None)[0] == 0
+    assert "9 of 10 fit" in memory.client_chunk_that_fits(100, 10, 1999)[1]
+
+
+def test_accelerator_layout_vmaps_only_the_clients_that_fit(tmp_path, monkeypatch):
+    """On GPU/TPU the automatic layout vmaps all clients unless memory says otherwise; then
+    chunks of what fits, with the same results (to float32 rounding)."""
+    from fedem_jax.experiment import setup
+
+    data = tiny_binary_data(sizes=(5, 8, 3, 6, 7))
+    cfg = tiny_config(tmp_path, client_chunk=-1, learner_vmap=-1, batch_size=4)
+    per_client = 2 * memory.training_step_bytes(build(cfg, data).model, False, data.train.x, 4)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    results = {}
+    for free, chunk in ((10 * per_client, 0), (4 * per_client + 1, 2)):
+        monkeypatch.setattr(memory, "free_bytes", lambda device=None, free=free: free)
+        experiment, placed, state = setup(cfg, data)
+        assert experiment.layout.client_chunk == chunk and experiment.layout.learner_vmap
+        for _ in range(2):
+            state, _ = jax.jit(experiment.algorithm.round)(state, placed.train)
+        results[chunk] = state.params
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[2]), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
