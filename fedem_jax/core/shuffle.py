@@ -5,7 +5,7 @@ ties go to the lower slot), and :func:`epoch_order` returns exactly that permuta
 argsort. XLA:CPU sorts a key with a payload (an argsort) through a generic comparator, about 4x
 slower than a sort of one ``uint32`` array; one argsort per client per epoch was about 45 % of a
 synthetic FedEM round on CPU and 65 % of a 10-run sweep's round (profiled; the side-by-side
-timing is ``benchmarks/shuffle_order.py``).
+timing is ``benchmarks/round_speedups.py``).
 
 How: ``uniform`` draws multiples of ``2**-23``, so a score is a 23-bit integer ``k``, and the
 order is that of the integers ``(k, slot)``, too wide for one ``uint32``. Slots are cut into
