@@ -308,6 +308,9 @@ def make_config(**values) -> Config:
     hyperparameter dataclass, and the method's capabilities set its defaults:
     one model unless it has components, no momentum for prox-SGD methods (spec section 3)."""
     method = registry.get(values.get("method", Config.method))
+    if "seeds" in values:  # as on the command line: several seeds are a list of --seed
+        check("seed" not in values, "give seed or seeds, not both")
+        values["seed"] = list(values.pop("seeds"))
     for flag, value in values.items():  # before any range check: --mu nan is not "below 0"
         for item in value if isinstance(value, list | tuple) else [value]:
             if isinstance(item, float):

@@ -94,16 +94,18 @@ def make_layout(
 
 
 def fit_clients_to_memory(cfg: Config, layout: Layout, model, stateful: bool, data, batch: int):
-    """``(layout, why)``: on GPU/TPU with the automatic layout, all clients are vmapped only if
+    """``(layout, info)``: on GPU/TPU with the automatic layout, all clients are vmapped only if
     their training steps fit in memory, else as many as fit at a time (MobileNetV2 on the
-    80-client CIFAR-10 split: about 0.5 GiB per learner and client, 118 GiB for all of them)."""
+    80-client CIFAR-10 split: about 0.5 GiB per learner and client, 118 GiB for all of them).
+    ``info``: why, and one client's step in bytes (a sweep counts it per run)."""
     if cfg.layout.client_chunk != -1 or layout.client_chunk != 0 or jax.default_backend() == "cpu":
-        return layout, None
+        return layout, {}
     per_learner = memory.training_step_bytes(model, stateful, data.train.x, batch)
     per_client = per_learner * (cfg.model.n_learners if layout.learner_vmap else 1)
     clients = -(-data.n_clients // layout.n_devices)
     chunk, why = memory.client_chunk_that_fits(per_client, clients, memory.free_bytes())
-    return dataclasses.replace(layout, client_chunk=chunk), why
+    fit = {"client_chunk_why": why, "client_step_bytes": per_client}
+    return dataclasses.replace(layout, client_chunk=chunk), fit
 
 
 def make_update(
@@ -244,14 +246,14 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1, model=None, runs
         model = build_model(model_name, data.task.output_dim, cfg.model.conv_impl)
         layout = make_layout(cfg, model_name, n_devices, runs_vmapped, batch)
         stateful = model_name in STATEFUL_MODELS
-        layout, chunk_why = fit_clients_to_memory(cfg, layout, model, stateful, data, batch)
+        layout, fit = fit_clients_to_memory(cfg, layout, model, stateful, data, batch)
         update = make_update(cfg, data, model_name, layout, batch)
     else:
         model_name = type(model).__name__
         layout = make_layout(cfg, model_name, n_devices, runs_vmapped, batch)
         variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.train.x[:1])
         stateful = "batch_stats" in variables
-        layout, chunk_why = fit_clients_to_memory(cfg, layout, model, stateful, data, batch)
+        layout, fit = fit_clients_to_memory(cfg, layout, model, stateful, data, batch)
         update = update_for_model(cfg, data.task, model, layout, stateful=stateful, batch_size=batch)
     ctx = make_context(cfg, data, model, update, model_name)
     raw = cfg.method_info.factory(ctx, cfg.hyperparams)
@@ -263,8 +265,7 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1, model=None, runs
         "learner_vmap": layout.learner_vmap,
         "batch_size": update.batch_size,
     }
-    if chunk_why:
-        info["client_chunk_why"] = chunk_why
+    info.update(fit)
     return Experiment(model, ctx, on_layout(raw, layout), raw, layout, info)
 
 

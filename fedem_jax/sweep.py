@@ -16,12 +16,12 @@ A config without lists is not a sweep and runs exactly as before (no runs axis).
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedem_jax import memory
 from fedem_jax.algorithms.base import Algorithm
 from fedem_jax.config import SECTIONS, Config, ConfigError, flag_name
 from fedem_jax.data import FederatedData
@@ -68,22 +68,11 @@ def state_bytes(state) -> int:
     return int(sum(np.dtype(leaf.dtype).itemsize * np.prod(leaf.shape) for leaf in jax.tree.leaves(state)))
 
 
-def available_bytes() -> int:
-    """Memory of the first device (accelerators), or the host's available memory (CPU)."""
-    stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
-    if stats and "bytes_limit" in stats:
-        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):  # not on this platform
-        return 8 << 30
-
-
-def choose_runs_per_chunk(n_runs: int, one_run_state_bytes: int, requested: int) -> tuple[int, str]:
-    """Runs vmapped together: ``requested`` if set, else as many as fit in 80 % of the available
-    memory at ``STATE_COPIES`` copies of a run's state each (a rough model; the data is shared)."""
-    per_run = STATE_COPIES * one_run_state_bytes
-    budget = int(0.8 * available_bytes())
+def choose_runs_per_chunk(n_runs: int, per_run: int, requested: int, free: int | None = None):
+    """Runs vmapped together: ``requested`` if set, else as many as fit in 80 % of the free
+    memory at ``per_run`` bytes each (:func:`run_bytes`; a rough model, the data is shared)."""
+    free = memory.free_bytes() if free is None else free
+    budget = int(0.8 * (free if free is not None else 8 << 30))
     if requested > 0:
         chosen = min(requested, n_runs)
         why = "--runs_per_chunk"
@@ -95,6 +84,13 @@ def choose_runs_per_chunk(n_runs: int, one_run_state_bytes: int, requested: int)
         f"{budget / 2**30:.1f} GiB usable)"
     )
     return chosen, note
+
+
+def run_bytes(one_state, info: dict, n_clients: int) -> int:
+    """One run's working memory: ``STATE_COPIES`` copies of its state, and on GPU/TPU the
+    training steps of the clients it vmaps (``experiment.fit_clients_to_memory``)."""
+    clients_at_once = info["client_chunk"] or n_clients
+    return STATE_COPIES * state_bytes(one_state) + info.get("client_step_bytes", 0) * clients_at_once
 
 
 def build_sweep(cfg: Config, data: FederatedData) -> Experiment:
@@ -113,7 +109,7 @@ def build_sweep(cfg: Config, data: FederatedData) -> Experiment:
     conv_on_cpu = jax.default_backend() == "cpu" and base.info["model"] in CONV_MODELS
     if requested == 0 and conv_on_cpu:  # measured: vmapped runs of a conv net on CPU, 0.56x
         requested = 1
-    chunk, note = choose_runs_per_chunk(n_runs, state_bytes(one_state), requested)
+    chunk, note = choose_runs_per_chunk(n_runs, run_bytes(one_state, base.info, data.n_clients), requested)
     if not cfg.method_info.capabilities.sweep_vmap:
         note += f"; {cfg.method} branches per run, so its runs are looped, not vmapped"
     elif conv_on_cpu and not cfg.layout.runs_per_chunk:

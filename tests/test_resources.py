@@ -141,3 +141,24 @@ def test_accelerator_layout_vmaps_only_the_clients_that_fit(tmp_path, monkeypatc
         results[chunk] = state.params
     for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[2]), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_sweep_counts_each_runs_client_steps_on_accelerators(tmp_path, monkeypatch):
+    """On GPU/TPU a run's working memory includes its vmapped clients' training steps, so fewer
+    runs are vmapped together than the state alone would allow."""
+    from fedem_jax import sweep
+    from fedem_jax.experiment import setup
+
+    data = tiny_binary_data(sizes=(5, 8, 3, 6, 7), dim=64)
+    cfg = tiny_config(tmp_path, client_chunk=-1, learner_vmap=-1, batch_size=4, seeds=[1, 2, 3, 4])
+    single = build(cfg, data)
+    per_client = 2 * memory.training_step_bytes(single.model, False, data.train.x, 4)
+    state = sweep.STATE_COPIES * memory.tree_bytes(jax.eval_shape(lambda: single.algorithm.init(data)))
+    per_run = state + 5 * per_client  # all 5 clients vmapped in each run
+    free = int(2.5 * per_run / 0.8) + 1  # room for two runs' working memory
+    assert min(4, int(0.8 * free) // state) > 2  # the state alone would allow more
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(memory, "free_bytes", lambda device=None: free)
+    experiment, _, _ = setup(cfg, data)
+    assert experiment.info["client_step_bytes"] == per_client and experiment.info["client_chunk"] == 0
+    assert experiment.info["runs_per_chunk"] == 2
