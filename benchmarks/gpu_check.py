@@ -13,6 +13,8 @@ time limit, all within ``--budget_s``:
    the default convolution and with ``--conv_impl matmul``;
 3. the same with ``mobilenet_v2`` (the paper's CIFAR model): the default (matmul), then
    ``--conv_impl xla``;
+   After the default CNN: ``round_profile.py`` on the same run, its operations by exclusive time
+   (on a GPU the device's kernels too): where the round's time goes;
 4. FedEM on the synthetic paper setting, 200 rounds: accuracy, seconds per round, compile;
 5. the GPU-relevant tests (``test_math``, ``test_engine``, ``test_methods``) if pytest is there.
 
@@ -42,6 +44,7 @@ TESTS = ["tests/test_math.py", "tests/test_engine.py", "tests/test_methods.py"]
 # (on GPU: XLA's for the CNN, slices + matmul for MobileNetV2, clients vmapped as many as fit),
 # and the other convolution: vmap turns the matmul form into batched matmuls, XLA's into
 # convolutions with clients x learners x channels groups (benchmarks/program_size.py counts them).
+PROFILE_SHARE = 0.1
 STEPS = [
     ("cifar10_cnn", "default", 0.15),
     ("cifar10_cnn", "matmul", 0.15),
@@ -71,27 +74,31 @@ def make_cifar_like(path: str, quick: bool) -> dict:
     return {"clients": len(train), "train_samples": int(train.sum()), "test_samples": int(test.sum())}
 
 
-def run_main(flags: list[str], workdir: str, timeout: float) -> dict:
-    """``python -m fedem_jax.main`` in a process; its summary's numbers, or why there are none."""
+def run_process(command: list[str], timeout: float):
+    """``(result, done)``: ``done`` is the finished process, or None with ``result`` saying why."""
     start = time.perf_counter()
-    command = [sys.executable, "-m", "fedem_jax.main", *flags, *RUN_FLAGS, "--workdir", workdir]
     try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=max(timeout, 1))
     except subprocess.TimeoutExpired:
-        return {
-            "status": "timeout",
-            "wall_s": round(time.perf_counter() - start, 1),
-            "limit_s": round(timeout),
-        }
+        waited = round(time.perf_counter() - start, 1)
+        return {"status": "timeout", "wall_s": waited, "limit_s": round(timeout)}, None
     result = {"wall_s": round(time.perf_counter() - start, 1)}
     if done.returncode != 0:
-        return {**result, "status": "failed", "exit": done.returncode, "stderr": done.stderr[-1500:]}
+        return {**result, "status": "failed", "exit": done.returncode, "stderr": done.stderr[-1500:]}, None
+    return {**result, "status": "ok"}, done
+
+
+def run_main(flags: list[str], workdir: str, timeout: float) -> dict:
+    """``python -m fedem_jax.main`` in a process; its summary's numbers, or why there are none."""
+    command = [sys.executable, "-m", "fedem_jax.main", *flags, *RUN_FLAGS, "--workdir", workdir]
+    result, done = run_process(command, timeout)
+    if done is None:
+        return result
     with open(os.path.join(workdir, "summary.json")) as f:
         summary = json.load(f)
     split = "val" if "val_accuracy" in summary else "test"
     return {
         **result,
-        "status": "ok",
         "compile_s": round(summary["compile_seconds"], 2),
         "s_per_round": round(summary["seconds_per_round"], 4),
         "rounds": summary["n_rounds"],
@@ -99,6 +106,19 @@ def run_main(flags: list[str], workdir: str, timeout: float) -> dict:
         "data_s": round(summary["data_seconds"], 1),
         "layout": summary["layout"],
     }
+
+
+def run_profile(flags: list[str], out: str, timeout: float) -> dict:
+    """``benchmarks/round_profile.py``: the CNN round's operations by time (where it goes)."""
+    command = [sys.executable, os.path.join(HERE, "round_profile.py"), "--rounds", "2", "--top", "15",
+               "--out", out, "--", *flags, "--tensorboard", "false"]  # fmt: skip
+    result, done = run_process(command, timeout)
+    if done is None:
+        return result
+    with open(out) as f:
+        profile = json.load(f)
+    keep = ("seconds_per_round", "traced_seconds_per_round", "compile_seconds", "processes")
+    return {**result, **{k: profile[k] for k in keep}}
 
 
 def run_tests(timeout: float) -> dict:
@@ -165,6 +185,9 @@ def main() -> None:
             name = model if impl == "default" else f"{model}_{impl}"
             flags = [*cifar, "--model", model] + ([] if impl == "default" else ["--conv_impl", impl])
             record(name, run_main(flags, f"{scratch}/{name}", left(share)))
+            if name == "cifar10_cnn":  # where the CNN round's time goes (issue 12, item 2)
+                profile = run_profile(flags, f"{scratch}/profile.json", left(PROFILE_SHARE))
+                record("cifar10_cnn_profile", profile)
         synthetic = (
             ["--n_clients", "20", "--n_rounds", "5", "--n_test_per_client", "100"] if args.quick else []
         )
