@@ -16,7 +16,8 @@ time limit, all within ``--budget_s``:
    After the default CNN: ``round_profile.py`` on the same run, its operations by exclusive time
    (on a GPU the device's kernels too): where the round's time goes;
 4. FedEM on the synthetic paper setting, 200 rounds: accuracy, seconds per round, compile;
-5. the GPU-relevant tests (``test_math``, ``test_engine``, ``test_methods``) if pytest is there.
+5. the GPU-relevant tests (``test_math``, ``test_engine``, ``test_methods``, ``test_shuffle``,
+   ``test_sample_map``) if pytest is there.
 
 Writes one JSON: ``{"device": ..., "jax": ..., "steps": {name: {...}}}``; each step has
 ``status`` (``ok``, ``timeout``, ``failed``, ``skipped``), ``wall_s`` and its own numbers
@@ -39,7 +40,13 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RUN_FLAGS = ["--quiet", "--plots", "false", "--tensorboard", "false", "--checkpoint_every", "0"]
-TESTS = ["tests/test_math.py", "tests/test_engine.py", "tests/test_methods.py"]
+TESTS = [
+    "tests/test_math.py",
+    "tests/test_engine.py",
+    "tests/test_methods.py",
+    "tests/test_shuffle.py",
+    "tests/test_sample_map.py",
+]
 # (model, training convolution, share of the time left): the default layout and convolution
 # (on GPU: XLA's for the CNN, slices + matmul for MobileNetV2, clients vmapped as many as fit),
 # and the other convolution: vmap turns the matmul form into batched matmuls, XLA's into

@@ -39,7 +39,7 @@ def epoch_order(key: jax.Array, n_slots: int, count) -> jax.Array:
         return valid_first_order(_scores(key, n_slots), count)
 
     def first_block():
-        prefix = jax.config.jax_threefry_partitionable
+        prefix = getattr(jax.config, "jax_threefry_partitionable", False)  # unknown: draw all
         scores = _scores(key, BLOCK) if prefix else _scores(key, n_slots)[:BLOCK]
         rest = jnp.arange(BLOCK, n_slots, dtype=jnp.int32)  # padding slots stay in place
         return jnp.concatenate([valid_first_order(scores, count), rest])
