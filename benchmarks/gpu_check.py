@@ -84,8 +84,11 @@ def make_cifar_like(path: str, quick: bool) -> dict:
 def run_process(command: list[str], timeout: float):
     """``(result, done)``: ``done`` is the finished process, or None with ``result`` saying why."""
     start = time.perf_counter()
-    try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=max(timeout, 1))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    try:  # the checkout importable without installing it, for scripts as for ``-m``
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=max(timeout, 1)
+        )
     except subprocess.TimeoutExpired:
         waited = round(time.perf_counter() - start, 1)
         return {"status": "timeout", "wall_s": waited, "limit_s": round(timeout)}, None
