@@ -166,9 +166,6 @@ STATEFUL_MODELS = ("mobilenet_v2",)  # BatchNorm: variables {"params", "batch_st
 CONV_MODELS = ("cnn", "cifar10_cnn", "femnist_cnn", "mobilenet_v2")
 
 
-CONV_IMPLS = ("xla", "matmul")
-
-
 # Models with depthwise convolutions: under vmap with per-client, per-learner weights, XLA makes
 # each one a grouped convolution of clients x learners x channels groups (230,400 for
 # MobileNetV2 on 80 clients, M = 3; benchmarks/program_size.py), the program issue 12 saw not

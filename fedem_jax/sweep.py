@@ -53,6 +53,19 @@ def traced_config(cfg: Config, values: dict) -> Config:
     return dataclasses.replace(cfg, sweep=(), **parts)
 
 
+def pin_layout(cfg: Config, layout) -> Config:
+    """``cfg`` with the automatic layout settings replaced by those ``layout`` resolved to, so
+    that every run's traced build uses the layout decided once (on GPU/TPU from free memory,
+    which the state allocated since then would change) without estimating it again."""
+    pinned = dataclasses.replace(
+        cfg.layout,
+        client_chunk=layout.client_chunk,
+        learner_vmap=int(layout.learner_vmap),
+        micro_batch=layout.micro_batch,
+    )
+    return dataclasses.replace(cfg, layout=pinned)
+
+
 def run_values(cfg: Config) -> dict[str, np.ndarray]:
     """``{flag: [R] array}``: every run's value of each swept setting (ints stay int32)."""
     runs = cfg.runs()
@@ -62,10 +75,6 @@ def run_values(cfg: Config) -> dict[str, np.ndarray]:
         kind = np.int32 if all(isinstance(v, int) for v in column) else np.float32
         values[flag] = np.asarray(column, kind)
     return values
-
-
-def state_bytes(state) -> int:
-    return int(sum(np.dtype(leaf.dtype).itemsize * np.prod(leaf.shape) for leaf in jax.tree.leaves(state)))
 
 
 def choose_runs_per_chunk(n_runs: int, per_run: int, requested: int, free: int | None = None):
@@ -90,7 +99,7 @@ def run_bytes(one_state, info: dict, n_clients: int) -> int:
     """One run's working memory: ``STATE_COPIES`` copies of its state, and on GPU/TPU the
     training steps of the clients it vmaps (``experiment.fit_clients_to_memory``)."""
     clients_at_once = info["client_chunk"] or n_clients
-    return STATE_COPIES * state_bytes(one_state) + info.get("client_step_bytes", 0) * clients_at_once
+    return STATE_COPIES * memory.tree_bytes(one_state) + info.get("client_step_bytes", 0) * clients_at_once
 
 
 def build_sweep(cfg: Config, data: FederatedData) -> Experiment:
@@ -98,6 +107,7 @@ def build_sweep(cfg: Config, data: FederatedData) -> Experiment:
     if cfg.layout.n_devices > 1 or (cfg.layout.n_devices == 0 and jax.device_count() > 1):
         raise ConfigError("a sweep (lists or --seeds) runs on one device: add --n_devices 1")
     base = build(cfg, data)
+    cfg = pin_layout(cfg, base.layout)
     values = {k: jnp.asarray(v) for k, v in run_values(cfg).items()}
     n_runs = len(cfg.runs())
 

@@ -159,6 +159,11 @@ def test_sweep_counts_each_runs_client_steps_on_accelerators(tmp_path, monkeypat
     assert min(4, int(0.8 * free) // state) > 2  # the state alone would allow more
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     monkeypatch.setattr(memory, "free_bytes", lambda device=None: free)
-    experiment, _, _ = setup(cfg, data)
+    estimates = []
+    step_bytes = memory.training_step_bytes
+    monkeypatch.setattr(memory, "training_step_bytes", lambda *a: estimates.append(a) or step_bytes(*a))
+    experiment, placed, state = setup(cfg, data)
     assert experiment.info["client_step_bytes"] == per_client and experiment.info["client_chunk"] == 0
     assert experiment.info["runs_per_chunk"] == 2
+    jax.jit(experiment.algorithm.round).lower(state, placed.train)  # every run's build, traced
+    assert len(estimates) == 1  # the layout is decided once, not again inside each run's trace
