@@ -308,9 +308,9 @@ def make_config(**values) -> Config:
     hyperparameter dataclass, and the method's capabilities set its defaults:
     one model unless it has components, no momentum for prox-SGD methods (spec section 3)."""
     method = registry.get(values.get("method", Config.method))
-    if "seeds" in values:  # as on the command line: several seeds are a list of --seed
-        check("seed" not in values, "give seed or seeds, not both")
-        values["seed"] = list(values.pop("seeds"))
+    if "seeds" in values:  # --seeds: several seeds are a list of --seed
+        check("seed" not in values, "give --seed or --seeds, not both")
+        values["seed"] = values.pop("seeds")
     for flag, value in values.items():  # before any range check: --mu nan is not "below 0"
         for item in value if isinstance(value, list | tuple) else [value]:
             if isinstance(item, float):
@@ -366,10 +366,6 @@ def _sweep_axes(values: dict[str, Any]) -> tuple:
 def resolve(argv: list[str] | None = None) -> Config:
     """Parse ``argv``, apply dataset defaults under the explicit flags, and validate."""
     args = vars(build_parser().parse_args(argv))
-    seeds = args.pop("seeds")
-    if seeds is not None:
-        check(args["seed"] is None, "give --seed or --seeds, not both")
-        args["seed"] = seeds
     explicit = {k: v for k, v in args.items() if v is not None}
     dataset = explicit.get("dataset", DataConfig.dataset)
     defaults = dataset_defaults(dataset)
