@@ -16,6 +16,7 @@ so the variants differ in those functions only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
@@ -69,21 +70,28 @@ def time_orders(counts: np.ndarray, n_slots: int, runs: int, repeats: int = 5) -
     return out
 
 
-def time_round(base: list[str], data, rounds: int, order, sample_map) -> dict:
-    def swap(order, sample_map):  # module globals, looked up when the round is traced
+@contextlib.contextmanager
+def swapped(order, sample_map):
+    """The round built with these functions (module globals, looked up when it is traced)."""
+
+    def use(order, sample_map):
         client_update.epoch_order, common.map_samples, fedem.map_samples = order, sample_map, sample_map
 
-    swap(order, sample_map)
+    use(order, sample_map)
     try:
-        return time_rounds(resolve(base), data, rounds)
+        yield
     finally:
-        swap(epoch_order, map_samples)
+        use(epoch_order, map_samples)
+
+
+def time_round(base: list[str], data, rounds: int, order, sample_map) -> dict:
+    with swapped(order, sample_map):
+        return time_rounds(resolve(base), data, rounds)
 
 
 def time_evaluation(base: list[str], data, sample_map, repeats: int = 3) -> float:
     """Median seconds of one evaluation (train and test splits, as the loop does) of a new state."""
-    common.map_samples, fedem.map_samples = sample_map, sample_map
-    try:
+    with swapped(epoch_order, sample_map):
         experiment, placed, state = setup(resolve(base), data)
         evaluate = jax.jit(experiment.evaluate_splits).lower(state, placed.train, (placed.train, placed.test))
         evaluate = evaluate.compile()
@@ -93,8 +101,6 @@ def time_evaluation(base: list[str], data, sample_map, repeats: int = 3) -> floa
             jax.block_until_ready(evaluate(state, placed.train, (placed.train, placed.test)))
             times.append(time.perf_counter() - start)
         return float(np.median(times[1:]))
-    finally:
-        common.map_samples, fedem.map_samples = map_samples, map_samples
 
 
 def main():
@@ -104,8 +110,8 @@ def main():
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more fedem_jax flags")
     args = parser.parse_args()
     base = ["--workdir", "/tmp/fedem_jax_shuffle", "--quiet", "--tensorboard", "false", *args.extra]
-    data = load_dataset(resolve(base))
     cfg = resolve(base)
+    data = load_dataset(cfg)
     n_slots = -(-data.train.max_count // cfg.training.batch_size) * cfg.training.batch_size
     counts = np.asarray(data.train.counts)
     result = {
