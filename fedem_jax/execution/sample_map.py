@@ -2,8 +2,8 @@
 
 ``lax.map`` with a batch size reshapes the leading ``n - n % b`` rows of every input into
 ``[n // b, b, ...]``, and XLA materialises that slice: a copy of the whole train set in every
-E-step (about 25 % of a synthetic FedEM round on CPU, profiled; side by side:
-``benchmarks/round_speedups.py``) and of the whole test set in every evaluation.
+E-step (8 % of a traced synthetic FedEM round on CPU, ``benchmarks/round_profile.py``; side by
+side: ``benchmarks/round_speedups.py``) and of the whole test set in every evaluation.
 :func:`map_samples` reads each batch in place with a dynamic slice; the batches, the remainder
 and the computation on each are those of ``lax.map``, so the results are the same.
 """
