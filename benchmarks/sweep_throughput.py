@@ -8,7 +8,9 @@ another in one process (each compiling its own round), side by side on the same 
 Both sides run through ``fedem_jax.loop.run`` (compile, rounds, one evaluation at the end, no
 checkpoints), the data loaded once before. Throughput is rounds x runs per second of wall time,
 compile included; the script also reports compile and per-round time apart, and checks that
-every run of the sweep ends with the metrics of its sequential twin.
+every run of the sweep ends with the metrics of its sequential twin. ``--one_group`` also runs
+the sweep as one program (``--parallel_runs 1``): on CPU the default runs groups of runs at once,
+one thread per core (``fedem_jax.execution.run_groups``), and this separates the two gains.
 """
 
 from __future__ import annotations
@@ -31,12 +33,22 @@ def timed_run(cfg, data) -> tuple[float, dict]:
     return time.perf_counter() - start, summary
 
 
+def sweep_side(seconds: float, summary: dict, work: int) -> dict:
+    return {
+        "seconds": seconds,
+        "compile_seconds": summary["compile_seconds"],
+        "seconds_per_round_all_runs": summary["seconds_per_round"],
+        "throughput": work / seconds,
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--method", default="FedEM")
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--one_group", action="store_true", help="also the sweep as one program")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more fedem_jax flags")
     args = parser.parse_args()
     seeds = list(range(1, args.seeds + 1))
@@ -53,42 +65,54 @@ def main():
         sequential_seconds += seconds
         sequential.append(summary)
         print(f"seed {seed}: {seconds:.1f} s (compile {summary['compile_seconds']:.1f} s)", flush=True)
-    cfg = resolve([*base, "--seeds", ",".join(map(str, seeds)), "--workdir", "/tmp/fedem_jax_sweep/sweep"])
-    sweep_seconds, sweep = timed_run(cfg, data)
+    sweep_flags = [*base, "--seeds", ",".join(map(str, seeds))]
+    sweep_seconds, sweep = timed_run(resolve([*sweep_flags, "--workdir", "/tmp/fedem_jax_sweep/sweep"]), data)
     print(
-        f"sweep of {len(seeds)}: {sweep_seconds:.1f} s (compile {sweep['compile_seconds']:.1f} s)", flush=True
+        f"sweep of {len(seeds)} ({sweep['layout']['parallel_runs']} groups at once): {sweep_seconds:.1f} s "
+        f"(compile {sweep['compile_seconds']:.1f} s)",
+        flush=True,
     )
+    one_group = None
+    if args.one_group:
+        cfg = resolve([*sweep_flags, "--parallel_runs", "1", "--workdir", "/tmp/fedem_jax_sweep/one_group"])
+        one_group = timed_run(cfg, data)
+        print(f"sweep as one program: {one_group[0]:.1f} s (compile {one_group[1]['compile_seconds']:.1f} s)")
 
     gap = max(
         abs(r["test_accuracy"] - s["test_accuracy"]) for r, s in zip(sweep["runs"], sequential, strict=True)
     )
     work = args.rounds * len(seeds)
+    sequential_round = float(np.mean([s["seconds_per_round"] for s in sequential]))
     result = {
         "command": "python benchmarks/sweep_throughput.py " + " ".join(sys.argv[1:]),
         "data": data.summary(),
         "runs": len(seeds),
         "rounds": args.rounds,
         "runs_per_chunk": sweep["layout"]["runs_per_chunk"],
+        "parallel_runs": sweep["layout"]["parallel_runs"],
         "sequential": {
             "seconds": sequential_seconds,
             "compile_seconds": sum(s["compile_seconds"] for s in sequential),
-            "seconds_per_round": float(np.mean([s["seconds_per_round"] for s in sequential])),
+            "seconds_per_round": sequential_round,
             "throughput": work / sequential_seconds,
         },
-        "sweep": {
-            "seconds": sweep_seconds,
-            "compile_seconds": sweep["compile_seconds"],
-            "seconds_per_round_all_runs": sweep["seconds_per_round"],
-            "throughput": work / sweep_seconds,
-        },
+        "sweep": sweep_side(sweep_seconds, sweep, work),
         "throughput_ratio": sequential_seconds / sweep_seconds,
-        "steady_round_ratio": len(seeds)
-        * float(np.mean([s["seconds_per_round"] for s in sequential]))
-        / sweep["seconds_per_round"],
+        "steady_round_ratio": len(seeds) * sequential_round / sweep["seconds_per_round"],
         "max_test_accuracy_gap": gap,
         "mean_test_accuracy": sweep["test_accuracy"],
         "std_test_accuracy": sweep["test_accuracy_std"],
     }
+    if one_group is not None:
+        result["sweep_one_group"] = sweep_side(*one_group, work)
+        one_group_round = one_group[1]["seconds_per_round"]
+        result["one_group_throughput_ratio"] = sequential_seconds / one_group[0]
+        result["one_group_steady_round_ratio"] = len(seeds) * sequential_round / one_group_round
+    if one_group is not None:
+        print(
+            f"as one program: {result['one_group_throughput_ratio']:.2f}x, steady rounds "
+            f"{result['one_group_steady_round_ratio']:.2f}x"
+        )
     print(
         f"throughput ratio (sweep / sequential, compile included): {result['throughput_ratio']:.2f}x; "
         f"steady rounds only: {result['steady_round_ratio']:.2f}x; largest test-accuracy gap between a "

@@ -26,8 +26,8 @@ from fedem_jax.outputs import KEPT, OutputError
 # Fields that may change between a run and its resume without changing the experiment.
 RESUMABLE_CHANGES = frozenset(
     {"n_rounds", "log_freq", "quiet", "workdir", "checkpoint_every", "eval_chunk", "data_dir",
-     "process_id", "coordinator_address", "runs_per_chunk", "select_metric", "overwrite", "plots",
-     "distributed_timeout"}
+     "process_id", "coordinator_address", "runs_per_chunk", "parallel_runs", "select_metric", "overwrite",
+     "plots", "distributed_timeout"}
 )  # fmt: skip
 
 

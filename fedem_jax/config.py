@@ -116,6 +116,7 @@ class LayoutConfig:
     )
     eval_chunk: int = setting(1024, "samples per forward pass in E-step and evaluation")
     runs_per_chunk: int = setting(0, "sweeps: runs vmapped together (0: from a memory estimate)")
+    parallel_runs: int = setting(0, "sweeps: groups of runs executed at once (0: one per CPU core on CPU)")
     n_devices: int = setting(0, "devices to shard the client axis over (0: all available)")
     distributed: bool = setting(False, "several processes/hosts: call jax.distributed.initialize()")
     coordinator_address: str = setting("", "--distributed: host:port of process 0 (auto on TPU/SLURM/MPI)")

@@ -134,6 +134,7 @@ def _validate_layout(lay: LayoutConfig) -> None:
     _at_least("micro_batch", lay.micro_batch, -1)
     _at_least("eval_chunk", lay.eval_chunk, 1)
     _at_least("runs_per_chunk", lay.runs_per_chunk, 0)
+    _at_least("parallel_runs", lay.parallel_runs, 0)
     _at_least("n_devices", lay.n_devices, 0)
     _at_least("num_processes", lay.num_processes, 0)
     check(lay.process_id >= -1, f"--process_id must be >= 0 (or -1: auto), got {lay.process_id}")

@@ -196,6 +196,13 @@ class Experiment:
     layout: Layout
     info: dict  # model, layout and devices, for the start-up line and summary.json
     runs: list[dict] | None = None  # a sweep's settings per run: the state has a leading runs axis
+    grouped_round: object = None  # a sweep on CPU: its runs in groups at once (execution.run_groups)
+
+    def compile_round(self, state, train):
+        """The round compiled for ``state``: ``(state, train) -> (state, metrics)``, the state donated."""
+        if self.grouped_round is not None:
+            return self.grouped_round.compile(state, train)
+        return jax.jit(self.algorithm.round, donate_argnums=0).lower(state, train).compile()
 
     def evaluate_splits(self, state, train, splits):
         """Per-client stats of ``splits``; methods that adapt models first (FedAvg+) do it once."""

@@ -53,7 +53,6 @@ class _Run:
         self.diverged: dict[int, int] = {}  # a sweep's runs masked out: run -> round
         self.client_records: list[dict] = []  # the last evaluation's per-client values, per run
         algorithm = experiment.algorithm
-        self.round_jit = jax.jit(algorithm.round, donate_argnums=0)
         # One jit returning only statistics: a jitted identity on the state would copy it whole.
         self.evaluate_jit = jax.jit(experiment.evaluate_splits)
         self.unseen_jit = None
@@ -212,6 +211,8 @@ def _run_locked(cfg: Config, data, log, stop: StopSignals, main_process: bool) -
         log(federation.source)
     log(federation.summary())
     log(_describe(cfg, experiment.info))
+    if experiment.runs is not None:
+        log(f"sweep: {experiment.info['runs_note']}")
     if experiment.info["batch_size"] < cfg.training.batch_size:
         log(
             f"--batch_size {cfg.training.batch_size} is larger than the largest client "
@@ -223,7 +224,7 @@ def _run_locked(cfg: Config, data, log, stop: StopSignals, main_process: bool) -
         first_round = _rounds_done(state)
         _stop_if_asked(stop, bookkeeping, first_round)  # a signal while the data was loading
         t0 = time.perf_counter()
-        compiled = bookkeeping.round_jit.lower(state, data.train).compile()
+        compiled = experiment.compile_round(state, data.train)
         compile_seconds = time.perf_counter() - t0
         log(f"compiled the round in {compile_seconds:.1f}s")
         memory.check_compiled(compiled)  # before the round's buffers are allocated

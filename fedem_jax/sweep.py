@@ -16,6 +16,7 @@ A config without lists is not a sweep and runs exactly as before (no runs axis).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ from fedem_jax import memory
 from fedem_jax.algorithms.base import Algorithm
 from fedem_jax.config import SECTIONS, Config, ConfigError, flag_name
 from fedem_jax.data import FederatedData
+from fedem_jax.execution import run_groups
 from fedem_jax.experiment import Experiment, build
 from fedem_jax.models import CONV_MODELS
 
@@ -77,20 +79,26 @@ def run_values(cfg: Config) -> dict[str, np.ndarray]:
     return values
 
 
-def choose_runs_per_chunk(n_runs: int, per_run: int, requested: int, free: int | None = None):
+def choose_runs_per_chunk(n_runs: int, per_run: int, requested: int, free=None, groups: int = 1):
     """Runs vmapped together: ``requested`` if set, else as many as fit in 80 % of the free
-    memory at ``per_run`` bytes each (:func:`run_bytes`; a rough model, the data is shared)."""
+    memory at ``per_run`` bytes each (:func:`run_bytes`; a rough model, the data is shared), the
+    memory shared by ``groups`` groups of runs executed at once (``execution.run_groups``)."""
     free = memory.free_bytes() if free is None else free
-    budget = int(0.8 * (free if free is not None else 8 << 30))
+    budget = int(0.8 * (free if free is not None else 8 << 30)) // groups
+    in_group = -(-n_runs // groups)
     if requested > 0:
-        chosen = min(requested, n_runs)
+        chosen = min(requested, in_group)
         why = "--runs_per_chunk"
     else:
-        chosen = max(1, min(n_runs, budget // max(per_run, 1)))
+        chosen = max(1, min(in_group, budget // max(per_run, 1)))
         why = "memory estimate"
+    at_once, usable = "", f"{budget / 2**30:.1f} GiB usable"
+    if groups > 1:
+        at_once = f"{n_runs} runs in {groups} groups at once (one thread each), "
+        usable += " per group"
     note = (
-        f"{chosen} of {n_runs} runs per vmapped chunk ({why}: about {per_run / 2**20:.1f} MiB per run, "
-        f"{budget / 2**30:.1f} GiB usable)"
+        f"{at_once}{chosen} of {in_group if groups > 1 else n_runs} runs per vmapped chunk ({why}: about "
+        f"{per_run / 2**20:.1f} MiB per run, {usable})"
     )
     return chosen, note
 
@@ -103,31 +111,37 @@ def run_bytes(one_state, info: dict, n_clients: int) -> int:
 
 
 def build_sweep(cfg: Config, data: FederatedData) -> Experiment:
-    """An :class:`Experiment` whose algorithm works on states with a leading ``runs`` axis."""
+    """An :class:`Experiment` whose algorithm works on states with a leading ``runs`` axis; on CPU
+    its round runs groups of runs at once (``grouped_round``, see ``execution.run_groups``)."""
     if cfg.layout.n_devices > 1 or (cfg.layout.n_devices == 0 and jax.device_count() > 1):
         raise ConfigError("a sweep (lists or --seeds) runs on one device: add --n_devices 1")
     base = build(cfg, data)
     cfg = pin_layout(cfg, base.layout)
     values = {k: jnp.asarray(v) for k, v in run_values(cfg).items()}
     n_runs = len(cfg.runs())
+    can_vmap = cfg.method_info.capabilities.sweep_vmap
 
     def raw_for(run, vmapped=True):
         return build(traced_config(cfg, run), data, runs_vmapped=vmapped).raw
 
     one_state = jax.eval_shape(lambda: raw_for(jax.tree.map(lambda v: v[0], values)).init(data))
-    requested = cfg.layout.runs_per_chunk if cfg.method_info.capabilities.sweep_vmap else 1
+    requested = cfg.layout.runs_per_chunk if can_vmap else 1
     conv_on_cpu = jax.default_backend() == "cpu" and base.info["model"] in CONV_MODELS
     if requested == 0 and conv_on_cpu:  # measured: vmapped runs of a conv net on CPU, 0.56x
         requested = 1
-    chunk, note = choose_runs_per_chunk(n_runs, run_bytes(one_state, base.info, data.n_clients), requested)
-    if not cfg.method_info.capabilities.sweep_vmap:
+    groups = run_groups.group_count(cfg.layout.parallel_runs, n_runs, one_run_fills_the_cores=conv_on_cpu)
+    per_run = run_bytes(one_state, base.info, data.n_clients)
+    chunk, note = choose_runs_per_chunk(n_runs, per_run, requested, groups=groups)
+    if not can_vmap:
         note += f"; {cfg.method} branches per run, so its runs are looped, not vmapped"
     elif conv_on_cpu and not cfg.layout.runs_per_chunk:
         note += "; a conv net on CPU: runs looped (benchmarks/sweep_throughput.py measured vmapping slower)"
     vmapped = chunk > 1
 
     def over_runs(name):
-        def fn(states, *args):
+        """``(values, states, *args)``: the algorithm's ``name`` for every run of ``values``."""
+
+        def fn(values, states, *args):
             def one(run_and_state):
                 run, state = run_and_state
                 return getattr(raw_for(run, vmapped), name)(state, *args)
@@ -144,22 +158,20 @@ def build_sweep(cfg: Config, data: FederatedData) -> Experiment:
     def init(data):
         return jax.vmap(lambda run: raw_for(run).init(data))(values)
 
-    def evaluate_unseen(states, train, test, max_iters=500):
-        def one(run_and_state):
-            run, state = run_and_state
-            return raw_for(run, vmapped).evaluate_unseen(state, train, test, max_iters)
-
-        return map_runs(one, (values, states))
-
     algorithm = Algorithm(
         init=init,
-        round=over_runs("round"),
-        evaluate=over_runs("evaluate"),
-        prepare_eval=over_runs("prepare_eval"),
-        evaluate_unseen=evaluate_unseen if base.raw.evaluate_unseen is not None else None,
+        round=functools.partial(over_runs("round"), values),
+        evaluate=functools.partial(over_runs("evaluate"), values),
+        prepare_eval=functools.partial(over_runs("prepare_eval"), values),
+        evaluate_unseen=(
+            functools.partial(over_runs("evaluate_unseen"), values) if base.raw.evaluate_unseen else None
+        ),
     )
-    info = {**base.info, "runs": n_runs, "runs_per_chunk": chunk, "runs_note": note}
-    return dataclasses.replace(base, algorithm=algorithm, raw=algorithm, info=info, runs=cfg.runs())
+    grouped = run_groups.GroupedRound(over_runs("round"), values, groups) if groups > 1 else None
+    info = {**base.info, "runs": n_runs, "runs_per_chunk": chunk, "parallel_runs": groups, "runs_note": note}
+    return dataclasses.replace(
+        base, algorithm=algorithm, raw=algorithm, info=info, runs=cfg.runs(), grouped_round=grouped
+    )
 
 
 SELECT_METRICS = ("accuracy", "accuracy_bottom10", "loss")

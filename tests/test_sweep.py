@@ -64,7 +64,7 @@ def test_each_run_of_a_sweep_matches_its_single_run(tmp_path, method):
     the grid (all first values, all second values) against single runs of the same settings."""
     caps = registry.get(method).capabilities
     rows, runs = _check_runs_match_single_runs(
-        tmp_path, tiny_binary_data(), lambda n: (0, n - 1), method=method,
+        tmp_path, tiny_binary_data(), lambda n: (0, n - 1), method=method, parallel_runs=2,
         n_learners=2 if caps.components else 1, seed=[1, 2], **_method_lists(method),
         **({"head": "Dense_0/bias"} if method in ("FedPer", "FedRep") else {}),
     )  # fmt: skip
@@ -75,11 +75,28 @@ def test_each_run_of_a_sweep_matches_its_single_run(tmp_path, method):
 
 
 def test_training_settings_sweep(tmp_path):
-    """lr, momentum and weight decay traced per run, chunked two runs at a time."""
+    """lr, momentum and weight decay traced per run, chunked three runs at a time, as one program."""
     _check_runs_match_single_runs(
         tmp_path, tiny_binary_data(), lambda n: range(n), method="FedAvg", n_learners=1,
-        lr=[0.1, 0.05], momentum=[0.0, 0.9], weight_decay=[5e-4, 0.0], runs_per_chunk=3,
+        lr=[0.1, 0.05], momentum=[0.0, 0.9], weight_decay=[5e-4, 0.0], runs_per_chunk=3, parallel_runs=1,
     )  # fmt: skip
+
+
+def test_groups_of_runs_at_once_give_the_one_program_metrics(tmp_path):
+    """Three runs in two groups at once (sizes 2 and 1: two compiled programs, two threads) and
+    the same sweep as one program write the same rows, to float rounding."""
+    rows = {}
+    for groups in (2, 1):
+        cfg = tiny_config(tmp_path / str(groups), seed=[1, 2, 3], parallel_runs=groups, n_rounds=3)
+        summary = run(cfg, data=tiny_binary_data(), log=lambda *_: None)
+        assert summary["layout"]["parallel_runs"] == groups
+        rows[groups] = _rows(tmp_path / str(groups))
+    assert len(rows[2]) == len(rows[1]) == 3 * 4
+    for grouped, whole in zip(rows[2], rows[1], strict=True):
+        assert (grouped["run"], grouped["round"]) == (whole["run"], whole["round"])
+        for key, value in _metrics(whole).items():
+            np.testing.assert_allclose(grouped[key], value, rtol=2e-5, atol=1e-6, err_msg=key)
+    assert rows[2][-1]["train_loss"] != rows[2][-2]["train_loss"]  # the runs differ
 
 
 def test_sweep_summary_has_mean_std_runs_and_best(tmp_path):

@@ -1,0 +1,97 @@
+"""Groups of a sweep's runs executed at once (``fedem_jax.execution.run_groups``): the split into
+groups, how many, and the compiled round's results, errors and memory, on small functions."""
+
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedem_jax.execution import run_groups
+
+
+def test_groups_cover_the_runs_in_order_with_sizes_one_apart():
+    assert run_groups.group_bounds(10, 2) == [(0, 5), (5, 10)]
+    assert run_groups.group_bounds(5, 2) == [(0, 2), (2, 5)]
+    assert run_groups.group_bounds(3, 3) == [(0, 1), (1, 2), (2, 3)]
+    for n_runs in range(1, 12):
+        for n_groups in range(1, n_runs + 1):
+            bounds = run_groups.group_bounds(n_runs, n_groups)
+            sizes = [stop - start for start, stop in bounds]
+            assert bounds[0][0] == 0 and bounds[-1][1] == n_runs and min(sizes) >= 1
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_group_count(monkeypatch):
+    monkeypatch.setattr(run_groups, "usable_cores", lambda: 4)
+    assert run_groups.group_count(0, 10) == 4  # the tests run on CPU
+    assert run_groups.group_count(0, 3) == 3
+    assert run_groups.group_count(2, 10) == 2
+    assert run_groups.group_count(8, 3) == 3
+    assert run_groups.group_count(0, 10, one_run_fills_the_cores=True) == 1
+    assert run_groups.group_count(2, 10, one_run_fills_the_cores=True) == 2  # asked for
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert run_groups.group_count(0, 10) == 1
+
+
+def _toy_round(values, states, train):
+    """Each run: ``state * lr + sum(train)``, and a metric per run."""
+    new = {"w": states["w"] * values["lr"][:, None] + train.sum(), "round": states["round"] + 1}
+    return new, {"norm": jnp.linalg.norm(new["w"], axis=1)}
+
+
+@pytest.mark.parametrize("n_groups", [1, 2, 3])
+def test_compiled_groups_give_the_whole_round(n_groups):
+    values = {"lr": jnp.asarray([0.5, 1.0, 2.0, 3.0, 4.0])}
+    states = {"w": jnp.arange(15.0).reshape(5, 3), "round": jnp.zeros(5, jnp.int32)}
+    train = jnp.ones(4)
+    want = jax.jit(_toy_round)(values, states, train)
+    grouped = run_groups.GroupedRound(_toy_round, values, n_groups)
+    compiled = grouped.compile(states, train)
+    assert sorted(compiled.programs) == sorted({stop - start for start, stop in grouped.bounds})
+    got = compiled(states, train)
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    again = compiled(*(got[0], train))  # its output is the next round's input (donated)
+    jax.tree.map(np.testing.assert_array_equal, again, jax.jit(_toy_round)(values, want[0], train))
+
+
+def test_an_error_in_a_group_reaches_the_caller():
+    values = {"lr": jnp.ones(4)}
+    states = {"w": jnp.ones((4, 2)), "round": jnp.zeros(4, jnp.int32)}
+    compiled = run_groups.GroupedRound(_toy_round, values, 2).compile(states, jnp.ones(1))
+
+    def broken(*_):
+        raise RuntimeError("out of memory in group")
+
+    compiled.programs = {2: broken}
+    with pytest.raises(RuntimeError, match="out of memory in group"):
+        compiled(states, jnp.ones(1))
+
+
+def test_memory_of_groups_at_once_is_their_sum():
+    values = {"lr": jnp.ones(3)}
+    states = {"w": jnp.ones((3, 2)), "round": jnp.zeros(3, jnp.int32)}
+    compiled = run_groups.GroupedRound(_toy_round, values, 2).compile(states, jnp.ones(1))
+
+    def analysed(temp):
+        return types.SimpleNamespace(
+            memory_analysis=lambda: types.SimpleNamespace(
+                temp_size_in_bytes=temp, output_size_in_bytes=10, alias_size_in_bytes=1
+            )
+        )
+
+    compiled.programs = {1: analysed(100), 2: analysed(1000)}  # groups of 1 and 2 runs
+    total = compiled.memory_analysis()
+    assert (total.temp_size_in_bytes, total.output_size_in_bytes, total.alias_size_in_bytes) == (1100, 20, 2)
+
+
+def test_groups_at_once_share_the_memory_for_runs_per_chunk():
+    from fedem_jax.sweep import choose_runs_per_chunk
+
+    assert choose_runs_per_chunk(10, per_run=100, requested=0, free=1000)[0] == 8  # 80 % of 1000
+    chosen, note = choose_runs_per_chunk(10, per_run=100, requested=0, free=1000, groups=2)
+    assert chosen == 4 and note.startswith("10 runs in 2 groups at once")  # 400 bytes per group
+    assert choose_runs_per_chunk(10, per_run=100, requested=0, free=10**6, groups=2)[0] == 5  # a group
+    assert choose_runs_per_chunk(10, per_run=100, requested=8, free=10**6, groups=2)[0] == 5
