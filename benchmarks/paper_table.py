@@ -1,5 +1,6 @@
 """The paper's table in one command: every method at its defaults on one dataset, K seeds each as
-one compiled program (a sweep), mean ± std of test accuracy and of bottom-10 % accuracy.
+one sweep (one process; on CPU in groups of runs at once, see README "Sweeps"), mean ± std of
+test accuracy and of bottom-10 % accuracy.
 
     python benchmarks/paper_table.py                          # synthetic paper setting, 5 seeds
     python benchmarks/paper_table.py --seeds 3 --rounds 50 --methods FedAvg,FedEM
@@ -56,7 +57,7 @@ def main():
     minutes = (time.perf_counter() - start) / 60
     command = "python benchmarks/paper_table.py " + " ".join(sys.argv[1:])
     lines = [
-        f"`{command}` ({args.seeds} seeds per method as one program; {minutes:.1f} minutes in all)",
+        f"`{command}` ({args.seeds} seeds per method as one sweep; {minutes:.1f} minutes in all)",
         "",
         "| method | test accuracy (%) | bottom 10 % (%) |",
         "|---|---|---|",
