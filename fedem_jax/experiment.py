@@ -19,6 +19,7 @@ from fedem_jax.core.optim import lr_schedule, make_direction
 from fedem_jax.data import FederatedData
 from fedem_jax.data.sharding import client_mesh, place, shard_data
 from fedem_jax.execution.layout import CLIENT_SPEC, REPLICATED, Layout
+from fedem_jax.execution.run_groups import RunGroups
 from fedem_jax.models import STATEFUL_MODELS, TORCH_OWN_INIT, build_model, count_params, input_problem
 from fedem_jax.pretrained import load_weights
 
@@ -196,26 +197,35 @@ class Experiment:
     layout: Layout
     info: dict  # model, layout and devices, for the start-up line and summary.json
     runs: list[dict] | None = None  # a sweep's settings per run: the state has a leading runs axis
-    grouped_round: object = None  # a sweep on CPU: its runs in groups at once (execution.run_groups)
+    run_groups: RunGroups | None = None  # a sweep on CPU: its runs in groups at once
 
     def compile_round(self, state, train):
         """The round compiled for ``state``: ``(state, train) -> (state, metrics)``, the state donated."""
-        if self.grouped_round is not None:
-            return self.grouped_round.compile(state, train)
+        if self.run_groups is not None:
+            return self.run_groups.compile_round(state, train)
         return jax.jit(self.algorithm.round, donate_argnums=0).lower(state, train).compile()
+
+    def evaluator(self):
+        """:meth:`evaluate_splits`, jitted (compiled at its first call)."""
+        return self.run_groups.evaluate if self.run_groups is not None else jax.jit(self.evaluate_splits)
 
     def evaluate_splits(self, state, train, splits):
         """Per-client stats of ``splits``; methods that adapt models first (FedAvg+) do it once."""
-
-        def evaluate_all(state, train, splits):
-            view = self.raw.prepare_eval(state, train)
-            return [self.raw.evaluate(view, split) for split in splits]
-
         splits = list(splits)
         if self.layout.mesh is None:
-            return evaluate_all(state, train, splits)
+            return evaluate_splits(self.raw, state, train, splits)
+
+        def evaluate_all(state, train, splits):
+            return evaluate_splits(self.raw, state, train, splits)
+
         specs = (state_specs(state), CLIENT_SPEC, [CLIENT_SPEC] * len(splits))
         return self.layout.shard(evaluate_all, specs, [CLIENT_SPEC] * len(splits))(state, train, splits)
+
+
+def evaluate_splits(algorithm: Algorithm, state, train, splits) -> list:
+    """Per-client stats of each of ``splits`` after the algorithm's ``prepare_eval`` (once)."""
+    view = algorithm.prepare_eval(state, train)
+    return [algorithm.evaluate(view, split) for split in splits]
 
 
 def make_context(cfg: Config, data: FederatedData, model, update: ClientUpdate, model_name="") -> Context:

@@ -54,7 +54,7 @@ class _Run:
         self.client_records: list[dict] = []  # the last evaluation's per-client values, per run
         algorithm = experiment.algorithm
         # One jit returning only statistics: a jitted identity on the state would copy it whole.
-        self.evaluate_jit = jax.jit(experiment.evaluate_splits)
+        self.evaluate_jit = experiment.evaluator()
         self.unseen_jit = None
         if algorithm.evaluate_unseen is not None:
             self.unseen_jit = jax.jit(algorithm.evaluate_unseen, static_argnums=3)

@@ -27,7 +27,7 @@ from fedem_jax.algorithms.base import Algorithm
 from fedem_jax.config import SECTIONS, Config, ConfigError, flag_name
 from fedem_jax.data import FederatedData
 from fedem_jax.execution import run_groups
-from fedem_jax.experiment import Experiment, build
+from fedem_jax.experiment import Experiment, build, evaluate_splits
 from fedem_jax.models import CONV_MODELS
 
 STATE_COPIES = 4  # peak working copies of one run's state in a round (in, out, local copies, grads)
@@ -112,7 +112,7 @@ def run_bytes(one_state, info: dict, n_clients: int) -> int:
 
 def build_sweep(cfg: Config, data: FederatedData) -> Experiment:
     """An :class:`Experiment` whose algorithm works on states with a leading ``runs`` axis; on CPU
-    its round runs groups of runs at once (``grouped_round``, see ``execution.run_groups``)."""
+    its round and evaluation run groups of runs at once (``execution.run_groups``)."""
     if cfg.layout.n_devices > 1 or (cfg.layout.n_devices == 0 and jax.device_count() > 1):
         raise ConfigError("a sweep (lists or --seeds) runs on one device: add --n_devices 1")
     base = build(cfg, data)
@@ -158,19 +158,30 @@ def build_sweep(cfg: Config, data: FederatedData) -> Experiment:
     def init(data):
         return jax.vmap(lambda run: raw_for(run).init(data))(values)
 
-    algorithm = Algorithm(
-        init=init,
-        round=functools.partial(over_runs("round"), values),
-        evaluate=functools.partial(over_runs("evaluate"), values),
-        prepare_eval=functools.partial(over_runs("prepare_eval"), values),
-        evaluate_unseen=(
-            functools.partial(over_runs("evaluate_unseen"), values) if base.raw.evaluate_unseen else None
-        ),
-    )
-    grouped = run_groups.GroupedRound(over_runs("round"), values, groups) if groups > 1 else None
+    def algorithm_of(values) -> Algorithm:
+        """The algorithm of the runs of ``values`` (all of them, or one group's)."""
+        return Algorithm(
+            init=init,
+            round=functools.partial(over_runs("round"), values),
+            evaluate=functools.partial(over_runs("evaluate"), values),
+            prepare_eval=functools.partial(over_runs("prepare_eval"), values),
+            evaluate_unseen=(
+                functools.partial(over_runs("evaluate_unseen"), values) if base.raw.evaluate_unseen else None
+            ),
+        )
+
+    algorithm = algorithm_of(values)
+    grouped = None
+    if groups > 1:
+        grouped = run_groups.RunGroups(
+            values,
+            groups,
+            round_fn=over_runs("round"),
+            evaluate_fn=lambda values, *args: evaluate_splits(algorithm_of(values), *args),
+        )
     info = {**base.info, "runs": n_runs, "runs_per_chunk": chunk, "parallel_runs": groups, "runs_note": note}
     return dataclasses.replace(
-        base, algorithm=algorithm, raw=algorithm, info=info, runs=cfg.runs(), grouped_round=grouped
+        base, algorithm=algorithm, raw=algorithm, info=info, runs=cfg.runs(), run_groups=grouped
     )
 
 

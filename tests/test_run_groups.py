@@ -1,5 +1,6 @@
 """Groups of a sweep's runs executed at once (``fedem_jax.execution.run_groups``): the split into
-groups, how many, and the compiled round's results, errors and memory, on small functions."""
+groups, how many, and the grouped round's and evaluation's results, errors and memory, on small
+functions."""
 
 import types
 
@@ -42,25 +43,36 @@ def _toy_round(values, states, train):
     return new, {"norm": jnp.linalg.norm(new["w"], axis=1)}
 
 
+def _toy_evaluate(values, states, train, splits):
+    """Per run and split: ``lr * sum(w) * split``."""
+    return [values["lr"] * states["w"].sum(1) * split.sum() + train.sum() for split in splits]
+
+
+def _toy_groups(n_runs, n_groups):
+    values = {"lr": jnp.arange(1.0, n_runs + 1)}
+    states = {"w": jnp.arange(3.0 * n_runs).reshape(n_runs, 3), "round": jnp.zeros(n_runs, jnp.int32)}
+    return values, states, run_groups.RunGroups(values, n_groups, _toy_round, _toy_evaluate)
+
+
 @pytest.mark.parametrize("n_groups", [1, 2, 3])
-def test_compiled_groups_give_the_whole_round(n_groups):
-    values = {"lr": jnp.asarray([0.5, 1.0, 2.0, 3.0, 4.0])}
-    states = {"w": jnp.arange(15.0).reshape(5, 3), "round": jnp.zeros(5, jnp.int32)}
+def test_groups_give_the_whole_round_and_evaluation(n_groups):
+    values, states, groups = _toy_groups(5, n_groups)
     train = jnp.ones(4)
     want = jax.jit(_toy_round)(values, states, train)
-    grouped = run_groups.GroupedRound(_toy_round, values, n_groups)
-    compiled = grouped.compile(states, train)
-    assert sorted(compiled.programs) == sorted({stop - start for start, stop in grouped.bounds})
+    compiled = groups.compile_round(states, train)
+    assert sorted(compiled.programs) == sorted(set(groups.sizes)) and sum(groups.sizes) == 5
     got = compiled(states, train)
     jax.tree.map(np.testing.assert_array_equal, got, want)
-    again = compiled(*(got[0], train))  # its output is the next round's input (donated)
+    again = compiled(got[0], train)  # its output is the next round's input (donated)
     jax.tree.map(np.testing.assert_array_equal, again, jax.jit(_toy_round)(values, want[0], train))
+    splits = [jnp.ones(2), jnp.arange(3.0)]
+    evaluated = groups.evaluate(again[0], train, splits)
+    jax.tree.map(np.testing.assert_array_equal, evaluated, _toy_evaluate(values, again[0], train, splits))
 
 
 def test_an_error_in_a_group_reaches_the_caller():
-    values = {"lr": jnp.ones(4)}
-    states = {"w": jnp.ones((4, 2)), "round": jnp.zeros(4, jnp.int32)}
-    compiled = run_groups.GroupedRound(_toy_round, values, 2).compile(states, jnp.ones(1))
+    _, states, groups = _toy_groups(4, 2)
+    compiled = groups.compile_round(states, jnp.ones(1))
 
     def broken(*_):
         raise RuntimeError("out of memory in group")
@@ -71,9 +83,8 @@ def test_an_error_in_a_group_reaches_the_caller():
 
 
 def test_memory_of_groups_at_once_is_their_sum():
-    values = {"lr": jnp.ones(3)}
-    states = {"w": jnp.ones((3, 2)), "round": jnp.zeros(3, jnp.int32)}
-    compiled = run_groups.GroupedRound(_toy_round, values, 2).compile(states, jnp.ones(1))
+    _, states, groups = _toy_groups(3, 2)
+    compiled = groups.compile_round(states, jnp.ones(1))
 
     def analysed(temp):
         return types.SimpleNamespace(

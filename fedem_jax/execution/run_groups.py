@@ -1,13 +1,14 @@
-"""A sweep's round on CPU with its runs cut into groups executed at once, one thread per core.
+"""A sweep on CPU with its runs cut into groups executed at once, one thread per core.
 
 One compiled XLA:CPU program of a synthetic round gains little from a second core, even with ten
 runs vmapped: its operations are small and mostly run one after another. Two programs executed
-at once from two threads keep both cores working (1.8x per round on 2 cores). So on CPU a
-sweep's runs are cut into ``n_groups`` groups of (nearly) equal size; each group's round is one
-compiled program (the runs' settings are its argument, so equal groups share it) and every round
-runs the groups at once, one thread each, then joins their states
-(``benchmarks/sweep_throughput.py``, README). A conv net's round already fills the cores: it
-keeps one group.
+at once from two threads keep both cores working (1.8-1.9x per round on 2 cores). So on CPU a
+sweep's runs are cut into ``n_groups`` groups of (nearly) equal size; a group's round (and its
+evaluation) is one compiled program taking the group's settings as an argument, so equal groups
+share it. Every call splits the stacked state into the groups, runs them at once, one thread
+each, and joins the results, so checkpoints and outputs see one state
+(``benchmarks/sweep_throughput.py``, README "Sweeps"). A conv net's round already fills the
+cores: it keeps one group.
 
 Each run's arithmetic is the same whichever group it is in, so the results do not depend on the
 number of groups beyond float rounding (a vmap of 5 runs instead of 10).
@@ -49,59 +50,75 @@ def group_bounds(n_runs: int, n_groups: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
-class GroupedRound:
-    """``fn(values, states, train) -> (states, metrics)`` (every leaf with a leading runs axis) run
-    as groups at once. :meth:`compile` gives the callable the experiment loop uses in place of a
-    compiled round."""
+class RunGroups:
+    """A sweep's functions of ``(values, states, *args)`` (``values``: the swept settings ``[R]``,
+    every leaf of ``states`` and of the results with a leading runs axis), run as groups at once.
 
-    def __init__(self, fn: Callable, values: dict, n_groups: int):
-        self.fn, self.values = fn, values
+    ``round_fn(values, states, train) -> (states, metrics)``;
+    ``evaluate_fn(values, states, train, splits) -> [per-client stats of each split]``.
+    """
+
+    def __init__(self, values: dict, n_groups: int, round_fn: Callable, evaluate_fn: Callable):
+        self.round_fn = round_fn
         self.bounds = group_bounds(len(next(iter(values.values()))), n_groups)
-
-    def compile(self, states, train) -> CompiledGroups:
-        """One compiled program per distinct group size; nothing runs."""
-        round_jit = jax.jit(self.fn, donate_argnums=1)
-        programs = {}
-        for start, stop in self.bounds:
-            if stop - start not in programs:
-                group_values, group_states = _take((self.values, states), start, stop)
-                programs[stop - start] = round_jit.lower(group_values, group_states, train).compile()
-        return CompiledGroups(self, programs)
-
-
-class CompiledGroups:
-    """A sweep's compiled round: ``(states, train) -> (states, metrics)``, the groups run at once."""
-
-    def __init__(self, grouped: GroupedRound, programs: dict):
-        self.grouped, self.programs = grouped, programs
-        bounds = grouped.bounds
+        self.values = [_take(values, start, stop) for start, stop in self.bounds]
+        bounds = self.bounds
         self._split = jax.jit(lambda tree: [_take(tree, start, stop) for start, stop in bounds])
         self._join = jax.jit(lambda parts: jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *parts))
-        self._group_values = [_take(grouped.values, start, stop) for start, stop in bounds]
-        self._pool = concurrent.futures.ThreadPoolExecutor(len(bounds), thread_name_prefix="run-group")
+        self._pool = concurrent.futures.ThreadPoolExecutor(n_groups, thread_name_prefix="run-group")
+        evaluate_jit = jax.jit(evaluate_fn)  # compiled at its first call, per group size
+        self.evaluate = lambda states, train, splits: self.map(evaluate_jit, states, train, splits)
 
-    def __call__(self, states, train):
+    @property
+    def sizes(self) -> list[int]:
+        return [stop - start for start, stop in self.bounds]
+
+    def map(self, call: Callable, states, *args):
+        """``call(values, states, *args)`` of every group at once, joined on the runs axis."""
         parts = self._split(states)
         futures = [
-            self._pool.submit(self._run_group, values, part, train)
-            for values, part in zip(self._group_values, parts, strict=True)
+            self._pool.submit(_finished, call, values, part, *args)
+            for values, part in zip(self.values, parts, strict=True)
         ]
         return self._join([future.result() for future in futures])
 
+    def compile_round(self, states, train) -> CompiledRound:
+        """The round compiled once per distinct group size, each group's state donated; nothing runs."""
+        round_jit = jax.jit(self.round_fn, donate_argnums=1)
+        programs = {}
+        for values, (start, stop) in zip(self.values, self.bounds, strict=True):
+            if stop - start not in programs:
+                programs[stop - start] = round_jit.lower(values, _take(states, start, stop), train).compile()
+        return CompiledRound(self, programs)
+
+    def __del__(self):
+        self._pool.shutdown(wait=False)
+
+
+class CompiledRound:
+    """A sweep's compiled round: ``(states, train) -> (states, metrics)``, the groups run at once."""
+
+    def __init__(self, groups: RunGroups, programs: dict):
+        self.groups, self.programs = groups, programs
+
+    def __call__(self, states, train):
+        return self.groups.map(self._run_group, states, train)
+
     def _run_group(self, values, states, train):
-        program = self.programs[len(next(iter(values.values())))]
-        return jax.block_until_ready(program(values, states, train))
+        return self.programs[len(next(iter(values.values())))](values, states, train)
 
     def memory_analysis(self):
         """The groups' buffers together (they are all live at once), for ``memory.check_compiled``."""
-        analyses = [self.programs[stop - start].memory_analysis() for start, stop in self.grouped.bounds]
+        analyses = [self.programs[size].memory_analysis() for size in self.groups.sizes]
         if any(a is None for a in analyses):
             return None
         fields = ("temp_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes")
         return types.SimpleNamespace(**{f: sum(getattr(a, f) for a in analyses) for f in fields})
 
-    def __del__(self):
-        self._pool.shutdown(wait=False)
+
+def _finished(call, *args):
+    """``call(*args)`` with its results computed (the thread waits for its own program)."""
+    return jax.block_until_ready(call(*args))
 
 
 def _take(tree, start: int, stop: int):
