@@ -15,7 +15,9 @@ time limit, all within ``--budget_s``:
    ``--conv_impl xla``;
    After the default CNN: ``round_profile.py`` on the same run, its operations by exclusive time
    (on a GPU the device's kernels too): where the round's time goes;
-4. FedEM on the synthetic paper setting, 200 rounds: accuracy, seconds per round, compile;
+4. FedEM on the synthetic paper setting, 200 rounds: accuracy, seconds per round, compile; then
+   the same as a sweep of 10 seeds (issue 13 on an accelerator: ``steady_ratio`` is 10 single
+   rounds' time over one sweep round's);
 5. the GPU-relevant tests (``test_math``, ``test_engine``, ``test_methods``, ``test_shuffle``,
    ``test_sample_map``) if pytest is there.
 
@@ -200,7 +202,13 @@ def main() -> None:
         synthetic = (
             ["--n_clients", "20", "--n_rounds", "5", "--n_test_per_client", "100"] if args.quick else []
         )
-        record("synthetic_200_rounds", run_main(synthetic, f"{scratch}/synthetic", left(0.5)))
+        single = run_main(synthetic, f"{scratch}/synthetic", left(0.4))
+        record("synthetic_200_rounds", single)
+        seeds = ["--seeds", ",".join(str(seed) for seed in range(1, 11))]
+        sweep = run_main([*synthetic, *seeds], f"{scratch}/synthetic_sweep", left(0.5))
+        if sweep["status"] == single["status"] == "ok" and sweep["s_per_round"] > 0:
+            sweep["steady_ratio"] = round(10 * single["s_per_round"] / sweep["s_per_round"], 2)
+        record("synthetic_sweep_10_seeds", sweep)
         record("tests", run_tests(left(0.95)) if not args.quick else {"status": "skipped", "why": "--quick"})
     print(f"wrote {args.out}")
 
