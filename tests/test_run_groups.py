@@ -37,6 +37,29 @@ def test_group_count(monkeypatch):
     assert run_groups.group_count(0, 10) == 1
 
 
+def test_a_containers_cpu_quota_caps_the_cores(tmp_path, monkeypatch):
+    v2, v1 = tmp_path / "cpu.max", tmp_path / "v1"
+    v1.mkdir()
+    missing = str(tmp_path / "none")
+    v2.write_text("150000 100000\n")
+    assert run_groups.cgroup_cpu_quota(str(v2), missing) == 1.5
+    v2.write_text("max 100000\n")
+    assert run_groups.cgroup_cpu_quota(str(v2), str(v1)) is None  # v2 says: no quota
+    (v1 / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert run_groups.cgroup_cpu_quota(missing, str(v1)) == 2.0
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert run_groups.cgroup_cpu_quota(missing, str(v1)) is None
+    assert run_groups.cgroup_cpu_quota(missing, missing) is None
+    monkeypatch.setattr(run_groups.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(run_groups, "cgroup_cpu_quota", lambda: 2.5)
+    assert run_groups.usable_cores() == 2
+    monkeypatch.setattr(run_groups, "cgroup_cpu_quota", lambda: 0.5)
+    assert run_groups.usable_cores() == 1
+    monkeypatch.setattr(run_groups, "cgroup_cpu_quota", lambda: None)
+    assert run_groups.usable_cores() == 16
+
+
 def _toy_round(values, states, train):
     """Each run: ``state * lr + sum(train)``, and a metric per run."""
     new = {"w": states["w"] * values["lr"][:, None] + train.sum(), "round": states["round"] + 1}

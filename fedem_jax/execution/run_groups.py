@@ -24,13 +24,36 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+CGROUP_V2 = "/sys/fs/cgroup/cpu.max"  # "<quota> <period>" or "max <period>"
+CGROUP_V1 = "/sys/fs/cgroup/cpu"  # cpu.cfs_quota_us (-1: none) and cpu.cfs_period_us
+
 
 def usable_cores() -> int:
-    """CPU cores this process may run on."""
+    """CPU cores this process may run on: its CPU affinity, capped by a container's CPU quota."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, int(quota))) if quota else cores
+
+
+def cgroup_cpu_quota(v2: str = CGROUP_V2, v1: str = CGROUP_V1) -> float | None:
+    """CPUs a container's quota allows (cgroup v2, else v1), or None: no quota, or none readable."""
+    try:
+        with open(v2) as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(v1, "cpu.cfs_quota_us")) as f:
+            quota = int(f.read())
+        with open(os.path.join(v1, "cpu.cfs_period_us")) as f:
+            period = int(f.read())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def group_count(requested: int, n_runs: int, one_run_fills_the_cores: bool = False) -> int:
