@@ -7,6 +7,7 @@ the method comes from the registry (:mod:`fedem_jax.algorithms.registry`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import optax
@@ -212,12 +213,9 @@ class Experiment:
     def evaluate_splits(self, state, train, splits):
         """Per-client stats of ``splits``; methods that adapt models first (FedAvg+) do it once."""
         splits = list(splits)
+        evaluate_all = functools.partial(evaluate_splits, self.raw)
         if self.layout.mesh is None:
-            return evaluate_splits(self.raw, state, train, splits)
-
-        def evaluate_all(state, train, splits):
-            return evaluate_splits(self.raw, state, train, splits)
-
+            return evaluate_all(state, train, splits)
         specs = (state_specs(state), CLIENT_SPEC, [CLIENT_SPEC] * len(splits))
         return self.layout.shard(evaluate_all, specs, [CLIENT_SPEC] * len(splits))(state, train, splits)
 

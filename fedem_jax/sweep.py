@@ -8,7 +8,8 @@ run's traced scalars, so what a setting changes (initialisation and sampling key
 momentum, a method's coefficient) is computed per run while the data is loaded, placed and
 compiled once. The client split stays the ``--data_seed``'s. Runs are processed ``runs_per_chunk``
 at a time (``lax.map`` with a batch size: vmapped within a chunk, a loop over chunks), chosen from
-an estimate of their memory.
+an estimate of their memory; on CPU they are also cut into ``--parallel_runs`` groups executed at
+once, one thread per core (:mod:`fedem_jax.execution.run_groups`).
 
 A config without lists is not a sweep and runs exactly as before (no runs axis).
 """
