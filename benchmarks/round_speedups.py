@@ -109,7 +109,7 @@ def main():
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more fedem_jax flags")
     args = parser.parse_args()
-    base = ["--workdir", "/tmp/fedem_jax_shuffle", "--quiet", "--tensorboard", "false", *args.extra]
+    base = ["--workdir", "/tmp/fedem_jax_round_speedups", "--quiet", "--tensorboard", "false", *args.extra]
     cfg = resolve(base)
     data = load_dataset(cfg)
     n_slots = -(-data.train.max_count // cfg.training.batch_size) * cfg.training.batch_size

@@ -213,14 +213,14 @@ class Experiment:
     def evaluate_splits(self, state, train, splits):
         """Per-client stats of ``splits``; methods that adapt models first (FedAvg+) do it once."""
         splits = list(splits)
-        evaluate_all = functools.partial(evaluate_splits, self.raw)
+        evaluate_all = functools.partial(stats_of_splits, self.raw)
         if self.layout.mesh is None:
             return evaluate_all(state, train, splits)
         specs = (state_specs(state), CLIENT_SPEC, [CLIENT_SPEC] * len(splits))
         return self.layout.shard(evaluate_all, specs, [CLIENT_SPEC] * len(splits))(state, train, splits)
 
 
-def evaluate_splits(algorithm: Algorithm, state, train, splits) -> list:
+def stats_of_splits(algorithm: Algorithm, state, train, splits) -> list:
     """Per-client stats of each of ``splits`` after the algorithm's ``prepare_eval`` (once)."""
     view = algorithm.prepare_eval(state, train)
     return [algorithm.evaluate(view, split) for split in splits]

@@ -28,7 +28,7 @@ from fedem_jax.algorithms.base import Algorithm
 from fedem_jax.config import SECTIONS, Config, ConfigError, flag_name
 from fedem_jax.data import FederatedData
 from fedem_jax.execution import run_groups
-from fedem_jax.experiment import Experiment, build, evaluate_splits
+from fedem_jax.experiment import Experiment, build, stats_of_splits
 from fedem_jax.models import CONV_MODELS
 
 STATE_COPIES = 4  # peak working copies of one run's state in a round (in, out, local copies, grads)
@@ -98,7 +98,7 @@ def choose_runs_per_chunk(n_runs: int, per_run: int, requested: int, free=None, 
         at_once = f"{n_runs} runs in {groups} groups at once (one thread each), "
         usable += " per group"
     note = (
-        f"{at_once}{chosen} of {in_group if groups > 1 else n_runs} runs per vmapped chunk ({why}: about "
+        f"{at_once}{chosen} of {in_group} runs per vmapped chunk ({why}: about "
         f"{per_run / 2**20:.1f} MiB per run, {usable})"
     )
     return chosen, note
@@ -167,7 +167,9 @@ def build_sweep(cfg: Config, data: FederatedData) -> Experiment:
             evaluate=functools.partial(over_runs("evaluate"), values),
             prepare_eval=functools.partial(over_runs("prepare_eval"), values),
             evaluate_unseen=(
-                functools.partial(over_runs("evaluate_unseen"), values) if base.raw.evaluate_unseen else None
+                functools.partial(over_runs("evaluate_unseen"), values)
+                if base.raw.evaluate_unseen is not None
+                else None
             ),
         )
 
@@ -178,7 +180,7 @@ def build_sweep(cfg: Config, data: FederatedData) -> Experiment:
             values,
             groups,
             round_fn=over_runs("round"),
-            evaluate_fn=lambda values, *args: evaluate_splits(algorithm_of(values), *args),
+            evaluate_fn=lambda values, *args: stats_of_splits(algorithm_of(values), *args),
         )
     info = {**base.info, "runs": n_runs, "runs_per_chunk": chunk, "parallel_runs": groups, "runs_note": note}
     return dataclasses.replace(
