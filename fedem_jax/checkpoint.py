@@ -22,6 +22,7 @@ import jax
 
 from fedem_jax.config import Config, ConfigError, flag_defaults
 from fedem_jax.outputs import KEPT, OutputError
+from fedem_jax.workdir import check_paths, results_in, set_aside_outputs
 
 # Fields that may change between a run and its resume without changing the experiment.
 RESUMABLE_CHANGES = frozenset(
@@ -40,8 +41,10 @@ class Checkpointer:
         self._ocp = ocp
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
         _remove_unfinished(self.directory)
+        self.max_to_keep = max_to_keep
+        self._kept_warned: set[int] = set()
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep,
+            max_to_keep=None,  # old ones are removed by _prune: a failure there is not a failed save
             create=True,
             enable_async_checkpointing=False,
             # Done above, synchronously: orbax's own cleanup runs in a thread that, in a process
@@ -66,6 +69,24 @@ class Checkpointer:
             reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise OutputError(f"cannot write the checkpoint of round {round_done} in {self.directory} "
                               f"({reason}); {KEPT}") from None  # fmt: skip
+        self._prune()
+
+    def _prune(self) -> None:
+        """Remove all but the newest ``max_to_keep`` checkpoints. One that cannot be removed (an
+        immutable folder, no permission) is kept and named once; the run goes on."""
+        for step in sorted(self.manager.all_steps())[: -self.max_to_keep]:
+            path = os.path.join(self.directory, str(step))
+            doomed = f"{path}.removing"
+            try:
+                os.rename(path, doomed)  # atomic: never a half-removed checkpoint under a step's name
+            except OSError as err:
+                if step not in self._kept_warned:
+                    self._kept_warned.add(step)
+                    print(f"cannot remove the old checkpoint {path} ({err.strerror or err}); it is kept",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                continue
+            shutil.rmtree(doomed, ignore_errors=True)
+        self.manager.reload()
 
     def restore_record(self, round_done: int) -> dict:
         """The JSON record alone (config and metrics), readable before the state's shapes are known."""
@@ -88,8 +109,14 @@ class Checkpointer:
         """Rename checkpoint ``step`` to ``<step>.damaged-<time>`` (kept, not deleted) and forget it."""
         path = os.path.join(self.directory, str(step))
         target = f"{path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
-        os.rename(path, target)
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        try:
+            os.rename(path, target)
+        except OSError as rename_err:
+            raise ConfigError(
+                f"checkpoint {step} is damaged ({reason}) and cannot be set aside as {target} "
+                f"({rename_err.strerror or rename_err}); move {path} away and rerun"
+            ) from None
         # Always said (on stderr, --quiet or not): the user must know what was left out.
         print(f"checkpoint {step} is damaged ({reason}); set aside as {target}", file=sys.stderr, flush=True)
         self.manager.reload()
@@ -100,6 +127,7 @@ class Checkpointer:
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 state, record = self.restore(step, like_state)
+                check_record(record)
                 return step, state, record
             except Exception as err:  # noqa: BLE001 - any damage: set it aside, try the next
                 self.set_aside(step, err, log)
@@ -109,11 +137,30 @@ class Checkpointer:
         self.manager.close()
 
 
+class DamagedRecord(ValueError):
+    """A checkpoint's record that reads as JSON but is not what a run saves."""
+
+
+def check_record(record) -> None:
+    """Raise :class:`DamagedRecord` unless ``record`` has the structure :mod:`fedem_jax.loop` saves."""
+    kinds = {"config": dict, "history": list, "round_seconds": list}
+    if not isinstance(record, dict):
+        raise DamagedRecord(f"its record is a {type(record).__name__}, not a dict")
+    for key, kind in kinds.items():
+        if not isinstance(record.get(key), kind):
+            raise DamagedRecord(f"its record has no {key} {kind.__name__}")
+    if not all(isinstance(row, dict) and isinstance(row.get("round"), int) for row in record["history"]):
+        raise DamagedRecord("its record's history is not a list of metrics rows")
+    if not isinstance(record.get("diverged", {}), dict):
+        raise DamagedRecord("its record's diverged runs are not a dict")
+
+
 def _remove_unfinished(directory: str) -> None:
-    """Delete orbax's temporary folders: checkpoints whose writing never finished (a kill)."""
+    """Delete orbax's temporary folders (checkpoints whose writing never finished: a kill) and old
+    checkpoints whose removal was cut short."""
     if os.path.isdir(directory):
         for name in os.listdir(directory):
-            if ".orbax-checkpoint-tmp" in name:
+            if ".orbax-checkpoint-tmp" in name or name.endswith(".removing"):
                 shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
@@ -137,13 +184,15 @@ def check_compatible(saved: dict, current: Config, what: str = "a checkpoint") -
 
 
 def check_workdir(cfg: Config, log=print) -> None:
-    """Before anything is written into the workdir: it must hold nothing, or this experiment (by
-    its newest readable checkpoint, else the ``config.json`` beside its ``metrics.jsonl``).
-    Damaged checkpoints found on the way are set aside. ``--overwrite`` sets the old checkpoints
-    aside and starts over."""
+    """Before anything is written into the workdir: every path the run writes has the right kind
+    (:func:`fedem_jax.workdir.check_paths`), and results there belong to this experiment, by its
+    newest readable checkpoint, else the ``config.json`` beside them; results that cannot be
+    identified are refused. Damaged checkpoints found on the way are set aside. ``--overwrite``
+    sets every earlier output aside (``WORKDIR/replaced-<time>/``) and starts over."""
     workdir = cfg.output.workdir
+    check_paths(workdir)
     if cfg.output.overwrite:
-        _set_aside_folder(os.path.join(workdir, "checkpoints"), "replaced", log)
+        set_aside_outputs(workdir)
         return
     record = newest_record(workdir, log) if os.path.isdir(os.path.join(workdir, "checkpoints")) else None
     if record is not None:
@@ -155,15 +204,27 @@ def check_workdir(cfg: Config, log=print) -> None:
                 f"{os.path.join(workdir, 'checkpoints')}"
             )
         return
-    config_path = os.path.join(workdir, "config.json")
-    # Outputs of a run that wrote metrics; a config.json alone is a start that failed early.
-    if os.path.exists(config_path) and os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-        try:
-            with open(config_path) as f:
-                saved_config = json.load(f)
-        except (OSError, ValueError):
-            return  # unreadable: it will be rewritten
-        check_compatible(saved_config, cfg, "the outputs")
+    present = results_in(workdir)
+    if not present:
+        return  # empty, or a start that failed early: rewritten
+    saved_config = _saved_config(workdir)
+    if saved_config is None:
+        raise ConfigError(
+            f"--workdir {workdir!r} holds results ({', '.join(present)}) but its config.json is missing "
+            "or unreadable, so they cannot be told apart from another experiment's; use another "
+            "--workdir, or --overwrite to set them aside (into WORKDIR/replaced-<time>/) and start over"
+        )
+    check_compatible(saved_config, cfg, "the outputs")
+
+
+def _saved_config(workdir: str) -> dict | None:
+    """The workdir's ``config.json`` as a dict, or None if it is missing, unreadable or not one."""
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
 def newest_record(workdir: str, log=print) -> tuple[int, dict] | None:
@@ -172,19 +233,11 @@ def newest_record(workdir: str, log=print) -> tuple[int, dict] | None:
     try:
         for step in sorted(checkpointer.manager.all_steps(), reverse=True):
             try:
-                return step, checkpointer.restore_record(step)
+                record = checkpointer.restore_record(step)
+                check_record(record)
+                return step, record
             except Exception as err:  # noqa: BLE001 - any damage: set it aside, try the next
                 checkpointer.set_aside(step, err, log)
         return None
     finally:
         checkpointer.close()
-
-
-def _set_aside_folder(path: str, why: str, log) -> str | None:
-    """Rename ``path`` to ``path.<why>-<time>`` (never deleted); returns the new name."""
-    if not os.path.exists(path):
-        return None
-    target = f"{path}.{why}-{time.strftime('%Y%m%d-%H%M%S')}"
-    os.rename(path, target)
-    print(f"set aside {path} as {target}", file=sys.stderr, flush=True)
-    return target

@@ -4,10 +4,9 @@ flag and its allowed range (``main`` turns it into exit code 2), and the choices
 from __future__ import annotations
 
 import math
-import os
 from typing import TYPE_CHECKING
 
-from fedem_jax.errors import ConfigError, check
+from fedem_jax.errors import check
 
 if TYPE_CHECKING:  # the sections are defined in fedem_jax.config, which imports this module
     from fedem_jax.config import Config, DataConfig, LayoutConfig, ModelConfig, OutputConfig, TrainingConfig
@@ -19,6 +18,9 @@ MODELS = ("linear", "mlp", "cnn", "cifar10_cnn", "femnist_cnn", "lstm", "mobilen
 OPTIMIZERS = ("sgd", "adam")
 CONV_IMPLS = ("xla", "matmul")
 SCHEDULERS = ("constant", "sqrt", "linear", "cosine", "multi_step")
+MAX_INT = 2**31 - 1  # rounds, epochs and their products are counted in int32 on the device
+# Seeds are int32 in a sweep and 32-bit in JAX's keys: larger ones would collide with smaller ones.
+MAX_SEED = MAX_INT
 
 
 def validate_method(cfg: Config) -> None:
@@ -57,6 +59,9 @@ def validate(cfg: Config) -> Config:
     _validate_training(cfg.training)
     _validate_layout(cfg.layout)
     _validate_output(cfg.output)
+    for flag, value in cfg.to_dict().items():  # what the ranges above leave open
+        if isinstance(value, int) and not isinstance(value, bool):  # counters are int32 on the device
+            check(abs(value) <= MAX_INT, f"--{flag} must be at most {MAX_INT}, got {value}")
     check(
         not cfg.output.validation or cfg.data.val_frac > 0,
         "--validation needs --val_frac in (0, 1), e.g. 0.25",
@@ -82,6 +87,10 @@ def _in_range(name: str, value, low, high, closed_low: bool, closed_high: bool) 
     check(ok, f"--{name} must be in {bounds}, got {value}")
 
 
+def _check_seed(name: str, value: int) -> None:
+    check(0 <= value <= MAX_SEED, f"--{name} must be an integer in [0, {MAX_SEED}], got {value}")
+
+
 def _validate_data(d: DataConfig) -> None:
     _one_of("dataset", d.dataset, DATASETS)
     if d.split:
@@ -95,6 +104,7 @@ def _validate_data(d: DataConfig) -> None:
         "n_test_per_client",
     ):
         _at_least(name, getattr(d, name), 1)
+    _check_seed("data_seed", d.data_seed)
     _at_least("max_samples", d.max_samples, 0)
     _at_least("noise_std", d.noise_std, 0)
     check(d.alpha > 0, f"--alpha must be > 0, got {d.alpha}")
@@ -118,10 +128,13 @@ def _validate_model(m: ModelConfig) -> None:
 
 
 def _validate_training(t: TrainingConfig) -> None:
+    _check_seed("seed", t.seed)
     _one_of("optimizer", t.optimizer, OPTIMIZERS)
     _one_of("lr_scheduler", t.lr_scheduler, SCHEDULERS)
     for name in ("n_rounds", "local_epochs", "batch_size"):
         _at_least(name, getattr(t, name), 1)
+    epochs = t.n_rounds * t.local_epochs  # a client's epoch counter, the lr schedule's clock
+    check(epochs <= MAX_INT, f"--n_rounds x --local_epochs must be at most {MAX_INT}, got {epochs}")
     check(t.lr > 0, f"--lr must be > 0, got {t.lr}")
     _in_range("momentum", t.momentum, 0, 1, True, False)
     _at_least("weight_decay", t.weight_decay, 0)
@@ -165,12 +178,6 @@ def _validate_output(o: OutputConfig) -> None:
 
 
 def _check_workdir(workdir: str) -> None:
-    """Fail early if ``workdir`` cannot be created or written."""
-    if not workdir:
-        raise ConfigError("--workdir must not be empty")
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"--workdir: cannot create {workdir!r} ({err.strerror})") from None
-    if not os.access(workdir, os.W_OK):
-        raise ConfigError(f"--workdir: {workdir!r} is not writable")
+    """Only the name: the folder is created (and checked) when a run starts, not when a
+    configuration is validated."""
+    check(bool(workdir), "--workdir must not be empty")

@@ -241,6 +241,7 @@ def make_context(cfg: Config, data: FederatedData, model, update: ClientUpdate, 
         data_seed=cfg.data.data_seed,
         eval_chunk=cfg.layout.eval_chunk,
         init_weights=load_weights(cfg.model.init_from) if cfg.model.init_from else None,
+        init_from=cfg.model.init_from,
         init_scheme=init_scheme,
     )
 

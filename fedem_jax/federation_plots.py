@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from fedem_jax.errors import PlotError
 from fedem_jax.outputs import atomic_open, mean_entropy, read_jsonl
 
 STACKED_BARS_UP_TO = 20  # labels; beyond that a heatmap reads better
@@ -63,8 +64,7 @@ def _save(fig, path: str) -> str:
 
 def plot_partition(workdir: str, out_dir: str) -> str:
     """``partition.png`` from ``WORKDIR/partition.json``."""
-    with open(os.path.join(workdir, "partition.json")) as f:
-        partition = json.load(f)
+    partition = _read_partition(os.path.join(workdir, "partition.json"))
     plt = _pyplot()
     fig, axes = plt.subplots(
         2, 2, figsize=(13, 7), width_ratios=(3, 1), constrained_layout=True, squeeze=False
@@ -89,6 +89,22 @@ def plot_partition(workdir: str, out_dir: str) -> str:
     return _save(fig, os.path.join(out_dir, "partition.png"))
 
 
+def _read_partition(path: str) -> dict:
+    """``partition.json``, checked: its counts are what :func:`plot_partition` draws."""
+    if not os.path.isfile(path):
+        raise PlotError(f"{path} not found: it is written when a run starts")
+    try:
+        with open(path) as f:
+            partition = json.load(f)
+        counts = [np.asarray(partition[split], np.int64) for split in ("train", "test")]
+        ok = all(c.ndim == 2 and len(c) for c in counts) and isinstance(partition["n_classes"], int)
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise PlotError(f"{path}: not a fedem_jax partition (per-client label counts)")
+    return partition
+
+
 def _draw_label_counts(ax, counts: np.ndarray, n_classes: int) -> None:
     if n_classes <= STACKED_BARS_UP_TO:
         colors = _pyplot().get_cmap("tab20" if n_classes > 10 else "tab10")
@@ -111,9 +127,15 @@ def _draw_label_counts(ax, counts: np.ndarray, n_classes: int) -> None:
 
 def _last_records(workdir: str) -> tuple[list[dict], dict]:
     """The per-client records of the first run (the single run, or run 0 of a sweep), and its last."""
-    records = read_jsonl(os.path.join(workdir, "clients.jsonl"))
+    path = os.path.join(workdir, "clients.jsonl")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise PlotError(f"{path} is not a file")
+    records = [r for r in read_jsonl(path) if isinstance(r, dict)]
     if not records:
-        raise FileNotFoundError(f"{os.path.join(workdir, 'clients.jsonl')} is missing or empty")
+        raise PlotError(f"{path} is missing or empty")
+    needed = ("round", "pi", "train_accuracy")
+    if not all(key in r for r in records for key in needed):
+        raise PlotError(f"{path}: not fedem_jax per-client records (each needs {', '.join(needed)})")
     first_run = records[0].get("run")
     mine = [r for r in records if r.get("run") == first_run]
     return mine, mine[-1]

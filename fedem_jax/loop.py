@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 
-from fedem_jax import federation_plots, memory, outputs
+from fedem_jax import federation_plots, memory, outputs, workdir
 from fedem_jax.checkpoint import Checkpointer, check_workdir
 from fedem_jax.config import Config, ConfigError
 from fedem_jax.data import FederatedData, load_dataset
@@ -191,7 +191,13 @@ def run(cfg: Config, data: FederatedData | None = None, log=print, stop: StopSig
     """
     main_process = is_main_process()  # with --distributed only process 0 writes outputs
     signals = contextlib.nullcontext(stop) if stop is not None else StopSignals()
-    with WorkdirLock(cfg.output.workdir) if main_process else contextlib.nullcontext(), signals as stop:
+    if main_process:
+        workdir.create(cfg.output.workdir)
+        workdir.check_paths(cfg.output.workdir)  # the lock file included, before it is opened
+    with contextlib.ExitStack() as stack:
+        if main_process:
+            stack.enter_context(WorkdirLock(cfg.output.workdir))
+        stop = stack.enter_context(signals)
         return _run_locked(cfg, data, log, stop, main_process)
 
 

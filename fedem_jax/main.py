@@ -12,8 +12,9 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     # First of all, before jax is imported: a Ctrl-C or SIGTERM only sets a flag, checked at safe
     # points (an exception landing inside jaxlib's initialisation or XLA's compiler can crash it).
-    from fedem_jax.safety import StopSignals
+    from fedem_jax.safety import StopSignals, resilient_streams
 
+    resilient_streams()  # `| head -1` or a full disk on stdout: the run goes on, silently
     try:
         with StopSignals() as stop:
             return _main(argv, stop)
@@ -24,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None, stop) -> int:
     from fedem_jax.config import ConfigError, resolve
-    from fedem_jax.safety import EXIT_CODES
+    from fedem_jax.safety import EXIT_CODES, ThirdPartyLog
+    from fedem_jax.workdir import LOG_FILE
 
     try:
         cfg = resolve(argv)
@@ -42,8 +44,18 @@ def _main(argv: list[str] | None, stop) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
 
+    problem = _backend_problem()  # after jax.distributed.initialize(), which must come first
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+
     from fedem_jax.data import DataError
     from fedem_jax.distributed import is_main_process
+
+    if is_main_process():  # the one that writes the workdir
+        # Other libraries' log records and unraisable exceptions (orbax's, when a checkpoint cannot
+        # be written or read) go to the workdir's log for the rest of the process, not the terminal.
+        ThirdPartyLog(cfg.output.workdir, LOG_FILE).install()
     from fedem_jax.loop import DivergenceError, run
     from fedem_jax.outputs import OutputError
     from fedem_jax.safety import Interrupted
@@ -84,6 +96,22 @@ def _main(argv: list[str] | None, stop) -> int:
         f"-> {cfg.output.workdir}/summary.json"
     )
     return 0
+
+
+def _backend_problem() -> str:
+    """Why JAX cannot start its backend (e.g. ``JAX_PLATFORMS=gpu`` on a machine without one), or ''."""
+    import os
+
+    import jax
+
+    try:
+        jax.devices()
+    except RuntimeError as err:
+        platforms = os.environ.get("JAX_PLATFORMS", "")
+        reason = str(err).strip().splitlines()[0][:200]
+        asked = f"JAX_PLATFORMS={platforms}: " if platforms else ""
+        return f"{asked}JAX cannot start a backend here ({reason})"
+    return ""
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ GIB = 2**30
 HEADROOM = 0.9
 
 SUGGESTION = (
-    "use fewer clients (--n_clients), a smaller --batch_size, or train clients a few at a time "
-    "(--client_chunk 1 or k) with learners looped (--learner_vmap 0)"
+    "use fewer clients (--n_clients) or components (--n_learners), a smaller --batch_size, or train "
+    "clients a few at a time (--client_chunk 1 or k) with learners looped (--learner_vmap 0)"
 )
 
 
@@ -40,10 +40,11 @@ def free_bytes(device=None) -> int | None:
     stats = device.memory_stats() if device.platform != "cpu" else None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
-    return _host_free_bytes()
+    return host_free_bytes()
 
 
-def _host_free_bytes() -> int | None:
+def host_free_bytes() -> int | None:
+    """The host's available memory (``MemAvailable``, or a cgroup v2 limit if lower); None if unknown."""
     candidates = []
     try:
         with open("/proc/meminfo") as meminfo:

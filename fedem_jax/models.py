@@ -228,7 +228,7 @@ def init_stacked_params(model: nn.Module, key: jax.Array, sample_input: jax.Arra
     Learner ``m`` is initialised from ``fold_in(key, m)``. Jitted: run op by op, a deep network's
     initialisation (MobileNetV2) takes tens of seconds on CPU.
     """
-    keys = jnp.stack([jax.random.fold_in(key, m) for m in range(n_learners)])
+    keys = jax.vmap(lambda m: jax.random.fold_in(key, m))(jnp.arange(n_learners))  # no Python loop over M
     return jax.jit(jax.vmap(lambda k: model_state(model.init(k, sample_input))))(keys)
 
 

@@ -66,7 +66,9 @@ class MetricsWriter:
         except OSError as err:
             raise _failed(self.path, err) from None
         self.clients_path = os.path.join(workdir, "clients.jsonl")
-        kept = [r for r in read_jsonl(self.clients_path) if r["round"] <= start_round] if start_round else []
+        kept = []
+        if start_round:
+            kept = [r for r in read_jsonl(self.clients_path) if _round_of(r) <= start_round]
         with atomic_open(self.clients_path) as f:
             for record in kept:
                 f.write(_compact(record))
@@ -121,6 +123,12 @@ class NullWriter:
 
     def close(self) -> None:
         pass
+
+
+def _round_of(record) -> float:
+    """A record's round; one without (edited by hand, another file) sorts after every round."""
+    ok = isinstance(record, dict) and isinstance(record.get("round"), int)
+    return record["round"] if ok else float("inf")
 
 
 def _compact(record: dict) -> str:

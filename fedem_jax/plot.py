@@ -17,28 +17,69 @@ import json
 import os
 import sys
 
+from fedem_jax.errors import PlotError
+
+
+def read_rows(path: str) -> list[dict]:
+    """The metrics rows of a ``metrics.jsonl``: a last line cut by a crash is skipped (as the
+    trainer does); any other line that is not a JSON object of a round is named."""
+    if not os.path.isfile(path):
+        what = "is not a file" if os.path.exists(path) else "not found"
+        raise PlotError(f"{path} {what}: is {os.path.dirname(path) or '.'!r} a fedem_jax workdir?")
+    with open(path) as f:
+        lines = f.read().split("\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if number >= len(lines) - 1:  # the last line, half-written
+                break
+            raise PlotError(f"{path}, line {number}: not a JSON object") from None
+        if not isinstance(row, dict) or not isinstance(row.get("round"), int):
+            raise PlotError(f"{path}, line {number}: not a metrics row (no round)")
+        rows.append(row)
+    return rows
+
+
+def _read_json_dict(path: str) -> dict:
+    """A JSON object from ``path``, or ``{}`` if it is missing, unreadable or not an object."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _client_accuracies(path: str) -> list[float]:
+    """Per-client test accuracy from ``clients.csv`` (``[]`` if it is missing or has none)."""
+    if not os.path.isfile(path):
+        return []
+    try:
+        with open(path, newline="") as f:
+            return [float(r["test_accuracy"]) for r in csv.DictReader(f) if r.get("test_accuracy")]
+    except (KeyError, ValueError, csv.Error) as err:
+        raise PlotError(f"{path}: not a fedem_jax clients.csv ({err})") from None
+
 
 def load_run(workdir: str) -> dict:
     """Metrics rows, per-client accuracies and a label for one workdir."""
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(metrics_path):
-        raise FileNotFoundError(f"{metrics_path} not found: is {workdir!r} a fedem_jax workdir?")
-    with open(metrics_path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    clients = []
-    clients_path = os.path.join(workdir, "clients.csv")
-    if os.path.exists(clients_path):
-        with open(clients_path) as f:
-            clients = [float(r["test_accuracy"]) for r in csv.DictReader(f)]
+    rows = read_rows(os.path.join(workdir, "metrics.jsonl"))
+    clients = _client_accuracies(os.path.join(workdir, "clients.csv"))
     label = os.path.basename(os.path.normpath(workdir))
-    config_path = os.path.join(workdir, "config.json")
-    grid = []
-    if os.path.exists(config_path):
-        with open(config_path) as f:
-            config = json.load(f)
+    config = _read_json_dict(os.path.join(workdir, "config.json"))
+    if isinstance(config.get("method"), str):
         label = f"{config['method']} ({label})"
-        grid = [k for k, v in config.items() if isinstance(v, list) and k != "seed"]
-    return {"rows": rows, "clients": clients, "label": label, "grid": grid}
+    grid = [k for k, v in config.items() if isinstance(v, list) and k != "seed"]
+    return {"rows": rows, "clients": clients, "label": label, "grid": grid, "workdir": workdir}
+
+
+def _check_key(run: dict, key: str) -> None:
+    if not any(key in row for row in run["rows"]):
+        raise PlotError(f"{run['workdir']}/metrics.jsonl: no row has {key!r} (not a fedem_jax metrics file?)")
 
 
 def mean_curves(run: dict, key: str) -> list[tuple[str, list, list, list | None]]:
@@ -46,13 +87,13 @@ def mean_curves(run: dict, key: str) -> list[tuple[str, list, list, list | None]
     over seeds, ``std`` their standard deviation; ``None`` for a single run)."""
     import numpy as np
 
-    rows = run["rows"]
+    rows = [r for r in run["rows"] if key in r]
     if not rows or "run" not in rows[0]:
         return [(run["label"], [r["round"] for r in rows], [r[key] for r in rows], None)]
     lines = []
-    settings = sorted({tuple(r[k] for k in run["grid"]) for r in rows})
+    settings = sorted({tuple(r.get(k) for k in run["grid"]) for r in rows}, key=str)
     for setting in settings:
-        mine = [r for r in rows if tuple(r[k] for k in run["grid"]) == setting]
+        mine = [r for r in rows if tuple(r.get(k) for k in run["grid"]) == setting]
         rounds = sorted({r["round"] for r in mine})
         values = [[r[key] for r in mine if r["round"] == t] for t in rounds]
         name = ", ".join(f"{k} {v}" for k, v in zip(run["grid"], setting, strict=True))
@@ -69,13 +110,16 @@ def plot_runs(workdirs: list[str], out_dir: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     runs = [load_run(w) for w in workdirs]
-    os.makedirs(out_dir, exist_ok=True)
+    make_out_dir(out_dir)
     split = "test" if all("test_accuracy" in run["rows"][0] for run in runs if run["rows"]) else "val"
     panels = [
         (f"{split}_accuracy", f"{split} accuracy"),
         (f"{split}_accuracy_bottom10", f"{split} accuracy, bottom 10 % of clients"),
         (f"{split}_loss", f"{split} loss"),
     ]
+    for run in runs:
+        for key, _ in panels:
+            _check_key(run, key)
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), constrained_layout=True)
     for ax, (key, title) in zip(axes, panels, strict=True):
         for run in runs:
@@ -100,11 +144,22 @@ def plot_runs(workdirs: list[str], out_dir: str) -> list[str]:
     ax.set_xlabel("per-client test accuracy")
     ax.set_ylabel("clients")
     ax.set_title("per-client test accuracy at the end")
-    ax.legend()
+    if any(run["clients"] for run in runs):
+        ax.legend()
     hist = os.path.join(out_dir, "clients.png")
     fig.savefig(hist, dpi=110)
     plt.close(fig)
     return [curves, hist]
+
+
+def make_out_dir(out_dir: str) -> None:
+    """Create the output folder, or say why it cannot be."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise PlotError(f"--out {out_dir}: a file of that name exists; give a folder")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as err:
+        raise PlotError(f"--out {out_dir}: cannot create it ({err.strerror or err})") from None
 
 
 def _plot(args) -> list[str]:
@@ -115,7 +170,7 @@ def _plot(args) -> list[str]:
     paths = []
     for workdir in args.workdirs:
         out = args.out or workdir
-        os.makedirs(out, exist_ok=True)
+        make_out_dir(out)
         if args.partition:
             paths.append(federation_plots.plot_partition(workdir, out))
         if args.mixture:
@@ -133,8 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         paths = _plot(args)
-    except (FileNotFoundError, KeyError, json.JSONDecodeError) as err:
+    except PlotError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # reading or writing a file: which one, and why
+        print(f"error: {err.filename or ''}: {err.strerror or err}".replace(": : ", ": "), file=sys.stderr)
         return 1
     for path in paths:
         print(path)

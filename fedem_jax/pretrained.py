@@ -19,6 +19,7 @@ import numpy as np
 from flax import serialization, traverse_util
 
 from fedem_jax.data.federated import DataError
+from fedem_jax.data.untrusted import read_npz, require_real_floats
 from fedem_jax.torch_weights import mobilenet_v2_weights, read_torch_state_dict
 
 
@@ -32,19 +33,31 @@ def save_component(component, path: str) -> None:
 
 
 def load_weights(path: str) -> dict[str, np.ndarray]:
-    """``{path: array}`` from an ``.npz``, flax msgpack, or torchvision MobileNetV2 ``.pth`` file."""
+    """``{path: array}`` from an ``.npz``, flax msgpack, or torchvision MobileNetV2 ``.pth`` file,
+    read as untrusted input: every leaf must be a finite real floating-point array."""
     if not os.path.isfile(path):
         raise DataError(f"--init_from: no file {path!r}")
     if path.endswith((".pth", ".pt")):  # read without torch; the classifier head stays new
-        return mobilenet_v2_weights(read_torch_state_dict(path))
+        weights = mobilenet_v2_weights(read_torch_state_dict(path), path)
+    elif path.endswith(".npz"):
+        weights = read_npz(path, "--init_from")
+    else:
+        weights = _read_msgpack(path)
+    for key, value in weights.items():
+        require_real_floats(value, f"--init_from {path}: {key}")
+    return weights
+
+
+def _read_msgpack(path: str) -> dict[str, object]:
     try:
-        if path.endswith(".npz"):
-            with np.load(path) as archive:
-                return {key: archive[key] for key in archive.files}
         with open(path, "rb") as handle:
-            return _flat(serialization.msgpack_restore(handle.read()))
+            tree = serialization.msgpack_restore(handle.read())
+        if not isinstance(tree, dict):
+            raise ValueError(f"the file holds a {type(tree).__name__}, not a dict of arrays")
+        return _flat(tree)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise DataError(f"--init_from: cannot read {path!r} as .npz or flax msgpack ({err})") from None
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise DataError(f"--init_from: cannot read {path!r} as .npz or flax msgpack ({reason})") from None
 
 
 def apply_weights(stacked, weights: dict[str, np.ndarray], path: str = "") -> tuple[object, int]:

@@ -7,15 +7,24 @@
   is on disk.
 - :class:`WorkdirLock`: an exclusive ``flock`` on ``WORKDIR/.lock`` (released by the kernel if the
   process dies); a second run on the same workdir is refused, naming the first one's process.
+- :class:`ThirdPartyLog`: other libraries' log records (orbax and absl, asyncio) and exceptions
+  Python can only report as "unraisable" (orbax's event loop at shutdown) go to
+  ``WORKDIR/third_party.log``, not to the terminal, where the run's own one-line messages are.
+- :func:`resilient_streams`: a closed pipe (``| head``) or a full disk on stdout/stderr stops the
+  printing, not the run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
+import logging
 import os
 import signal
 import sys
 import threading
+import traceback
 
 from fedem_jax.errors import ConfigError
 
@@ -87,7 +96,12 @@ class WorkdirLock:
         self._file = None
 
     def __enter__(self) -> WorkdirLock:
-        handle = open(self.path, "a+")  # noqa: SIM115 - held until __exit__
+        try:
+            handle = open(self.path, "a+")  # noqa: SIM115 - held until __exit__
+        except OSError as err:
+            raise ConfigError(
+                f"--workdir: cannot open its lock file {self.path} ({err.strerror or err})"
+            ) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -109,3 +123,115 @@ class WorkdirLock:
         if self._file is not None:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
+
+
+THIRD_PARTY_LOGGERS = ("absl", "asyncio", "orbax", "tensorstore")
+
+
+class ThirdPartyLog(logging.Handler):
+    """Once installed (or within ``with ThirdPartyLog(workdir):``), records of
+    :data:`THIRD_PARTY_LOGGERS` and unraisable exceptions are appended to ``WORKDIR/third_party.log``
+    (created at the first one) instead of the terminal. Writing it never fails the run: if the file
+    cannot be written, the records are dropped."""
+
+    def __init__(self, workdir: str, name: str = "third_party.log"):
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        self.path = os.path.join(workdir, name)
+        self._file = None
+        self._failed = False
+        self._saved: list = []
+
+    def _append(self, text: str) -> None:
+        if self._failed:
+            return
+        try:
+            if self._file is None:
+                self._file = open(self.path, "a")  # noqa: SIM115 - closed in __exit__
+            self._file.write(text.rstrip("\n") + "\n")
+            self._file.flush()
+        except (OSError, ValueError):
+            self._failed = True  # a full disk or a read-only folder: drop them, keep training
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):  # a record that cannot be formatted: not worth a traceback
+            self._append(self.format(record))
+
+    def unraisable(self, unraisable) -> None:
+        lines = traceback.format_exception(
+            unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback
+        )
+        self._append(f"unraisable exception ({unraisable.err_msg or 'ignored'}):\n" + "".join(lines))
+
+    def install(self) -> ThirdPartyLog:
+        """Route the records and unraisable exceptions here until :meth:`uninstall` (the command
+        line never uninstalls: orbax's threads can still report while the process exits)."""
+        self._saved = [(sys.unraisablehook, logging.raiseExceptions)]
+        for name in THIRD_PARTY_LOGGERS:
+            logger = logging.getLogger(name)
+            self._saved.append((logger, logger.propagate))
+            logger.addHandler(self)
+            logger.propagate = False
+        sys.unraisablehook = self.unraisable
+        logging.raiseExceptions = False  # a failing handler elsewhere prints no "--- Logging error ---"
+        return self
+
+    def uninstall(self) -> None:
+        (hook, raise_exceptions), *loggers = self._saved
+        for logger, propagate in loggers:
+            logger.removeHandler(self)
+            logger.propagate = propagate
+        sys.unraisablehook, logging.raiseExceptions = hook, raise_exceptions
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+
+    def __enter__(self) -> ThirdPartyLog:
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.uninstall()
+
+
+class _Resilient:
+    """A text stream whose failures (a closed pipe, a full disk) silence it instead of raising:
+    the file descriptor is pointed at ``/dev/null``, so Python's own flush at exit succeeds too."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _silence(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as err:
+            if err.errno not in (errno.EPIPE, errno.ENOSPC, errno.EIO, errno.EDQUOT):
+                raise
+            self._silence()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as err:
+            if err.errno not in (errno.EPIPE, errno.ENOSPC, errno.EIO, errno.EDQUOT):
+                raise
+            self._silence()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def resilient_streams() -> None:
+    """Make ``sys.stdout`` and ``sys.stderr`` resilient (the command line's progress and results
+    are not worth losing a run for: everything that matters is in the workdir)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _Resilient):
+            setattr(sys, name, _Resilient(stream))

@@ -95,3 +95,12 @@ def write_tfds_folder(data_dir, name: str, splits: dict) -> str:
     info.set_splits(tfds.core.SplitDict(split_infos))
     info.write_to_directory(folder)
     return folder
+
+
+def assert_pinned(summary: dict, test_accuracy: float, test_loss: float) -> None:
+    """A run's final metrics equal the values recorded for its fixed seeds: the accuracy exactly
+    (a ratio of counts), the loss to float32 rounding of a few operations' order."""
+    import pytest
+
+    assert summary["test_accuracy"] == pytest.approx(test_accuracy, abs=1e-9)
+    assert summary["test_loss"] == pytest.approx(test_loss, rel=1e-4)

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import assert_pinned
 
 from fedem_jax.main import main
 
@@ -29,6 +30,7 @@ def test_cifar10_end_to_end_with_mock_data(tmp_path):
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["model"] == "cifar10_cnn" and summary["n_clients"] == 4
     assert np.isfinite(summary["test_loss"]) and 0 <= summary["test_accuracy"] <= 1
+    assert_pinned(summary, test_accuracy=0.2, test_loss=2.3098107814788817)
 
 
 def test_cifar10_without_data_says_where_and_how(tmp_path, capsys):
@@ -103,6 +105,7 @@ def test_emnist_end_to_end_with_mock_data(tmp_path):
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["model"] == "femnist_cnn" and summary["n_clients"] == 3
     assert np.isfinite(summary["test_loss"])
+    assert_pinned(summary, test_accuracy=0.0, test_loss=4.145045280456543)
 
 
 def test_emnist_without_data_says_where_and_how(tmp_path, capsys):

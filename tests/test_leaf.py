@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_pinned
 
 from fedem_jax.config import resolve
 from fedem_jax.data import load_dataset
@@ -100,6 +101,8 @@ def test_leaf_datasets_end_to_end(tmp_path, dataset):
     assert rc == 0
     summary = json.loads((workdir / "summary.json").read_text())
     assert np.isfinite(summary["test_loss"]) and 0 <= summary["test_accuracy"] <= 1
+    pinned = {"femnist": (0.0, 4.130271363258362), "shakespeare": (0.0, 4.59500519434611)}[dataset]
+    assert_pinned(summary, *pinned)
 
 
 def _bad(tmp_path, name, content):

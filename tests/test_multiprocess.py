@@ -62,19 +62,36 @@ def test_two_processes_match_one(tmp_path):
     workdirs = [tmp_path / "p0", tmp_path / "p1"]
     _launch(workdirs, ["--checkpoint_every", "0"])
     assert main([*FLAGS, "--checkpoint_every", "0", "--workdir", str(tmp_path / "one")]) == 0
-    two, one = _rows(workdirs[0]), _rows(tmp_path / "one")
-    for a, b in zip(two, one, strict=True):
-        np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
-        assert a["test_accuracy"] == b["test_accuracy"] and a["train_accuracy"] == b["train_accuracy"]
+    _assert_same_rows(_rows(workdirs[0]), _rows(tmp_path / "one"))
     assert json.loads((workdirs[0] / "summary.json").read_text())["n_clients"] == 12
-    assert not any(workdirs[1].iterdir())  # only process 0 writes
+    assert not workdirs[1].exists() or not any(workdirs[1].iterdir())  # only process 0 writes
+
+
+def _assert_same_rows(rows, expected):
+    assert [row["round"] for row in rows] == [row["round"] for row in expected]
+    for a, b in zip(rows, expected, strict=True):
+        np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
+        np.testing.assert_allclose(a["test_loss"], b["test_loss"], rtol=1e-5)
+        assert a["test_accuracy"] == b["test_accuracy"] and a["train_accuracy"] == b["train_accuracy"]
 
 
 def test_distributed_checkpoints_resume(tmp_path):
-    shared = tmp_path / "shared"
-    _launch([shared, shared], ["--checkpoint_every", "1"])
-    _launch([shared, shared], ["--checkpoint_every", "1", "--n_rounds", "3"])
-    assert [row["round"] for row in _rows(shared)] == [0, 1, 2, 3]
+    shared, constant = tmp_path / "shared", ["--lr_scheduler", "constant"]  # milestones move with n_rounds
+    _launch([shared, shared], ["--checkpoint_every", "1", *constant])
+    _launch([shared, shared], ["--checkpoint_every", "1", "--n_rounds", "3", *constant])
+    # The resumed rows are those of one uninterrupted single-process run of three rounds.
+    flags = [
+        *FLAGS,
+        *constant,
+        "--n_rounds",
+        "3",
+        "--checkpoint_every",
+        "0",
+        "--workdir",
+        str(tmp_path / "one"),
+    ]
+    assert main(flags) == 0
+    _assert_same_rows(_rows(shared), _rows(tmp_path / "one"))
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 against NumPy transcriptions of each paper's update (full-batch steps on hand-made clients)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import numpy_reference as ref
 import pytest
@@ -224,3 +225,20 @@ def test_scaffold_lr_sums_count_the_steps_taken(tmp_path, drop_last, steps):
     rates = np.array([0.1 + 0.1, 0.1 + 0.01, 0.01 + 0.001])  # epochs (t, t + 1), milestones 2 and 3
     got = lr_sums(update, data.train, epochs_done)
     np.testing.assert_allclose(got, np.array(steps) * rates, rtol=1e-6)
+
+
+@pytest.mark.parametrize("drop_last,steps", [(False, [2, 2, 3, 1, 0]), (True, [1, 2, 2, 1, 0])])
+def test_scaffold_lr_sums_for_sizes_that_divide_the_batch_and_a_padded_client(tmp_path, drop_last, steps):
+    """Sizes 5, 8, 10, 3 and a mesh's padded client (0 samples), batch 4: a size that divides the
+    batch (8) is not the largest, and the largest (10) does not divide it, so neither the step count
+    of a divisible size nor the cap of the largest client can hide behind the other."""
+    from types import SimpleNamespace
+
+    cfg = tiny_config(tmp_path, method="SCAFFOLD", n_learners=1, batch_size=4, drop_last=drop_last)
+    update = build(cfg, tiny_binary_data(sizes=(5, 8, 10, 3))).ctx.update
+    counts = np.array([5, 8, 10, 3, 0], np.int32)
+    train = SimpleNamespace(counts=jnp.asarray(counts), max_count=10)
+    expected = [(max(n // 4, 1) if drop_last else -(-n // 4)) if n else 0 for n in counts]  # NumPy's view
+    assert expected == steps
+    got = lr_sums(update, train, np.zeros(5, np.int32))
+    np.testing.assert_allclose(got, np.array(steps) * 0.1 * 2, rtol=1e-6)  # 2 epochs at lr 0.1

@@ -4,20 +4,20 @@ import json
 
 import numpy as np
 import pytest
+from helpers import assert_pinned
 
 from fedem_jax.config import DataConfig, make_config
 from fedem_jax.data.npz_source import load_npz
 from fedem_jax.main import main
 
-RNG = np.random.default_rng(0)
-
 
 def _single_file(path, n_clients=6, dim=5, with_split=False):
-    sizes = RNG.integers(12, 30, n_clients)
+    rng = np.random.default_rng(0)  # each test its own draws: pinned values do not depend on test order
+    sizes = rng.integers(12, 30, n_clients)
     client = np.repeat(np.arange(n_clients), sizes)
-    x = RNG.normal(size=(len(client), dim)).astype(np.float32)
+    x = rng.normal(size=(len(client), dim)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1).astype(np.int64)
-    extra = {"is_test": RNG.random(len(client)) < 0.25} if with_split else {}
+    extra = {"is_test": rng.random(len(client)) < 0.25} if with_split else {}
     np.savez(path, x=x, y=y, client=client, **extra)
     return x, y, client, extra
 
@@ -30,6 +30,7 @@ def test_single_file_end_to_end(tmp_path):
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["model"] == "mlp" and summary["n_clients"] == 6
     assert 0 <= summary["test_accuracy"] <= 1
+    assert_pinned(summary, test_accuracy=0.5909090909090909, test_loss=0.8993658477609808)
 
 
 def test_is_test_field_is_respected(tmp_path):
@@ -45,10 +46,11 @@ def test_is_test_field_is_respected(tmp_path):
 def test_folder_of_image_clients_uses_a_cnn(tmp_path):
     folder = tmp_path / "clients"
     folder.mkdir()
+    rng = np.random.default_rng(1)
     for c in range(3):
         n = 20 + c
-        np.savez(folder / f"client_{c}.npz", x=RNG.random((n, 12, 12)), y=RNG.integers(0, 4, n),
-                 x_test=RNG.random((5, 12, 12)), y_test=RNG.integers(0, 4, 5))  # fmt: skip
+        np.savez(folder / f"client_{c}.npz", x=rng.random((n, 12, 12)), y=rng.integers(0, 4, n),
+                 x_test=rng.random((5, 12, 12)), y_test=rng.integers(0, 4, 5))  # fmt: skip
     workdir = tmp_path / "w"
     flags = [
         "--dataset",
@@ -64,6 +66,7 @@ def test_folder_of_image_clients_uses_a_cnn(tmp_path):
     assert main([*flags, "--workdir", str(workdir)]) == 0
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["model"] == "cnn" and summary["n_clients"] == 3
+    assert_pinned(summary, test_accuracy=0.2, test_loss=1.4320788065592447)
 
 
 def _bad(tmp_path, capsys, arrays, name="bad.npz"):
@@ -109,8 +112,8 @@ def test_missing_path_and_missing_flag(tmp_path, capsys):
 
 
 def test_tiny_clients_are_dropped_with_a_warning(tmp_path):
-    client = np.array([0] * 10 + [1] + [2] * 10)
-    np.savez(tmp_path / "d.npz", x=RNG.normal(size=(21, 3)), y=RNG.integers(0, 2, 21), client=client)
+    client, rng = np.array([0] * 10 + [1] + [2] * 10), np.random.default_rng(2)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(21, 3)), y=rng.integers(0, 2, 21), client=client)
     with pytest.warns(UserWarning, match="dropped 1 of 3 clients"):
         data = load_npz(DataConfig(dataset="npz", data_path=str(tmp_path / "d.npz")))
     assert data.n_clients == 2

@@ -189,3 +189,24 @@ def test_sweep_with_unseen_clients(tmp_path):
     summary = json.loads((workdir / "summary.json").read_text())
     per_run = [r["unseen_test_accuracy"] for r in summary["runs"]]
     assert summary["unseen_test_accuracy"] == pytest.approx(np.mean(per_run))
+
+
+@pytest.mark.parametrize("metric,pick", [("loss", min), ("accuracy", max), ("accuracy_bottom10", max)])
+def test_best_setting_minimises_loss_and_maximises_accuracy(tmp_path, metric, pick):
+    """``--select_metric loss`` names the setting of the lowest mean loss over seeds, the
+    accuracies the highest (hand-made final rows: no training)."""
+    from fedem_jax.sweep import best_setting
+
+    cfg = tiny_config(tmp_path, lr=[0.1, 0.2, 0.3], seeds=[1, 2], select_metric=metric)
+    runs = cfg.runs()
+    values = {0.1: (0.30, 0.50), 0.2: (0.10, 0.20), 0.3: (0.60, 0.70)}  # per lr: one value per seed
+    finals = {
+        i: {
+            f"test_{m}": values[run["lr"]][run["seed"] - 1] for m in ("loss", "accuracy", "accuracy_bottom10")
+        }
+        for i, run in enumerate(runs)
+    }
+    means = {lr: np.mean(v) for lr, v in values.items()}
+    best = best_setting(finals, runs, list(range(len(runs))), cfg)
+    assert best["lr"] == pick(means, key=means.get) and best["by"] == f"test_{metric}"
+    assert best["value"] == pytest.approx(means[best["lr"]])

@@ -113,6 +113,7 @@ class Context:
     data_seed: int
     eval_chunk: int
     init_weights: dict | None = None  # --init_from: leaves put into every component
+    init_from: str = ""  # the file they were read from (named in errors)
     init_scheme: str = "flax"  # --init: "torch" redraws every component with PyTorch's defaults
 
     @property
@@ -141,12 +142,12 @@ class Context:
         key = jax.random.fold_in(jax.random.PRNGKey(self.seed), 0)
         params = init_stacked_params(self.model, key, data.train.x[:1], self.n_learners)
         if self.init_scheme == "torch":  # learner m from fold_in(fold_in(key, m), 1)
-            keys = jnp.stack(
-                [jax.random.fold_in(jax.random.fold_in(key, m), 1) for m in range(self.n_learners)]
+            keys = jax.vmap(lambda m: jax.random.fold_in(jax.random.fold_in(key, m), 1))(
+                jnp.arange(self.n_learners)
             )
             params = jax.vmap(torch_default_init)(params, keys)
         if self.init_weights:
-            params, _ = apply_weights(params, self.init_weights)
+            params, _ = apply_weights(params, self.init_weights, self.init_from)
         return params
 
     def init_clients(self, data: FederatedData, params: Params) -> ClientState:

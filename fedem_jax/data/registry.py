@@ -149,7 +149,16 @@ def _emnist(cfg) -> FederatedData:
 def load_dataset(config) -> FederatedData:
     """Build the federated dataset of ``config.data`` (a :class:`~fedem_jax.config.DataConfig`),
     reproducibly from its ``data_seed``."""
-    cfg = config.data
+    try:
+        return _load(config.data)
+    except MemoryError as err:  # a size no estimate foresaw: one line, not numpy's traceback
+        raise DataError(
+            f"not enough memory to load {config.data.dataset} ({str(err)[:160]}); "
+            "use fewer clients or samples (--n_clients, --max_samples, --data_frac)"
+        ) from None
+
+
+def _load(cfg) -> FederatedData:
     if cfg.dataset == "synthetic":
         data, _ = generate_synthetic(
             n_clients=cfg.n_clients,

@@ -16,6 +16,7 @@ import numpy as np
 
 from fedem_jax.core.tasks import BINARY
 from fedem_jax.data.federated import FederatedData, assemble
+from fedem_jax.errors import ConfigError
 
 MIN_SAMPLES, MAX_SAMPLES = 50, 1000
 
@@ -26,6 +27,24 @@ def _draw_samples(rng, n, pi, thetas, noise_std):
     eps = rng.normal(0.0, noise_std, size=n)
     margin = np.einsum("nd,nd->n", x.astype(np.float64), thetas[component]) + eps
     return x, (margin > 0).astype(np.int32), component
+
+
+# Copies of the samples alive at once: the per-client arrays and their concatenation.
+COPIES = 2
+
+
+def _check_memory(n_samples: int, dim: int) -> None:
+    """Refuse sizes whose samples cannot be held in the host's available memory, before drawing."""
+    from fedem_jax.memory import host_free_bytes
+
+    needed = COPIES * n_samples * dim * np.dtype(np.float32).itemsize
+    free = host_free_bytes()
+    if free is not None and needed > free:
+        raise ConfigError(
+            f"not enough memory: the synthetic data ({n_samples:,} samples x {dim:,} features) needs "
+            f"about {needed / 2**30:,.1f} GiB but the host has {free / 2**30:.1f} GiB available; "
+            "lower --n_clients, --dim or --n_test_per_client"
+        )
 
 
 def generate_synthetic(
@@ -43,10 +62,13 @@ def generate_synthetic(
 
     Ground truth is indexed by the generated client order, before any client is held out.
     """
+    per_client = n_components + MIN_SAMPLES + n_test_per_client  # the fewest samples it can draw
+    _check_memory(n_clients * per_client + n_components, dim)
     rng = np.random.default_rng(seed)
     thetas = rng.uniform(-1.0, 1.0, size=(n_components, dim))
     pis = rng.dirichlet(alpha * np.ones(n_components), size=n_clients)
     sizes = np.minimum(np.floor(rng.lognormal(4.0, 2.0, size=n_clients)) + MIN_SAMPLES, MAX_SAMPLES)
+    _check_memory(int(sizes.sum()) + n_clients * n_test_per_client, dim)
     train_x, train_y, test_x, test_y, train_z = [], [], [], [], []
     for t in range(n_clients):
         x, y, z = _draw_samples(rng, int(sizes[t]), pis[t], thetas, noise_std)
