@@ -22,9 +22,9 @@ import numpy as np
 from compare_reference import make_reference, reference_datasets
 from timing import write_result
 
-from fedem_jax.config import resolve
 from fedem_jax.data import FederatedData, build_split, load_dataset
-from fedem_jax.loop import run
+from fedem_jax.settings.cli import resolve
+from fedem_jax.training.loop import run
 
 
 def first_clients(data: FederatedData, n: int) -> FederatedData:

@@ -23,9 +23,9 @@ import time
 import jax
 import numpy as np
 
-from fedem_jax.config import resolve
 from fedem_jax.data import load_dataset
 from fedem_jax.data.tfds_source import CIFAR10_MEAN, CIFAR10_STD
+from fedem_jax.settings.cli import resolve
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from efficiency import CIFAR10_CNN_MACS, fedem_round_flops, matmul_peak_flops  # noqa: E402

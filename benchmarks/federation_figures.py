@@ -19,10 +19,10 @@ import tempfile
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
-from fedem_jax import federation_plots  # noqa: E402
-from fedem_jax.config import resolve  # noqa: E402
 from fedem_jax.data import load_dataset  # noqa: E402
 from fedem_jax.main import main as run_main  # noqa: E402
+from fedem_jax.reporting import federation_plots  # noqa: E402
+from fedem_jax.settings.cli import resolve  # noqa: E402
 
 
 def synthetic(out: str) -> None:

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from timing import write_result
 
-from fedem_jax.convolution import conv_as_matmul
+from fedem_jax.models.convolution import conv_as_matmul
 
 LAYERS = {  # name: (input shape without batch, parameter shape, input needs a gradient)
     "conv1 5x5 3->32": ((32, 32, 3), (5, 5, 3, 32), False),

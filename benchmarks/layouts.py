@@ -20,8 +20,8 @@ import os
 import jax
 from timing import time_rounds, write_result
 
-from fedem_jax.config import resolve
 from fedem_jax.data import load_dataset
+from fedem_jax.settings.cli import resolve
 
 LAYOUTS = {
     "clients vmap, learners vmap": ("0", "1"),

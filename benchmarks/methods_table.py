@@ -14,9 +14,9 @@ import sys
 
 from timing import write_result
 
-from fedem_jax.config import resolve
 from fedem_jax.data import load_dataset
-from fedem_jax.loop import run
+from fedem_jax.settings.cli import resolve
+from fedem_jax.training.loop import run
 
 METHODS = (
     "local",

@@ -17,10 +17,10 @@ import sys
 import numpy as np
 from timing import time_rounds, write_result
 
-from fedem_jax.config import resolve
 from fedem_jax.core.tasks import Task
 from fedem_jax.data import FederatedData, build_split
 from fedem_jax.data.synthetic import generate_synthetic
+from fedem_jax.settings.cli import resolve
 
 
 def image_clients(n_clients: int, seed: int = 0) -> FederatedData:

@@ -20,9 +20,9 @@ import time
 from methods_table import METHODS
 from timing import RESULTS, write_result
 
-from fedem_jax.config import resolve
 from fedem_jax.data import load_dataset
-from fedem_jax.loop import run
+from fedem_jax.settings.cli import resolve
+from fedem_jax.training.loop import run
 
 
 def percent(summary: dict, key: str) -> str:

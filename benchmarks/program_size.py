@@ -28,11 +28,11 @@ import time
 
 import jax
 
-from fedem_jax import memory
-from fedem_jax.config import resolve
 from fedem_jax.data import load_dataset
-from fedem_jax.experiment import setup
+from fedem_jax.execution import memory
 from fedem_jax.models import STATEFUL_MODELS, build_model
+from fedem_jax.settings.cli import resolve
+from fedem_jax.training.session import build_experiment
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LAYOUTS = {  # name: (--client_chunk, --learner_vmap)
@@ -81,7 +81,7 @@ def measure(data_path: str, model: str, impl: str, chunk: str, learner_vmap: str
              "--client_chunk", chunk, "--learner_vmap", learner_vmap, "--n_learners", "3",
              "--workdir", workdir, "--quiet", "--plots", "false"]
         )  # fmt: skip
-        experiment, data, state = setup(cfg, load_dataset(cfg))
+        experiment, data, state = build_experiment(cfg, load_dataset(cfg))
         t0 = time.perf_counter()
         lowered = jax.jit(experiment.algorithm.round).lower(state, data.train)
         result = {"lower_s": round(time.perf_counter() - t0, 2)}

@@ -27,9 +27,9 @@ import time
 
 import jax
 
-from fedem_jax.config import resolve
 from fedem_jax.data import load_dataset
-from fedem_jax.experiment import setup
+from fedem_jax.settings.cli import resolve
+from fedem_jax.training.session import build_experiment
 
 # Python frames, and the runtime's own spans (a thread waiting for the operations it dispatched).
 NOT_OPERATIONS = ("$", "ThunkExecutor", "SlinkyThreadPool", "PjitFunction")
@@ -78,7 +78,7 @@ def main() -> None:
     args = parser.parse_args(own)
     with tempfile.TemporaryDirectory() as scratch:
         cfg = resolve([*flags, "--workdir", os.path.join(scratch, "run"), "--quiet", "--plots", "false"])
-        experiment, data, state = setup(cfg, load_dataset(cfg))
+        experiment, data, state = build_experiment(cfg, load_dataset(cfg))
         start = time.perf_counter()
         round_fn = jax.jit(experiment.algorithm.round, donate_argnums=0).lower(state, data.train).compile()
         compile_s = time.perf_counter() - start

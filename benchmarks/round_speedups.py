@@ -26,12 +26,12 @@ import numpy as np
 from timing import time_rounds, write_result
 
 from fedem_jax.algorithms import common, fedem
-from fedem_jax.config import resolve
 from fedem_jax.core import client_update
 from fedem_jax.core.shuffle import epoch_order
 from fedem_jax.data import load_dataset
 from fedem_jax.execution.sample_map import map_samples
-from fedem_jax.experiment import setup
+from fedem_jax.settings.cli import resolve
+from fedem_jax.training.session import build_experiment
 
 
 def argsort_order(key, n_slots, count):
@@ -92,7 +92,7 @@ def time_round(base: list[str], data, rounds: int, order, sample_map) -> dict:
 def time_evaluation(base: list[str], data, sample_map, repeats: int = 3) -> float:
     """Median seconds of one evaluation (train and test splits, as the loop does) of a new state."""
     with swapped(epoch_order, sample_map):
-        experiment, placed, state = setup(resolve(base), data)
+        experiment, placed, state = build_experiment(resolve(base), data)
         evaluate = jax.jit(experiment.evaluate_splits).lower(state, placed.train, (placed.train, placed.test))
         evaluate = evaluate.compile()
         times = []

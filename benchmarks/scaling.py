@@ -26,8 +26,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def seconds_per_round(flags: list[str], rounds: int) -> float:
-    from fedem_jax.config import resolve
     from fedem_jax.data import load_dataset
+    from fedem_jax.settings.cli import resolve
 
     sys.path.insert(0, HERE)
     from timing import time_rounds

@@ -5,12 +5,12 @@ another in one process (each compiling its own round), side by side on the same 
     python benchmarks/sweep_throughput.py --dataset cifar10 --rounds 3 --seeds 4 \
         --extra --data_dir ../shared/data/tensorflow_datasets --max_samples 3000 --n_clients 10
 
-Both sides run through ``fedem_jax.loop.run`` (compile, rounds, one evaluation at the end, no
+Both sides run through ``fedem_jax.training.loop.run`` (compile, rounds, one evaluation at the end, no
 checkpoints), the data loaded once before. Throughput is rounds x runs per second of wall time,
 compile included; the script also reports compile and per-round time apart, and checks that
 every run of the sweep ends with the metrics of its sequential twin. ``--one_group`` also runs
 the sweep as one program (``--parallel_runs 1``): on CPU the default runs groups of runs at once,
-one thread per core (``fedem_jax.execution.run_groups``), and this separates the two gains.
+one thread per core (``fedem_jax.execution.sweep_groups``), and this separates the two gains.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import time
 import numpy as np
 from timing import write_result
 
-from fedem_jax.config import resolve
 from fedem_jax.data import load_dataset
-from fedem_jax.loop import run
+from fedem_jax.settings.cli import resolve
+from fedem_jax.training.loop import run
 
 
 def timed_run(cfg, data) -> tuple[float, dict]:

@@ -9,7 +9,7 @@ import time
 
 import jax
 
-from fedem_jax.experiment import setup
+from fedem_jax.training.session import build_experiment
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -17,7 +17,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 def time_rounds(cfg, data, rounds: int) -> dict:
     """Compile the round (timed apart), run one warm-up round, then time ``rounds`` rounds with
     ``jax.block_until_ready``; returns the median seconds per round, the compile time and layout."""
-    experiment, data, state = setup(cfg, data)
+    experiment, data, state = build_experiment(cfg, data)
     algorithm = experiment.algorithm
     t0 = time.perf_counter()
     compiled = jax.jit(algorithm.round, donate_argnums=0).lower(state, data.train).compile()

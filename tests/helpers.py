@@ -5,9 +5,9 @@ from __future__ import annotations
 import flax.linen as nn
 import numpy as np
 
-from fedem_jax.config import Config, make_config
 from fedem_jax.core.tasks import BINARY
 from fedem_jax.data import FederatedData, build_split
+from fedem_jax.settings.schema import Config, make_config
 
 
 def tiny_binary_data(sizes=(5, 8, 3), dim=4, seed=0) -> FederatedData:

@@ -10,7 +10,7 @@ from helpers import TinyBatchNormModel, tiny_binary_data, tiny_config
 
 from fedem_jax.algorithms import registry
 from fedem_jax.data.sharding import real_clients, shard_data
-from fedem_jax.experiment import build, place_state
+from fedem_jax.training.experiment import build, place_state
 
 N_CLIENTS = 13
 

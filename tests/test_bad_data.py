@@ -10,11 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fedem_jax.config import DataConfig
-from fedem_jax.data.federated import DataError
 from fedem_jax.data.leaf_source import load_femnist, load_shakespeare
 from fedem_jax.data.npz_source import load_npz
+from fedem_jax.errors import DataError
 from fedem_jax.main import main
+from fedem_jax.settings.schema import DataConfig
 
 RUN = ["--n_rounds", "1", "--quiet", "--checkpoint_every", "0", "--tensorboard", "false"]
 

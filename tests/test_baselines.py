@@ -7,8 +7,8 @@ import numpy_reference as ref
 import pytest
 from helpers import tiny_binary_data, tiny_config
 
-from fedem_jax.experiment import build
 from fedem_jax.main import main
+from fedem_jax.training.experiment import build
 
 LR, WD = 0.1, 5e-4
 

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from fedem_jax.algorithms import registry
-from fedem_jax.config import ConfigError, flag_name, make_config, resolve, section_fields
+from fedem_jax.errors import ConfigError
 from fedem_jax.main import main
+from fedem_jax.settings.cli import resolve
+from fedem_jax.settings.schema import flag_name, make_config, section_fields
 
 SMALL = ["--n_clients", "24", "--dim", "20", "--n_test_per_client", "200", "--quiet", "--plots", "false"]
 

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from fedem_jax.data import DataError, build_split
+from fedem_jax.data import build_split
 from fedem_jax.data.federated import train_test_split
 from fedem_jax.data.partition import label_group_dirichlet
 from fedem_jax.data.synthetic import generate_synthetic
+from fedem_jax.errors import DataError
 
 
 def _client_blocks(split):

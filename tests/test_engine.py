@@ -9,7 +9,7 @@ import pytest
 from helpers import tiny_binary_data, tiny_config
 
 from fedem_jax.execution import Layout
-from fedem_jax.experiment import build
+from fedem_jax.training.experiment import build
 
 LAYOUTS = [(0, 1), (1, 0), (2, 1), (1, 1)]  # (client_chunk, learner_vmap)
 
@@ -201,7 +201,7 @@ def test_partial_batches_as_sub_batches_give_the_same_round(tmp_path):
     import numpy as np
     from helpers import tiny_binary_data, tiny_config
 
-    from fedem_jax.experiment import build
+    from fedem_jax.training.experiment import build
 
     data = tiny_binary_data(sizes=(21, 7, 13), dim=4)
     results = []

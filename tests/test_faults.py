@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from fedem_jax import outputs
 from fedem_jax.main import main
-from fedem_jax.outputs import TIMING_KEYS
-from fedem_jax.safety import WorkdirLock
+from fedem_jax.reporting import outputs
+from fedem_jax.reporting.outputs import TIMING_KEYS
+from fedem_jax.training.safety import WorkdirLock
 
 FLAGS = ["--n_clients", "24", "--n_test_per_client", "50", "--lr_scheduler", "constant", "--quiet"]
 FLAGS += ["--log_freq", "2", "--checkpoint_every", "2", "--tensorboard", "false", "--plots", "false"]
@@ -169,7 +169,7 @@ def test_a_failed_write_is_one_line_and_the_rerun_is_exact(tmp_path, capsys, mon
 
 
 def test_an_unwritable_checkpoint_folder_is_one_line(tmp_path, capsys, monkeypatch):
-    from fedem_jax import checkpoint
+    from fedem_jax.training import checkpoint
 
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")

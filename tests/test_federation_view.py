@@ -8,11 +8,11 @@ import os
 import numpy as np
 import pytest
 
-from fedem_jax import federation_plots
 from fedem_jax.data.partition import classes_per_client, iid
-from fedem_jax.evaluation import pi_distance_to_truth
 from fedem_jax.main import main
-from fedem_jax.plot import main as plot_main
+from fedem_jax.reporting import federation_plots
+from fedem_jax.reporting.plot import main as plot_main
+from fedem_jax.training.evaluation import pi_distance_to_truth
 
 FLAGS = ["--n_clients", "12", "--n_test_per_client", "30", "--lr_scheduler", "constant", "--quiet"]
 FLAGS += ["--log_freq", "2", "--tensorboard", "false", "--n_learners", "3"]

@@ -11,8 +11,8 @@ from helpers import tiny_binary_data, tiny_config
 
 from fedem_jax.core.tasks import BINARY
 from fedem_jax.data.federated import assemble
-from fedem_jax.experiment import build
 from fedem_jax.main import main
+from fedem_jax.training.experiment import build
 
 
 def _client_arrays(sizes, rng):

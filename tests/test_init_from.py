@@ -4,9 +4,9 @@ import jax
 import numpy as np
 from helpers import tiny_binary_data, tiny_config
 
-from fedem_jax.experiment import build
 from fedem_jax.main import main
-from fedem_jax.pretrained import save_component
+from fedem_jax.models.pretrained import save_component
+from fedem_jax.training.experiment import build
 
 
 def test_every_component_starts_from_the_file(tmp_path):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from helpers import assert_pinned
 
-from fedem_jax.config import resolve
 from fedem_jax.data import load_dataset
 from fedem_jax.main import main
 from fedem_jax.models import build_model, count_params
+from fedem_jax.settings.cli import resolve
 
 
 def _write(path, users, user_data):

@@ -19,8 +19,8 @@ from fedem_jax.algorithms.decentralized import (
 from fedem_jax.core import clustering
 from fedem_jax.core.tasks import BINARY
 from fedem_jax.data import FederatedData, build_split
-from fedem_jax.experiment import build
 from fedem_jax.main import main
+from fedem_jax.training.experiment import build
 
 LR, WD = 0.1, 5e-4
 

@@ -1,6 +1,7 @@
 """MobileNetV2 with BatchNorm: torchvision's parameter counts; running statistics trained, kept out
 of the optimizer, and averaged by the server like the weights."""
 
+import dataclasses
 import functools
 
 import chex
@@ -11,9 +12,9 @@ from helpers import tiny_config
 
 from fedem_jax.core.tasks import Task
 from fedem_jax.data import FederatedData, build_split
-from fedem_jax.experiment import build
-from fedem_jax.mobilenet import MobileNetV2
 from fedem_jax.models import MODELS, count_params
+from fedem_jax.models.mobilenet import MobileNetV2
+from fedem_jax.training.experiment import build
 
 
 def _shapes(model):
@@ -37,7 +38,7 @@ def _images(sizes=(6, 10), seed=0):
 def test_batch_stats_are_trained_and_averaged_like_weights(tmp_path, monkeypatch):
     # A two-block MobileNetV2 (the same layers and BatchNorm handling, a fraction of the compile time).
     small = functools.partial(MobileNetV2, block_settings=((1, 16, 1, 1), (6, 24, 1, 2)), last_channels=64)
-    monkeypatch.setitem(MODELS, "mobilenet_v2", small)
+    monkeypatch.setitem(MODELS, "mobilenet_v2", dataclasses.replace(MODELS["mobilenet_v2"], module=small))
     data = _images()
     common = dict(
         model="mobilenet_v2",
@@ -72,7 +73,7 @@ def test_batch_stats_are_trained_and_averaged_like_weights(tmp_path, monkeypatch
 
 def test_slice_convolutions_match_xla_values_and_gradients():
     """MobileNetV2's dense, strided and depthwise convolutions as slices (CPU training) = XLA's."""
-    from fedem_jax.mobilenet import MobileConv
+    from fedem_jax.models.mobilenet import MobileConv
 
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 8))
     for features, kernel, stride, groups in [
@@ -94,7 +95,7 @@ def test_matmul_form_matches_xla_under_vmap_of_weights():
     """The GPU layout's case: a (small) MobileNetV2 with one set of weights per client and
     learner, vmapped. XLA then groups its convolutions over the weight sets; the matmul form
     (MobileNetV2's default now) batches matmuls. Losses, gradients and batch statistics agree."""
-    from fedem_jax.mobilenet import MobileNetV2
+    from fedem_jax.models.mobilenet import MobileNetV2
 
     settings = {"block_settings": ((1, 8, 1, 1), (6, 16, 2, 2)), "last_channels": 32}
     xla, matmul = (MobileNetV2(10, conv_impl=impl, **settings) for impl in ("xla", "matmul"))

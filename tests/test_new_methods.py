@@ -10,8 +10,8 @@ from helpers import TinyBatchNormModel, tiny_binary_data, tiny_config
 from test_methods import LR, WD, _clients, _close, _linear, _run, _weights
 
 from fedem_jax.algorithms.scaffold import lr_sums
-from fedem_jax.experiment import build
 from fedem_jax.main import main
+from fedem_jax.training.experiment import build
 
 ROUNDS, EPOCHS = 2, 2  # tiny_config: 2 local epochs, batch 16 > every client (one full batch)
 

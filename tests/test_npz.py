@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from helpers import assert_pinned
 
-from fedem_jax.config import DataConfig, make_config
 from fedem_jax.data.npz_source import load_npz
 from fedem_jax.main import main
+from fedem_jax.settings.schema import DataConfig, make_config
 
 
 def _single_file(path, n_clients=6, dim=5, with_split=False):

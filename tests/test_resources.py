@@ -9,10 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from fedem_jax import memory
-from fedem_jax.experiment import build, effective_batch_size
+from fedem_jax.execution import memory
 from fedem_jax.main import main
-from fedem_jax.outputs import TIMING_KEYS
+from fedem_jax.reporting.outputs import TIMING_KEYS
+from fedem_jax.training.experiment import build, effective_batch_size
 from tests.helpers import tiny_binary_data, tiny_config
 
 FLAGS = ["--n_clients", "6", "--n_test_per_client", "20", "--n_rounds", "2"]
@@ -151,7 +151,7 @@ def test_client_chunk_that_fits_at_the_boundaries():
 def test_accelerator_layout_vmaps_only_the_clients_that_fit(tmp_path, monkeypatch):
     """On GPU/TPU the automatic layout vmaps all clients unless memory says otherwise; then
     chunks of what fits, with the same results (to float32 rounding)."""
-    from fedem_jax.experiment import setup
+    from fedem_jax.training.session import build_experiment
 
     data = tiny_binary_data(sizes=(5, 8, 3, 6, 7))
     cfg = tiny_config(tmp_path, client_chunk=-1, learner_vmap=-1, batch_size=4)
@@ -160,7 +160,7 @@ def test_accelerator_layout_vmaps_only_the_clients_that_fit(tmp_path, monkeypatc
     results = {}
     for free, chunk in ((10 * per_client, 0), (4 * per_client + 1, 2)):
         monkeypatch.setattr(memory, "free_bytes", lambda device=None, free=free: free)
-        experiment, placed, state = setup(cfg, data)
+        experiment, placed, state = build_experiment(cfg, data)
         assert experiment.layout.client_chunk == chunk and experiment.layout.learner_vmap
         for _ in range(2):
             state, _ = jax.jit(experiment.algorithm.round)(state, placed.train)
@@ -172,8 +172,8 @@ def test_accelerator_layout_vmaps_only_the_clients_that_fit(tmp_path, monkeypatc
 def test_sweep_counts_each_runs_client_steps_on_accelerators(tmp_path, monkeypatch):
     """On GPU/TPU a run's working memory includes its vmapped clients' training steps, so fewer
     runs are vmapped together than the state alone would allow."""
-    from fedem_jax import sweep
-    from fedem_jax.experiment import setup
+    from fedem_jax.training import sweep
+    from fedem_jax.training.session import build_experiment
 
     data = tiny_binary_data(sizes=(5, 8, 3, 6, 7), dim=64)
     cfg = tiny_config(tmp_path, client_chunk=-1, learner_vmap=-1, batch_size=4, seeds=[1, 2, 3, 4])
@@ -188,7 +188,7 @@ def test_sweep_counts_each_runs_client_steps_on_accelerators(tmp_path, monkeypat
     estimates = []
     step_bytes = memory.training_step_bytes
     monkeypatch.setattr(memory, "training_step_bytes", lambda *a: estimates.append(a) or step_bytes(*a))
-    experiment, placed, state = setup(cfg, data)
+    experiment, placed, state = build_experiment(cfg, data)
     assert experiment.info["client_step_bytes"] == per_client and experiment.info["client_chunk"] == 0
     assert experiment.info["runs_per_chunk"] == 2
     jax.jit(experiment.algorithm.round).lower(state, placed.train)  # every run's build, traced

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from fedem_jax.main import main
-from fedem_jax.outputs import TIMING_KEYS
+from fedem_jax.reporting.outputs import TIMING_KEYS
 
 # Big enough (about 0.05-0.1 s per round) to be killed mid-run after its first checkpoint.
 KILLABLE = [
@@ -106,7 +106,7 @@ def test_divergence_keeps_last_good_checkpoint(tmp_path, capsys):
 
     import numpy as np
 
-    from fedem_jax.checkpoint import Checkpointer
+    from fedem_jax.training.checkpoint import Checkpointer
 
     workdir = str(tmp_path / "w")
     flags = ["--n_test_per_client", "20", "--n_clients", "10", "--quiet", "--workdir", workdir]
@@ -162,7 +162,7 @@ def test_outputs_clients_csv_tensorboard_and_entropy(tmp_path):
 
 
 def test_plot_writes_pngs(tmp_path):
-    from fedem_jax.plot import main as plot_main
+    from fedem_jax.reporting.plot import main as plot_main
 
     runs = []
     for method in ("FedEM", "FedAvg"):
@@ -180,7 +180,7 @@ def test_plot_writes_pngs(tmp_path):
 
 
 def test_plot_of_a_non_run_folder_fails_cleanly(tmp_path, capsys):
-    from fedem_jax.plot import main as plot_main
+    from fedem_jax.reporting.plot import main as plot_main
 
     assert plot_main([str(tmp_path)]) == 1
     assert "metrics.jsonl not found" in capsys.readouterr().err

@@ -9,11 +9,12 @@ import pytest
 from helpers import tiny_binary_data, tiny_config
 
 from fedem_jax.algorithms import registry
-from fedem_jax.config import ConfigError, resolve
-from fedem_jax.loop import run
+from fedem_jax.errors import ConfigError
 from fedem_jax.main import main
-from fedem_jax.plot import load_run, mean_curves
-from fedem_jax.plot import main as plot_main
+from fedem_jax.reporting.plot import load_run, mean_curves
+from fedem_jax.reporting.plot import main as plot_main
+from fedem_jax.settings.cli import resolve
+from fedem_jax.training.loop import run
 
 TIMING = ("seconds_per_round", "eval_seconds")
 SWEPT_BY_EVERY_METHOD = ("seed",)
@@ -195,7 +196,7 @@ def test_sweep_with_unseen_clients(tmp_path):
 def test_best_setting_minimises_loss_and_maximises_accuracy(tmp_path, metric, pick):
     """``--select_metric loss`` names the setting of the lowest mean loss over seeds, the
     accuracies the highest (hand-made final rows: no training)."""
-    from fedem_jax.sweep import best_setting
+    from fedem_jax.training.sweep import best_setting
 
     cfg = tiny_config(tmp_path, lr=[0.1, 0.2, 0.3], seeds=[1, 2], select_metric=metric)
     runs = cfg.runs()

@@ -13,10 +13,10 @@ import sys
 import numpy as np
 import pytest
 
-from fedem_jax.data import DataError
 from fedem_jax.data.convert import main as convert_main
 from fedem_jax.data.tfds_files import convert_to_array_record, crc32c, file_format
 from fedem_jax.data.tfds_source import load_pooled, load_pooled_features
+from fedem_jax.errors import DataError
 from fedem_jax.main import main
 from tests.helpers import write_tfds_folder
 

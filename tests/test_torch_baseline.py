@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
 from torch_reference import ReferenceStyleFedEM, TabularDataset, TorchLinear  # noqa: E402
 
-from fedem_jax.experiment import build  # noqa: E402
+from fedem_jax.training.experiment import build  # noqa: E402
 
 
 def test_one_full_batch_round_matches_fedem_jax(tmp_path):

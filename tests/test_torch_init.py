@@ -8,8 +8,8 @@ import pytest
 from flax.traverse_util import flatten_dict
 from helpers import tiny_binary_data, tiny_config
 
-from fedem_jax.experiment import build, make_context
 from fedem_jax.models import build_model, model_state, torch_default_init
+from fedem_jax.training.experiment import build, make_context
 
 
 def _init(name, shape, output_dim=10):

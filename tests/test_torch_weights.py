@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from flax.traverse_util import unflatten_dict
 
-from fedem_jax.data.federated import DataError
-from fedem_jax.mobilenet import MobileNetV2
-from fedem_jax.torch_weights import mobilenet_v2_weights, read_torch_state_dict
+from fedem_jax.errors import DataError
+from fedem_jax.models.mobilenet import MobileNetV2
+from fedem_jax.models.torch_weights import mobilenet_v2_weights, read_torch_state_dict
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 SMALL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2))  # as in fixtures/make_torchvision_fixture.py
@@ -45,7 +45,7 @@ def test_full_torchvision_mobilenet_where_generated(tmp_path):
     pth = os.path.join(folder, "mobilenet_v2_full.pth")
     if not folder or not os.path.exists(pth):
         pytest.skip("no full-size torchvision fixture (see the docstring)")
-    from fedem_jax.mobilenet import INVERTED_RESIDUAL_SETTING
+    from fedem_jax.models.mobilenet import INVERTED_RESIDUAL_SETTING
 
     ours, theirs = _logits_of(pth, os.path.join(folder, "mobilenet_v2_full.npz"), INVERTED_RESIDUAL_SETTING)
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)

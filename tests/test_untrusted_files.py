@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch_files import STORAGE_OF, Tensor, contiguous, write_pth, write_state_dict
 
-from fedem_jax.data.federated import DataError
 from fedem_jax.data.untrusted import read_npz
-from fedem_jax.pretrained import load_weights
-from fedem_jax.torch_weights import mobilenet_v2_weights, read_torch_state_dict
+from fedem_jax.errors import DataError
+from fedem_jax.models.pretrained import load_weights
+from fedem_jax.models.torch_weights import mobilenet_v2_weights, read_torch_state_dict
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
@@ -87,7 +87,7 @@ def test_a_large_overrun_exits_with_one_line_not_a_crash(tmp_path):
     """In its own process: before the check, this file crashed Python (exit 139)."""
     path = write_pth(tmp_path / "t.pth", {"features.0.0.weight": Tensor("0", 0, (4000, 4000), (4000, 1))},
                      {"0": np.zeros(16, np.float32)})  # fmt: skip
-    code = f"from fedem_jax.torch_weights import read_torch_state_dict as r; r({path!r})"
+    code = f"from fedem_jax.models.torch_weights import read_torch_state_dict as r; r({path!r})"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "DataError" in done.stderr and "reach element" in done.stderr
 

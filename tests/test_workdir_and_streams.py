@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from fedem_jax import checkpoint
 from fedem_jax.main import main
-from fedem_jax.safety import ThirdPartyLog
+from fedem_jax.training import checkpoint
+from fedem_jax.training.safety import ThirdPartyLog
 
 FLAGS = ["--n_clients", "5", "--n_test_per_client", "10", "--n_rounds", "2", "--quiet", "--plots", "false",
          "--tensorboard", "false", "--lr_scheduler", "constant"]  # fmt: skip
@@ -290,7 +290,7 @@ ROWS = [{"round": r, "test_accuracy": 0.5 + r / 10, "test_accuracy_bottom10": 0.
     ],
 )  # fmt: skip
 def test_plot_errors_are_one_line_naming_the_file(tmp_path, capsys, setup, message):
-    from fedem_jax.plot import main as plot_main
+    from fedem_jax.reporting.plot import main as plot_main
 
     setup(str(tmp_path / "run"))
     assert plot_main([str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 1
@@ -298,8 +298,8 @@ def test_plot_errors_are_one_line_naming_the_file(tmp_path, capsys, setup, messa
 
 
 def test_plot_skips_a_half_written_last_line_and_odd_configs(tmp_path, capsys):
-    from fedem_jax.plot import load_run
-    from fedem_jax.plot import main as plot_main
+    from fedem_jax.reporting.plot import load_run
+    from fedem_jax.reporting.plot import main as plot_main
 
     run = _fake_run(tmp_path / "run", ROWS, config="[1, 2]")
     with open(os.path.join(run, "metrics.jsonl"), "a") as f:
@@ -312,7 +312,7 @@ def test_plot_skips_a_half_written_last_line_and_odd_configs(tmp_path, capsys):
 
 
 def test_plot_out_must_be_a_folder(tmp_path, capsys):
-    from fedem_jax.plot import main as plot_main
+    from fedem_jax.reporting.plot import main as plot_main
 
     run = _fake_run(tmp_path / "run", ROWS)
     (tmp_path / "taken").write_text("x")

@@ -36,7 +36,7 @@ from fedem_jax.core.tasks import Task
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.execution.layout import CLIENT_SPEC, REPLICATED, Layout
 from fedem_jax.models import init_stacked_params, torch_default_init
-from fedem_jax.pretrained import apply_weights
+from fedem_jax.models.pretrained import apply_weights
 
 Params = Any  # a pytree of arrays: one model's, or stacked on leading axes as the field says
 

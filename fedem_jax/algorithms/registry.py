@@ -1,17 +1,22 @@
 """Every method by name: its factory, its hyperparameters and what it can do.
 
-A method is one module that defines a :class:`Method` (or several, for variants of one engine);
-adding it here is one line in ``_MODULES``. The command line, the configuration's validation and
-the experiment loop read this registry and never compare method names themselves.
+A method is one module that defines a :class:`Method` (or several, for variants of one engine).
+The package's own are listed in ``_MODULES``; a method of your own, defined in any module, is
+added with :func:`register` (``fedem_jax.register``), or by an installed package through the
+entry-point group ``fedem_jax.methods`` (see :mod:`fedem_jax.algorithms.plugins`). The command
+line, the configuration's validation and the training loop read this registry and never compare
+method names themselves.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import types
 from collections.abc import Callable
 from typing import Any
 
+from fedem_jax.algorithms import plugins
 from fedem_jax.errors import ConfigError
 
 
@@ -86,14 +91,92 @@ def _load() -> dict[str, Method]:
 
 
 _METHODS: dict[str, Method] | None = None
+_OWN: frozenset[str] = frozenset()  # the package's own methods' names
 
 
 def methods() -> dict[str, Method]:
-    """Name -> :class:`Method`, in registration order."""
-    global _METHODS
+    """Name -> :class:`Method`, in registration order: the package's own, then those of installed
+    plug-ins (entry points ``fedem_jax.methods``), then those registered at run time."""
+    global _METHODS, _OWN
     if _METHODS is None:
         _METHODS = _load()
+        _OWN = frozenset(_METHODS)
+        for label, obj in plugins.entry_point_objects():
+            register_all(obj, label)
     return _METHODS
+
+
+def register_all(obj, label: str) -> None:
+    """Register what a plug-in offers: a :class:`Method`, a list of them, or a module's ``METHODS``."""
+    if isinstance(obj, Method):
+        found = [obj]
+    elif isinstance(obj, types.ModuleType):
+        found = list(getattr(obj, "METHODS", ()))
+    elif isinstance(obj, list | tuple):
+        found = list(obj)
+    else:
+        raise ConfigError(f"{label}: expected a Method, a list of them or a module with METHODS")
+    for method in found:
+        try:
+            register(method)
+        except ConfigError as err:
+            raise ConfigError(f"{label}: {err}") from None
+
+
+def load_plugins(specs: list[str]) -> None:
+    """``--plugin``: import each module or ``.py`` file and register the methods it defines (a
+    module may also call ``fedem_jax.register`` itself)."""
+    for label, module in plugins.import_plugins(specs):
+        register_all(module, label)
+
+
+def register(method: Method, replace: bool = False) -> Method:
+    """Add ``method`` to the registry, so that ``Session``, ``run`` and ``--method`` know it;
+    registering the same object again does nothing, another method of a known name is refused
+    unless ``replace``. Returns ``method`` (usable as a decorator-free one-liner at module level)."""
+    _check_method(method)
+    registered = methods()
+    known = registered.get(method.name)
+    if known is method:
+        return method
+    if known is not None and not replace:
+        raise ConfigError(
+            f"a method named {method.name!r} is registered already (pass replace=True to replace it)"
+        )
+    previous = dict(registered)
+    registered[method.name] = method
+    try:
+        hyperparam_fields()  # a flag shared with another method must have one type and default
+    except RuntimeError as err:
+        registered.clear()
+        registered.update(previous)
+        raise ConfigError(f"cannot register {method.name!r}: {err}") from None
+    return method
+
+
+def unregister(name: str) -> None:
+    """Remove a method registered at run time (the package's own cannot be removed)."""
+    registered = methods()
+    if name in _OWN:
+        raise ConfigError(f"{name!r} is one of fedem_jax's own methods; it cannot be unregistered")
+    registered.pop(name, None)
+
+
+def _check_method(method) -> None:
+    if not isinstance(method, Method):
+        raise ConfigError(f"register() takes a fedem_jax Method, got {type(method).__name__}")
+    if not (isinstance(method.name, str) and method.name and method.name.strip() == method.name):
+        raise ConfigError(
+            f"a method's name must be a non-empty string without spaces around it, got {method.name!r}"
+        )
+    if not callable(method.factory):
+        raise ConfigError(
+            f"method {method.name!r}: its factory must be callable (ctx, hyperparams) -> Algorithm"
+        )
+    if not (dataclasses.is_dataclass(method.hyperparams) and hasattr(method.hyperparams, "validate")):
+        raise ConfigError(f"method {method.name!r}: hyperparams must be a dataclass with a validate() method")
+    if not isinstance(method.capabilities, Capabilities):
+        raise ConfigError(f"method {method.name!r}: capabilities must be a Capabilities")
 
 
 def get(name: str) -> Method:

@@ -17,6 +17,22 @@ import optax
 COSINE_PERIOD = 200
 
 
+def _sgd(momentum, weight_decay):
+    decay = optax.add_decayed_weights(weight_decay)
+    if is_zero(momentum):  # a traced momentum (a sweep) keeps the trace: 0 * buf + g is g
+        return decay
+    return optax.chain(decay, optax.trace(decay=momentum, nesterov=False))
+
+
+def _adam(momentum, weight_decay):
+    del momentum  # Adam's own moments
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.scale_by_adam())
+
+
+# --optimizer: name -> (momentum, weight_decay) -> the local direction (PyTorch semantics).
+OPTIMIZERS = {"sgd": _sgd, "adam": _adam}
+
+
 def make_direction(name: str, momentum: float = 0.9, weight_decay: float = 5e-4):
     """Gradient -> direction, with PyTorch semantics.
 
@@ -24,14 +40,9 @@ def make_direction(name: str, momentum: float = 0.9, weight_decay: float = 5e-4)
       heavy-ball momentum ``buf <- momentum * buf + g`` (first step ``buf = g``).
     - ``adam``: L2 decay added to the gradient, then Adam's scaling (``torch.optim.Adam``).
     """
-    decay = optax.add_decayed_weights(weight_decay)
-    if name == "sgd":
-        if is_zero(momentum):  # a traced momentum (a sweep) keeps the trace: 0 * buf + g is g
-            return decay
-        return optax.chain(decay, optax.trace(decay=momentum, nesterov=False))
-    if name == "adam":
-        return optax.chain(decay, optax.scale_by_adam())
-    raise ValueError(f"unknown optimizer {name!r}")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}")
+    return OPTIMIZERS[name](momentum, weight_decay)
 
 
 def is_zero(value) -> bool:
@@ -47,26 +58,30 @@ def or_default(value, default):
     return jnp.where(value > 0, value, default)
 
 
+def _multi_step(t, n_rounds):
+    milestones = (n_rounds // 2, (3 * n_rounds) // 4)
+    passed = sum((t >= m).astype(jnp.float32) for m in milestones)
+    return 0.1**passed
+
+
+# --lr_scheduler: name -> (t, n_rounds) -> the factor of the base lr after t local epochs.
+SCHEDULES = {
+    "constant": lambda t, n_rounds: jnp.ones_like(t),
+    "sqrt": lambda t, n_rounds: jnp.where(t > 0, 1.0 / jnp.sqrt(jnp.maximum(t, 1.0)), 1.0),
+    "linear": lambda t, n_rounds: jnp.where(t > 0, 1.0 / jnp.maximum(t, 1.0), 1.0),
+    "cosine": lambda t, n_rounds: 0.5 * (1.0 + jnp.cos(math.pi * t / COSINE_PERIOD)),
+    "multi_step": _multi_step,  # x0.1 at n_rounds / 2 and 3 n_rounds / 4
+}
+
+
 def lr_schedule(name: str, base_lr: float, n_rounds: int):
     """``lr(t)`` for ``t`` = local epochs already done by the client (int array)."""
-    milestones = (n_rounds // 2, (3 * n_rounds) // 4)
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown lr_scheduler {name!r}")
+    factor = SCHEDULES[name]
 
     def schedule(t: jax.Array) -> jax.Array:
-        t = jnp.asarray(t, jnp.float32)
-        if name == "constant":
-            factor = jnp.ones_like(t)
-        elif name == "sqrt":
-            factor = jnp.where(t > 0, 1.0 / jnp.sqrt(jnp.maximum(t, 1.0)), 1.0)
-        elif name == "linear":
-            factor = jnp.where(t > 0, 1.0 / jnp.maximum(t, 1.0), 1.0)
-        elif name == "cosine":
-            factor = 0.5 * (1.0 + jnp.cos(math.pi * t / COSINE_PERIOD))
-        elif name == "multi_step":
-            passed = sum((t >= m).astype(jnp.float32) for m in milestones)
-            factor = 0.1**passed
-        else:
-            raise ValueError(f"unknown lr_scheduler {name!r}")
-        return base_lr * factor
+        return base_lr * factor(jnp.asarray(t, jnp.float32), n_rounds)
 
     return schedule
 

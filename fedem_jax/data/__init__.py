@@ -1,6 +1,6 @@
 """Federated datasets: generators, loaders and client partitioners -> :class:`FederatedData`."""
 
-from fedem_jax.data.federated import ClientSplit, DataError, FederatedData, build_split
+from fedem_jax.data.federated import ClientSplit, FederatedData, build_split
 from fedem_jax.data.registry import load_dataset
 
-__all__ = ["ClientSplit", "DataError", "FederatedData", "build_split", "load_dataset"]
+__all__ = ["ClientSplit", "FederatedData", "build_split", "load_dataset"]

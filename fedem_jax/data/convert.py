@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import sys
 
-from fedem_jax.data.federated import DataError
 from fedem_jax.data.tfds_files import convert_to_array_record, file_format
+from fedem_jax.errors import DataError
 
 
 def main(argv: list[str] | None = None) -> int:

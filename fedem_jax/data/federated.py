@@ -16,10 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedem_jax.core.tasks import Task
-
-
-class DataError(RuntimeError):
-    """A user-facing data problem (missing files, bad shapes); printed without a traceback."""
+from fedem_jax.errors import DataError
 
 
 @flax.struct.dataclass

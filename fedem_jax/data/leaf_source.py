@@ -26,7 +26,8 @@ import warnings
 import numpy as np
 
 from fedem_jax.core.tasks import Task
-from fedem_jax.data.federated import DataError, FederatedData, assemble, train_test_split
+from fedem_jax.data.federated import FederatedData, assemble, train_test_split
+from fedem_jax.errors import DataError
 
 VOCABULARY = string.printable  # 100 characters
 SEQUENCE_LENGTH = 80

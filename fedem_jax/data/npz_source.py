@@ -24,8 +24,9 @@ import os
 import numpy as np
 
 from fedem_jax.core.tasks import Task
-from fedem_jax.data.federated import DataError, FederatedData, assemble, train_test_split
+from fedem_jax.data.federated import FederatedData, assemble, train_test_split
 from fedem_jax.data.untrusted import read_npz
+from fedem_jax.errors import DataError
 
 FLOAT32_EXACT = 2**24  # the largest integer magnitude float32 holds exactly
 

@@ -1,15 +1,19 @@
-"""``load_dataset(config)``: the one entry point from a :class:`Config` to :class:`FederatedData`;
-the loaders here read only its data section (``DataConfig``)."""
+"""Every dataset and every client split by name, each listed once: :data:`DATASETS` (its loader,
+its default model, whether it reads ``--data_path``) and :data:`SPLITS` (the partitioners of
+pooled image datasets). ``load_dataset(config)`` is the one entry point from a configuration to
+:class:`FederatedData`; the loaders read only its data section (``DataConfig``). Adding a dataset
+is one :class:`Dataset` entry here (and, for its paper hyperparameters, ``configs/<name>.py``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 
 from fedem_jax.core.tasks import Task
-from fedem_jax.data.federated import DataError, FederatedData, assemble, train_test_split
+from fedem_jax.data.federated import FederatedData, assemble, train_test_split
 from fedem_jax.data.leaf_source import load_femnist, load_shakespeare
 from fedem_jax.data.npz_source import load_npz
 from fedem_jax.data.partition import (
@@ -30,6 +34,7 @@ from fedem_jax.data.tfds_source import (
     load_pooled_features,
     normalize_images,
 )
+from fedem_jax.errors import DataError
 
 CIFAR10_GROUPS = 3
 
@@ -63,31 +68,42 @@ def _cifar100(cfg) -> FederatedData:
     )
 
 
+def _pachinko(cfg, labels, coarse_labels, rng):
+    if coarse_labels is None:
+        raise DataError(f"--split pachinko needs coarse labels; {cfg.dataset} has none (use cifar100)")
+    per_client = min(CIFAR100_PER_CLIENT, len(labels) // cfg.n_clients)
+    if per_client < 2:
+        raise DataError(f"--split pachinko: {len(labels)} samples are too few for {cfg.n_clients} clients")
+    return pachinko(labels, coarse_labels, cfg.n_clients, per_client, cfg.alpha, CIFAR100_FINE_ALPHA, rng)
+
+
+def _classes(cfg, labels, coarse_labels, rng):
+    try:
+        return classes_per_client(labels, cfg.n_clients, cfg.classes_per_client, rng)
+    except ValueError as err:
+        raise DataError(f"--split classes: {err}") from None
+
+
+# ``--split``: name -> (data config, labels, coarse labels or None, rng) -> one index array per client.
+SPLITS: dict[str, Callable] = {
+    "label_groups": lambda cfg, labels, _, rng: label_group_dirichlet(
+        labels, cfg.n_clients, CIFAR10_GROUPS, cfg.alpha, rng
+    ),
+    "dirichlet": lambda cfg, labels, _, rng: dirichlet_per_label(labels, cfg.n_clients, cfg.alpha, rng),
+    "shards": lambda cfg, labels, _, rng: pathological_shards(
+        labels, cfg.n_clients, cfg.shards_per_client, rng
+    ),
+    "pachinko": _pachinko,
+    "iid": lambda cfg, labels, _, rng: iid(len(labels), cfg.n_clients, rng),
+    "classes": _classes,
+}
+
+
 def _partition(cfg, labels, coarse_labels, rng) -> list[np.ndarray]:
     """``--split``: the dataset's own split by default, or any other that applies to it."""
-    if cfg.split == "label_groups":
-        return label_group_dirichlet(labels, cfg.n_clients, CIFAR10_GROUPS, cfg.alpha, rng)
-    if cfg.split == "dirichlet":
-        return dirichlet_per_label(labels, cfg.n_clients, cfg.alpha, rng)
-    if cfg.split == "shards":
-        return pathological_shards(labels, cfg.n_clients, cfg.shards_per_client, rng)
-    if cfg.split == "iid":
-        return iid(len(labels), cfg.n_clients, rng)
-    if cfg.split == "classes":
-        try:
-            return classes_per_client(labels, cfg.n_clients, cfg.classes_per_client, rng)
-        except ValueError as err:
-            raise DataError(f"--split classes: {err}") from None
-    if cfg.split == "pachinko":
-        if coarse_labels is None:
-            raise DataError(f"--split pachinko needs coarse labels; {cfg.dataset} has none (use cifar100)")
-        per_client = min(CIFAR100_PER_CLIENT, len(labels) // cfg.n_clients)
-        if per_client < 2:
-            raise DataError(
-                f"--split pachinko: {len(labels)} samples are too few for {cfg.n_clients} clients"
-            )
-        return pachinko(labels, coarse_labels, cfg.n_clients, per_client, cfg.alpha, CIFAR100_FINE_ALPHA, rng)
-    raise DataError(f"--split {cfg.split!r} does not apply to {cfg.dataset}")
+    if cfg.split not in SPLITS:
+        raise DataError(f"--split {cfg.split!r} does not apply to {cfg.dataset}")
+    return SPLITS[cfg.split](cfg, labels, coarse_labels, rng)
 
 
 EMNIST_MEAN, EMNIST_STD = np.float32(0.1307), np.float32(0.3081)
@@ -146,42 +162,64 @@ def _emnist(cfg) -> FederatedData:
     )
 
 
+def _synthetic(cfg) -> FederatedData:
+    data, _ = generate_synthetic(
+        n_clients=cfg.n_clients,
+        dim=cfg.dim,
+        n_components=cfg.synthetic_components,
+        alpha=cfg.alpha,
+        noise_std=cfg.noise_std,
+        n_test_per_client=cfg.n_test_per_client,
+        seed=cfg.data_seed,
+        val_frac=cfg.val_frac,
+        unseen_frac=cfg.test_clients_frac,
+    )
+    return data
+
+
+def _by_input_shape(data: FederatedData) -> str:
+    """Your own data: ``mlp`` for feature vectors, ``cnn`` for images."""
+    return "mlp" if data.train.x.ndim == 2 else "cnn"
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A dataset by name: how it is loaded from the data section of a configuration, and its model
+    when ``--model`` is not given (a name, or a function of the loaded data)."""
+
+    load: Callable[[object], FederatedData]
+    default_model: str | Callable[[FederatedData], str]
+    reads_path: bool = False  # read from --data_path (else generated, or from TFDS's --data_dir)
+
+    def model_for(self, data: FederatedData) -> str:
+        return self.default_model if isinstance(self.default_model, str) else self.default_model(data)
+
+
+DATASETS: dict[str, Dataset] = {
+    "synthetic": Dataset(_synthetic, "linear"),
+    "cifar10": Dataset(_cifar10, "cifar10_cnn"),
+    "cifar100": Dataset(_cifar100, "cifar10_cnn"),
+    "emnist": Dataset(_emnist, "femnist_cnn"),
+    "femnist": Dataset(load_femnist, "femnist_cnn", reads_path=True),
+    "shakespeare": Dataset(load_shakespeare, "lstm", reads_path=True),
+    "npz": Dataset(load_npz, _by_input_shape, reads_path=True),
+}
+
+
 def load_dataset(config) -> FederatedData:
-    """Build the federated dataset of ``config.data`` (a :class:`~fedem_jax.config.DataConfig`),
+    """Build the federated dataset of ``config.data`` (a :class:`~fedem_jax.settings.schema.DataConfig`),
     reproducibly from its ``data_seed``."""
+    cfg = config.data
+    if cfg.dataset not in DATASETS:
+        raise DataError(f"unknown dataset {cfg.dataset!r}; valid: {', '.join(DATASETS)}")
+    if DATASETS[cfg.dataset].reads_path and not cfg.data_path:
+        raise DataError(
+            f"--data_path is required with --dataset {cfg.dataset} (or pass your data to the session)"
+        )
     try:
-        return _load(config.data)
+        return DATASETS[cfg.dataset].load(cfg)
     except MemoryError as err:  # a size no estimate foresaw: one line, not numpy's traceback
         raise DataError(
-            f"not enough memory to load {config.data.dataset} ({str(err)[:160]}); "
+            f"not enough memory to load {cfg.dataset} ({str(err)[:160]}); "
             "use fewer clients or samples (--n_clients, --max_samples, --data_frac)"
         ) from None
-
-
-def _load(cfg) -> FederatedData:
-    if cfg.dataset == "synthetic":
-        data, _ = generate_synthetic(
-            n_clients=cfg.n_clients,
-            dim=cfg.dim,
-            n_components=cfg.synthetic_components,
-            alpha=cfg.alpha,
-            noise_std=cfg.noise_std,
-            n_test_per_client=cfg.n_test_per_client,
-            seed=cfg.data_seed,
-            val_frac=cfg.val_frac,
-            unseen_frac=cfg.test_clients_frac,
-        )
-        return data
-    if cfg.dataset == "cifar10":
-        return _cifar10(cfg)
-    if cfg.dataset == "npz":
-        return load_npz(cfg)
-    if cfg.dataset == "emnist":
-        return _emnist(cfg)
-    if cfg.dataset == "cifar100":
-        return _cifar100(cfg)
-    if cfg.dataset == "femnist":
-        return load_femnist(cfg)
-    if cfg.dataset == "shakespeare":
-        return load_shakespeare(cfg)
-    raise DataError(f"unknown dataset {cfg.dataset!r}")

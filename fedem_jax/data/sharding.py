@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fedem_jax.data.federated import ClientSplit, FederatedData
-from fedem_jax.distributed import to_host
+from fedem_jax.execution.distributed import to_host
 from fedem_jax.execution.layout import CLIENTS_AXIS  # noqa: E402
 
 

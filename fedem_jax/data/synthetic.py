@@ -35,7 +35,7 @@ COPIES = 2
 
 def _check_memory(n_samples: int, dim: int) -> None:
     """Refuse sizes whose samples cannot be held in the host's available memory, before drawing."""
-    from fedem_jax.memory import host_free_bytes
+    from fedem_jax.execution.memory import host_free_bytes
 
     needed = COPIES * n_samples * dim * np.dtype(np.float32).itemsize
     free = host_free_bytes()

@@ -16,7 +16,7 @@ import os
 import shutil
 import struct
 
-from fedem_jax.data.federated import DataError
+from fedem_jax.errors import DataError
 
 _HEADER = struct.Struct("<QI")  # record length, masked crc32c of the length
 _FOOTER = 4  # masked crc32c of the record

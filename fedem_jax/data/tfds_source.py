@@ -14,8 +14,8 @@ import os
 
 import numpy as np
 
-from fedem_jax.data.federated import DataError
 from fedem_jax.data.tfds_files import file_format, find_prepared, read_tfrecord, split_files
+from fedem_jax.errors import DataError
 
 CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
 CIFAR10_STD = np.array([0.2023, 0.1994, 0.2010], dtype=np.float32)

@@ -4,7 +4,7 @@ Every size a file declares is checked against what the file holds, and against t
 is, *before* anything is allocated or copied: a header claiming terabytes, a tensor view reaching
 past its storage, an element count that does not match the bytes, a member that is not an array.
 Each refusal is a :class:`~fedem_jax.data.federated.DataError` naming the file and the field.
-Nothing in a file is ever run (no pickles; see :mod:`fedem_jax.torch_weights` for torch files).
+Nothing in a file is ever run (no pickles; see :mod:`fedem_jax.models.torch_weights` for torch files).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import zipfile
 
 import numpy as np
 
-from fedem_jax.data.federated import DataError
+from fedem_jax.errors import DataError
 
 # Header of one .npy member: numpy's own limit for untrusted files.
 MAX_HEADER_BYTES = 10_000
@@ -27,7 +27,7 @@ MEMORY_SHARE = 0.5
 
 def host_memory_budget() -> int | None:
     """Bytes one array read from a file may take: a share of the host's free memory (None if unknown)."""
-    from fedem_jax.memory import host_free_bytes
+    from fedem_jax.execution.memory import host_free_bytes
 
     free = host_free_bytes()
     return None if free is None else int(MEMORY_SHARE * free)

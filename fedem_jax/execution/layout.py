@@ -40,7 +40,7 @@ class Layout:
     # > 0: a client's last partial batch runs as sub-batches of this size (sequential clients only)
     micro_batch: int = 0
     mesh: Mesh | None = None
-    # Inside a sweep's vmap over runs (fedem_jax.sweep): which clients take part depends on each
+    # Inside a sweep's vmap over runs (fedem_jax.training.sweep): which clients take part depends on each
     # run's seed, a batched predicate, so clients are masked with ``where`` (see masked_client).
     runs_vmapped: bool = False
 

@@ -1,4 +1,4 @@
-"""Groups of a sweep's runs executed at once (``fedem_jax.execution.run_groups``): the split into
+"""Groups of a sweep's runs executed at once (``fedem_jax.execution.sweep_groups``): the split into
 groups, how many, and the grouped round's and evaluation's results, errors and memory, on small
 functions."""
 
@@ -9,16 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedem_jax.execution import run_groups
+from fedem_jax.execution import sweep_groups
 
 
 def test_groups_cover_the_runs_in_order_with_sizes_one_apart():
-    assert run_groups.group_bounds(10, 2) == [(0, 5), (5, 10)]
-    assert run_groups.group_bounds(5, 2) == [(0, 2), (2, 5)]
-    assert run_groups.group_bounds(3, 3) == [(0, 1), (1, 2), (2, 3)]
+    assert sweep_groups.group_bounds(10, 2) == [(0, 5), (5, 10)]
+    assert sweep_groups.group_bounds(5, 2) == [(0, 2), (2, 5)]
+    assert sweep_groups.group_bounds(3, 3) == [(0, 1), (1, 2), (2, 3)]
     for n_runs in range(1, 12):
         for n_groups in range(1, n_runs + 1):
-            bounds = run_groups.group_bounds(n_runs, n_groups)
+            bounds = sweep_groups.group_bounds(n_runs, n_groups)
             sizes = [stop - start for start, stop in bounds]
             assert bounds[0][0] == 0 and bounds[-1][1] == n_runs and min(sizes) >= 1
             assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
@@ -26,15 +26,15 @@ def test_groups_cover_the_runs_in_order_with_sizes_one_apart():
 
 
 def test_group_count(monkeypatch):
-    monkeypatch.setattr(run_groups, "usable_cores", lambda: 4)
-    assert run_groups.group_count(0, 10) == 4  # the tests run on CPU
-    assert run_groups.group_count(0, 3) == 3
-    assert run_groups.group_count(2, 10) == 2
-    assert run_groups.group_count(8, 3) == 3
-    assert run_groups.group_count(0, 10, one_run_fills_the_cores=True) == 1
-    assert run_groups.group_count(2, 10, one_run_fills_the_cores=True) == 2  # asked for
+    monkeypatch.setattr(sweep_groups, "usable_cores", lambda: 4)
+    assert sweep_groups.group_count(0, 10) == 4  # the tests run on CPU
+    assert sweep_groups.group_count(0, 3) == 3
+    assert sweep_groups.group_count(2, 10) == 2
+    assert sweep_groups.group_count(8, 3) == 3
+    assert sweep_groups.group_count(0, 10, one_run_fills_the_cores=True) == 1
+    assert sweep_groups.group_count(2, 10, one_run_fills_the_cores=True) == 2  # asked for
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert run_groups.group_count(0, 10) == 1
+    assert sweep_groups.group_count(0, 10) == 1
 
 
 def test_a_containers_cpu_quota_caps_the_cores(tmp_path, monkeypatch):
@@ -42,22 +42,22 @@ def test_a_containers_cpu_quota_caps_the_cores(tmp_path, monkeypatch):
     v1.mkdir()
     missing = str(tmp_path / "none")
     v2.write_text("150000 100000\n")
-    assert run_groups.cgroup_cpu_quota(str(v2), missing) == 1.5
+    assert sweep_groups.cgroup_cpu_quota(str(v2), missing) == 1.5
     v2.write_text("max 100000\n")
-    assert run_groups.cgroup_cpu_quota(str(v2), str(v1)) is None  # v2 says: no quota
+    assert sweep_groups.cgroup_cpu_quota(str(v2), str(v1)) is None  # v2 says: no quota
     (v1 / "cpu.cfs_quota_us").write_text("200000\n")
     (v1 / "cpu.cfs_period_us").write_text("100000\n")
-    assert run_groups.cgroup_cpu_quota(missing, str(v1)) == 2.0
+    assert sweep_groups.cgroup_cpu_quota(missing, str(v1)) == 2.0
     (v1 / "cpu.cfs_quota_us").write_text("-1\n")
-    assert run_groups.cgroup_cpu_quota(missing, str(v1)) is None
-    assert run_groups.cgroup_cpu_quota(missing, missing) is None
-    monkeypatch.setattr(run_groups.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    monkeypatch.setattr(run_groups, "cgroup_cpu_quota", lambda: 2.5)
-    assert run_groups.usable_cores() == 2
-    monkeypatch.setattr(run_groups, "cgroup_cpu_quota", lambda: 0.5)
-    assert run_groups.usable_cores() == 1
-    monkeypatch.setattr(run_groups, "cgroup_cpu_quota", lambda: None)
-    assert run_groups.usable_cores() == 16
+    assert sweep_groups.cgroup_cpu_quota(missing, str(v1)) is None
+    assert sweep_groups.cgroup_cpu_quota(missing, missing) is None
+    monkeypatch.setattr(sweep_groups.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(sweep_groups, "cgroup_cpu_quota", lambda: 2.5)
+    assert sweep_groups.usable_cores() == 2
+    monkeypatch.setattr(sweep_groups, "cgroup_cpu_quota", lambda: 0.5)
+    assert sweep_groups.usable_cores() == 1
+    monkeypatch.setattr(sweep_groups, "cgroup_cpu_quota", lambda: None)
+    assert sweep_groups.usable_cores() == 16
 
 
 def _toy_round(values, states, train):
@@ -74,7 +74,7 @@ def _toy_evaluate(values, states, train, splits):
 def _toy_groups(n_runs, n_groups):
     values = {"lr": jnp.arange(1.0, n_runs + 1)}
     states = {"w": jnp.arange(3.0 * n_runs).reshape(n_runs, 3), "round": jnp.zeros(n_runs, jnp.int32)}
-    return values, states, run_groups.RunGroups(values, n_groups, _toy_round, _toy_evaluate)
+    return values, states, sweep_groups.SweepGroups(values, n_groups, _toy_round, _toy_evaluate)
 
 
 @pytest.mark.parametrize("n_groups", [1, 2, 3])
@@ -122,7 +122,7 @@ def test_memory_of_groups_at_once_is_their_sum():
 
 
 def test_groups_at_once_share_the_memory_for_runs_per_chunk():
-    from fedem_jax.sweep import choose_runs_per_chunk
+    from fedem_jax.training.sweep import choose_runs_per_chunk
 
     assert choose_runs_per_chunk(10, per_run=100, requested=0, free=1000)[0] == 8  # 80 % of 1000
     chosen, note = choose_runs_per_chunk(10, per_run=100, requested=0, free=1000, groups=2)

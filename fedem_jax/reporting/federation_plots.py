@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from fedem_jax.errors import PlotError
-from fedem_jax.outputs import atomic_open, mean_entropy, read_jsonl
+from fedem_jax.reporting.outputs import atomic_open, mean_entropy, read_jsonl
 
 STACKED_BARS_UP_TO = 20  # labels; beyond that a heatmap reads better
 

@@ -1,6 +1,6 @@
 """Wiring: build an experiment's model, client update, layout and algorithm once from its config.
 
-The loop (:mod:`fedem_jax.loop`) only runs what this module builds; neither knows method names:
+The loop (:mod:`fedem_jax.training.loop`) only runs what this module builds; neither knows method names:
 the method comes from the registry (:mod:`fedem_jax.algorithms.registry`).
 """
 
@@ -12,17 +12,19 @@ import functools
 import jax
 import optax
 
-from fedem_jax import memory
 from fedem_jax.algorithms.base import Algorithm, Context, state_specs
-from fedem_jax.config import Config, ConfigError
 from fedem_jax.core.client_update import ClientUpdate
 from fedem_jax.core.optim import lr_schedule, make_direction
 from fedem_jax.data import FederatedData
-from fedem_jax.data.sharding import client_mesh, place, shard_data
+from fedem_jax.data.registry import DATASETS
+from fedem_jax.data.sharding import client_mesh, place
+from fedem_jax.errors import ConfigError
+from fedem_jax.execution import memory
 from fedem_jax.execution.layout import CLIENT_SPEC, REPLICATED, Layout
-from fedem_jax.execution.run_groups import RunGroups
-from fedem_jax.models import STATEFUL_MODELS, TORCH_OWN_INIT, build_model, count_params, input_problem
-from fedem_jax.pretrained import load_weights
+from fedem_jax.execution.sweep_groups import SweepGroups
+from fedem_jax.models import STATEFUL_MODELS, TORCH_OWN_INIT, build_model, input_problem
+from fedem_jax.models.pretrained import load_weights
+from fedem_jax.settings.schema import Config
 
 AUTO_MICRO_BATCH = 32
 
@@ -57,18 +59,6 @@ def effective_batch_size(cfg: Config, data: FederatedData) -> int:
     """``--batch_size`` capped at the largest client's train set: a larger batch is all padding
     (still one step per epoch on all of a client's samples, the same update, many times slower)."""
     return max(1, min(cfg.training.batch_size, data.train.max_count))
-
-
-def default_model(dataset: str, data: FederatedData) -> str:
-    """Per dataset; for your own data by input shape: ``mlp`` for vectors, ``cnn`` for images."""
-    if dataset == "npz":
-        return "mlp" if data.train.x.ndim == 2 else "cnn"
-    return {
-        "synthetic": "linear",
-        "cifar10": "cifar10_cnn",
-        "cifar100": "cifar10_cnn",
-        "emnist": "femnist_cnn",
-    }[dataset]
 
 
 def resolve_devices(cfg: Config) -> int:
@@ -198,17 +188,17 @@ class Experiment:
     layout: Layout
     info: dict  # model, layout and devices, for the start-up line and summary.json
     runs: list[dict] | None = None  # a sweep's settings per run: the state has a leading runs axis
-    run_groups: RunGroups | None = None  # a sweep on CPU: its runs in groups at once
+    sweep_groups: SweepGroups | None = None  # a sweep on CPU: its runs in groups at once
 
     def compile_round(self, state, train):
         """The round compiled for ``state``: ``(state, train) -> (state, metrics)``, the state donated."""
-        if self.run_groups is not None:
-            return self.run_groups.compile_round(state, train)
+        if self.sweep_groups is not None:
+            return self.sweep_groups.compile_round(state, train)
         return jax.jit(self.algorithm.round, donate_argnums=0).lower(state, train).compile()
 
     def evaluator(self):
         """:meth:`evaluate_splits`, jitted (compiled at its first call)."""
-        return self.run_groups.evaluate if self.run_groups is not None else jax.jit(self.evaluate_splits)
+        return self.sweep_groups.evaluate if self.sweep_groups is not None else jax.jit(self.evaluate_splits)
 
     def evaluate_splits(self, state, train, splits):
         """Per-client stats of ``splits``; methods that adapt models first (FedAvg+) do it once."""
@@ -255,7 +245,7 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1, model=None, runs
     """
     batch = effective_batch_size(cfg, data)
     if model is None:
-        model_name = cfg.model.name or default_model(cfg.data.dataset, data)
+        model_name = cfg.model.name or DATASETS[cfg.data.dataset].model_for(data)
         problem = input_problem(model_name, data.train.x.shape[1:], data.task.sequence)
         if problem:  # before anything is compiled
             raise ConfigError(problem)
@@ -295,24 +285,3 @@ def place_state(state, layout: Layout):
         for f in dataclasses.fields(state)
     }
     return type(state)(**fields)
-
-
-def setup(cfg: Config, data: FederatedData):
-    """Build the experiment, lay the data out on the devices and initialise the state.
-
-    Returns ``(experiment, data, state)``; with several devices ``data`` is the sharded copy
-    (see :mod:`fedem_jax.data.sharding`) and the state is placed to match.
-    """
-    if cfg.sweep:
-        from fedem_jax.sweep import build_sweep  # it builds on this module
-
-        experiment = build_sweep(cfg, data)
-    else:
-        experiment = build(cfg, data, resolve_devices(cfg))
-    shapes = jax.eval_shape(experiment.model.init, jax.random.PRNGKey(0), data.train.x[:1])
-    experiment.info["n_params"] = count_params(shapes["params"])  # one component, BatchNorm stats excluded
-    memory.check_state(experiment.algorithm.init, data, experiment.info.get("devices", 1))
-    if experiment.layout.mesh is not None:
-        data = shard_data(data, experiment.layout.mesh)
-    state = place_state(experiment.algorithm.init(data), experiment.layout)
-    return experiment, data, state

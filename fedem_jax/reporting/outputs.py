@@ -21,12 +21,10 @@ import os
 
 import numpy as np
 
+from fedem_jax.errors import OutputError
+
 TIMING_KEYS = ("seconds_per_round", "eval_seconds")
 KEPT = "what is already on disk (checkpoints included) is kept: fix it and rerun the same command to resume"
-
-
-class OutputError(RuntimeError):
-    """A result could not be written (disk full, no permission); one line for the user."""
 
 
 def _failed(path: str, err: OSError) -> OutputError:
@@ -50,13 +48,13 @@ def atomic_open(path: str, newline: str | None = None):
 
 
 class MetricsWriter:
-    """Appends evaluated rounds to ``metrics.jsonl`` and TensorBoard.
+    """Appends evaluated rounds to ``metrics.jsonl`` and per-client values to ``clients.jsonl``.
 
-    On resume the rows up to the checkpoint are rewritten first, so the file never holds rows of
+    On resume the rows up to the checkpoint are rewritten first, so the files never hold rows of
     rounds that the resumed run will compute again.
     """
 
-    def __init__(self, workdir: str, previous_rows: list[dict], start_round: int, tensorboard: bool = True):
+    def __init__(self, workdir: str, previous_rows: list[dict], start_round: int):
         self.path = os.path.join(workdir, "metrics.jsonl")
         with atomic_open(self.path) as f:
             for row in previous_rows:
@@ -76,11 +74,6 @@ class MetricsWriter:
             self._clients = open(self.clients_path, "a")  # noqa: SIM115 - closed in close()
         except OSError as err:
             raise _failed(self.clients_path, err) from None
-        self._tb = None
-        if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_round + 1)
 
     def write(self, row: dict) -> None:
         """Append one row (whole lines: the file is flushed after each)."""
@@ -89,12 +82,6 @@ class MetricsWriter:
             self._file.flush()
         except OSError as err:
             raise _failed(self.path, err) from None
-        if self._tb is not None:
-            prefix = f"run{row['run']}/" if "run" in row else ""  # a sweep: one TensorBoard group per run
-            for key, value in row.items():
-                if key not in ("round", "run") and isinstance(value, float | int):
-                    self._tb.add_scalar(prefix + key.replace("_", "/", 1), value, row["round"])
-            self._tb.flush()
 
     def write_clients(self, records: list[dict]) -> None:
         """Append one evaluation's per-client records (one line per run)."""
@@ -108,21 +95,26 @@ class MetricsWriter:
     def close(self) -> None:
         self._file.close()
         self._clients.close()
-        if self._tb is not None:
-            self._tb.close()
 
 
-class NullWriter:
-    """Writes nothing (processes other than 0 under ``--distributed``)."""
+class TensorBoardWriter:
+    """The scalars of every metrics row as TensorBoard events in ``WORKDIR/tb`` (tensorboardX: no
+    TensorFlow); a sweep's runs are groups ``run<i>/``. Events after ``start_round`` are purged."""
+
+    def __init__(self, workdir: str, start_round: int):
+        from tensorboardX import SummaryWriter
+
+        self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_round + 1)
 
     def write(self, row: dict) -> None:
-        del row
-
-    def write_clients(self, records: list[dict]) -> None:
-        del records
+        prefix = f"run{row['run']}/" if "run" in row else ""
+        for key, value in row.items():
+            if key not in ("round", "run") and isinstance(value, float | int):
+                self._tb.add_scalar(prefix + key.replace("_", "/", 1), value, row["round"])
+        self._tb.flush()
 
     def close(self) -> None:
-        pass
+        self._tb.close()
 
 
 def _round_of(record) -> float:

@@ -26,32 +26,7 @@ import sys
 import threading
 import traceback
 
-from fedem_jax.errors import ConfigError
-
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-class Interrupted(Exception):  # noqa: N818 - a stop the user asked for, not an error
-    """The run stopped on a signal after ``round_done`` rounds (``saved``: its checkpoint)."""
-
-    def __init__(self, signum: int, round_done: int, saved: str | None, checkpoints_on: bool = True):
-        self.signum, self.round_done, self.saved = signum, round_done, saved
-        self.checkpoints_on = checkpoints_on
-        super().__init__(f"interrupted after round {round_done}")
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_CODES.get(self.signum, 130)
-
-    def message(self) -> str:
-        name = signal.Signals(self.signum).name
-        if self.saved:
-            where = f"round {self.round_done} is saved in {self.saved}; rerun the same command to resume"
-        elif self.checkpoints_on:
-            where = "no round was completed: rerun the same command to start again"
-        else:
-            where = "checkpoints are off (--checkpoint_every 0): nothing to resume from"
-        return f"interrupted ({name}) after round {self.round_done}; {where}"
+from fedem_jax.errors import EXIT_CODES, ConfigError
 
 
 class StopSignals:

@@ -73,7 +73,7 @@ def group_bounds(n_runs: int, n_groups: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
-class RunGroups:
+class SweepGroups:
     """A sweep's functions of ``(values, states, *args)`` (``values``: the swept settings ``[R]``,
     every leaf of ``states`` and of the results with a leading runs axis), run as groups at once.
 
@@ -126,7 +126,7 @@ class RunGroups:
 class CompiledRound:
     """A sweep's compiled round: ``(states, train) -> (states, metrics)``, the groups run at once."""
 
-    def __init__(self, groups: RunGroups, programs: dict):
+    def __init__(self, groups: SweepGroups, programs: dict):
         self.groups, self.programs = groups, programs
 
     def __call__(self, states, train):

@@ -11,10 +11,10 @@ import time
 import jax
 import numpy as np
 
-from fedem_jax import outputs
-from fedem_jax.config import Config
 from fedem_jax.data import FederatedData
 from fedem_jax.data.sharding import real_clients
+from fedem_jax.reporting import outputs
+from fedem_jax.settings.schema import Config
 
 
 def summarize_eval(stats: dict) -> dict:

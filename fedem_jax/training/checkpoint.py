@@ -20,9 +20,10 @@ import time
 
 import jax
 
-from fedem_jax.config import Config, ConfigError, flag_defaults
-from fedem_jax.outputs import KEPT, OutputError
-from fedem_jax.workdir import check_paths, results_in, set_aside_outputs
+from fedem_jax.errors import ConfigError, OutputError
+from fedem_jax.reporting.outputs import KEPT
+from fedem_jax.settings.schema import Config, flag_defaults
+from fedem_jax.training.workdir import check_paths, results_in, set_aside_outputs
 
 # Fields that may change between a run and its resume without changing the experiment.
 RESUMABLE_CHANGES = frozenset(
@@ -142,7 +143,8 @@ class DamagedRecord(ValueError):
 
 
 def check_record(record) -> None:
-    """Raise :class:`DamagedRecord` unless ``record`` has the structure :mod:`fedem_jax.loop` saves."""
+    """Raise :class:`DamagedRecord` unless ``record`` has the structure a session's checkpoints
+    keep (:meth:`fedem_jax.training.session.Session.record`)."""
     kinds = {"config": dict, "history": list, "round_seconds": list}
     if not isinstance(record, dict):
         raise DamagedRecord(f"its record is a {type(record).__name__}, not a dict")
@@ -183,16 +185,17 @@ def check_compatible(saved: dict, current: Config, what: str = "a checkpoint") -
         )
 
 
-def check_workdir(cfg: Config, log=print) -> None:
+def check_workdir(cfg: Config, log=print, main_process: bool = True) -> None:
     """Before anything is written into the workdir: every path the run writes has the right kind
-    (:func:`fedem_jax.workdir.check_paths`), and results there belong to this experiment, by its
+    (:func:`fedem_jax.training.workdir.check_paths`), and results there belong to this experiment, by its
     newest readable checkpoint, else the ``config.json`` beside them; results that cannot be
     identified are refused. Damaged checkpoints found on the way are set aside. ``--overwrite``
     sets every earlier output aside (``WORKDIR/replaced-<time>/``) and starts over."""
     workdir = cfg.output.workdir
     check_paths(workdir)
     if cfg.output.overwrite:
-        set_aside_outputs(workdir)
+        if main_process:  # the only one that moves files
+            set_aside_outputs(workdir)
         return
     record = newest_record(workdir, log) if os.path.isdir(os.path.join(workdir, "checkpoints")) else None
     if record is not None:

@@ -1,36 +1,36 @@
-"""Every value of a :class:`~fedem_jax.config.Config` checked: one :class:`ConfigError` naming the
-flag and its allowed range (``main`` turns it into exit code 2), and the choices each flag takes."""
+"""Every value of a :class:`~fedem_jax.settings.schema.Config` checked: one :class:`ConfigError`
+naming the flag and its allowed range (``main`` turns it into exit code 2). The names a flag takes
+are those of the registry that owns them (datasets and splits, models and convolutions,
+optimizers and schedules, methods), never listed here again.
+
+Functions take the config and its sections by duck typing (this module does not import the
+schema, which imports it)."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
+from fedem_jax.core.optim import OPTIMIZERS, SCHEDULES
+from fedem_jax.data.registry import DATASETS, SPLITS
 from fedem_jax.errors import check
+from fedem_jax.models.convolution import CONV_IMPLS
+from fedem_jax.models.zoo import INITS, MODELS
 
-if TYPE_CHECKING:  # the sections are defined in fedem_jax.config, which imports this module
-    from fedem_jax.config import Config, DataConfig, LayoutConfig, ModelConfig, OutputConfig, TrainingConfig
-
-DATASETS = ("synthetic", "cifar10", "cifar100", "emnist", "femnist", "shakespeare", "npz")
-PATH_DATASETS = ("npz", "femnist", "shakespeare")  # read from --data_path
-SPLITS = ("label_groups", "dirichlet", "shards", "pachinko", "iid", "classes")
-MODELS = ("linear", "mlp", "cnn", "cifar10_cnn", "femnist_cnn", "lstm", "mobilenet_v2")
-OPTIMIZERS = ("sgd", "adam")
-CONV_IMPLS = ("xla", "matmul")
-SCHEDULERS = ("constant", "sqrt", "linear", "cosine", "multi_step")
+SELECT_METRICS = ("accuracy", "accuracy_bottom10", "loss")  # --select_metric: sweeps' best setting
 MAX_INT = 2**31 - 1  # rounds, epochs and their products are counted in int32 on the device
 # Seeds are int32 in a sweep and 32-bit in JAX's keys: larger ones would collide with smaller ones.
 MAX_SEED = MAX_INT
 
 
-def validate_method(cfg: Config) -> None:
+def validate_method(cfg) -> None:
     """What the method's capabilities allow (see :class:`~fedem_jax.algorithms.registry.Capabilities`)."""
     caps, name = cfg.method_info.capabilities, cfg.method
     n_learners = cfg.model.n_learners
     check(caps.components or n_learners == 1, f"--n_learners must be 1 for {name}, got {n_learners}")
+    model = cfg.model.name
     check(
-        caps.batch_norm or cfg.model.name != "mobilenet_v2",
-        f"--model mobilenet_v2 (BatchNorm) is not supported with --method {name}",
+        caps.batch_norm or not (model in MODELS and MODELS[model].stateful),
+        f"--model {model} (BatchNorm) is not supported with --method {name}",
     )
     check(
         caps.unseen or cfg.data.test_clients_frac == 0,
@@ -48,7 +48,7 @@ def validate_method(cfg: Config) -> None:
         cfg.hyperparams.validate()
 
 
-def validate(cfg: Config) -> Config:
+def validate(cfg):
     """Check every field; raise :class:`ConfigError` naming the flag and its allowed range."""
     for flag, value in cfg.to_dict().items():  # --lr inf, --mu nan: refused, whatever the range
         if isinstance(value, float):
@@ -91,10 +91,10 @@ def _check_seed(name: str, value: int) -> None:
     check(0 <= value <= MAX_SEED, f"--{name} must be an integer in [0, {MAX_SEED}], got {value}")
 
 
-def _validate_data(d: DataConfig) -> None:
-    _one_of("dataset", d.dataset, DATASETS)
+def _validate_data(d) -> None:
+    _one_of("dataset", d.dataset, tuple(DATASETS))
     if d.split:
-        _one_of("split", d.split, SPLITS)
+        _one_of("split", d.split, tuple(SPLITS))
     for name in (
         "shards_per_client",
         "classes_per_client",
@@ -112,25 +112,30 @@ def _validate_data(d: DataConfig) -> None:
     _in_range("val_frac", d.val_frac, 0, 1, True, False)
     _in_range("test_clients_frac", d.test_clients_frac, 0, 1, True, False)
     _in_range("data_frac", d.data_frac, 0, 1, False, True)
+
+
+def check_data_path(d) -> None:
+    """A dataset read from files needs ``--data_path`` (checked where the data will be loaded:
+    a session given its data needs none)."""
     check(
-        d.dataset not in PATH_DATASETS or bool(d.data_path),
+        not DATASETS[d.dataset].reads_path or bool(d.data_path),
         f"--data_path is required with --dataset {d.dataset}",
     )
 
 
-def _validate_model(m: ModelConfig) -> None:
+def _validate_model(m) -> None:
     if m.name:
-        _one_of("model", m.name, MODELS)
+        _one_of("model", m.name, tuple(MODELS))
     if m.conv_impl:
         _one_of("conv_impl", m.conv_impl, CONV_IMPLS)
-    _one_of("init", m.init, ("flax", "torch"))
+    _one_of("init", m.init, INITS)
     _at_least("n_learners", m.n_learners, 1)
 
 
-def _validate_training(t: TrainingConfig) -> None:
+def _validate_training(t) -> None:
     _check_seed("seed", t.seed)
-    _one_of("optimizer", t.optimizer, OPTIMIZERS)
-    _one_of("lr_scheduler", t.lr_scheduler, SCHEDULERS)
+    _one_of("optimizer", t.optimizer, tuple(OPTIMIZERS))
+    _one_of("lr_scheduler", t.lr_scheduler, tuple(SCHEDULES))
     for name in ("n_rounds", "local_epochs", "batch_size"):
         _at_least(name, getattr(t, name), 1)
     epochs = t.n_rounds * t.local_epochs  # a client's epoch counter, the lr schedule's clock
@@ -141,7 +146,7 @@ def _validate_training(t: TrainingConfig) -> None:
     _in_range("sampling_rate", t.sampling_rate, 0, 1, False, True)
 
 
-def _validate_layout(lay: LayoutConfig) -> None:
+def _validate_layout(lay) -> None:
     _at_least("client_chunk", lay.client_chunk, -1)
     check(lay.learner_vmap in (-1, 0, 1), f"--learner_vmap must be -1, 0 or 1, got {lay.learner_vmap}")
     _at_least("micro_batch", lay.micro_batch, -1)
@@ -169,9 +174,9 @@ def _check_address(address: str) -> None:
     )
 
 
-def _validate_output(o: OutputConfig) -> None:
+def _validate_output(o) -> None:
     _at_least("log_freq", o.log_freq, 1)
-    _one_of("select_metric", o.select_metric, ("accuracy", "accuracy_bottom10", "loss"))
+    _one_of("select_metric", o.select_metric, SELECT_METRICS)
     _at_least("unseen_em_iters", o.unseen_em_iters, 1)
     _at_least("checkpoint_every", o.checkpoint_every, 0)
     _check_workdir(o.workdir)

@@ -1,35 +1,22 @@
-"""Experiment configuration: frozen dataclasses in sections and the command-line parser (the
-checks of every value are in :mod:`fedem_jax.config_checks`).
+"""Experiment settings: frozen dataclasses in sections, built from flat settings by
+:func:`make_config` (the checks of every value are in :mod:`fedem_jax.settings.checks`).
 
-Resolution order: dataclass defaults < ``configs/<dataset>.py`` (the paper's hyperparameters)
-< flags given on the command line. Every invalid value raises :class:`ConfigError` with a one-line
-message naming the flag and its allowed range; ``main`` turns it into exit code 2.
+Resolution order: dataclass defaults < ``configs/<dataset>.py`` (the paper's hyperparameters,
+:mod:`fedem_jax.settings.presets`) < settings given explicitly (flags, or keyword arguments of
+``fedem_jax.config``). Every invalid value raises :class:`ConfigError` with a one-line message
+naming the flag and its allowed range; ``main`` turns it into exit code 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import importlib
-import importlib.util
 import itertools
 import math
-import os
 from typing import Any
 
 from fedem_jax.algorithms import registry
-from fedem_jax.config_checks import (  # noqa: F401 - the choices are part of this module's API
-    CONV_IMPLS,
-    DATASETS,
-    MODELS,
-    OPTIMIZERS,
-    PATH_DATASETS,
-    SCHEDULERS,
-    SPLITS,
-    validate,
-    validate_method,
-)
-from fedem_jax.errors import ConfigError, check
+from fedem_jax.errors import check
+from fedem_jax.settings.checks import validate
 
 
 def setting(default, help: str, flag: str = ""):  # noqa: A002 - the CLI's word
@@ -170,7 +157,7 @@ class Config:
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     hyperparams: Any = None
     # Settings given as lists, ``((flag, (value, ...)), ...)``: the runs of a sweep are their grid
-    # (see :mod:`fedem_jax.sweep`). The sections hold each list's first value.
+    # (see :mod:`fedem_jax.training.sweep`). The sections hold each list's first value.
     sweep: tuple = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -228,80 +215,6 @@ def _sections_from_flat(values: dict[str, Any]) -> dict[str, Any]:
     if values:
         raise TypeError(f"unknown settings: {', '.join(sorted(values))}")
     return parts
-
-
-def dataset_defaults(dataset: str) -> dict[str, Any]:
-    """The paper's hyperparameters for ``dataset`` from ``configs/<dataset>.py``."""
-    if dataset not in DATASETS:
-        raise ConfigError(f"--dataset: unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
-    try:
-        module = importlib.import_module(f"fedem_jax.configs.{dataset}")
-    except ModuleNotFoundError:  # run from a source checkout that was never installed
-        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-        spec = importlib.util.spec_from_file_location(f"configs.{dataset}", f"{path}/{dataset}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return module.get_config()
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # noqa: D401 - argparse hook
-        raise ConfigError(message)
-
-
-def _cli_fields() -> list[dataclasses.Field]:
-    """Flags: the method, every section's fields, then every method's hyperparameters (registry)."""
-    method = next(f for f in dataclasses.fields(Config) if f.name == "method")
-    return [method, *(f for _, f in section_fields()), *registry.hyperparam_fields().values()]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The CLI parser; every flag defaults to ``None`` so that unset flags are detectable."""
-    parser = _Parser(
-        prog="python -m fedem_jax.main",
-        description="Federated multi-task learning under a mixture of distributions (FedEM).",
-        allow_abbrev=False,
-    )
-    for field in _cli_fields():
-        kind = getattr(field.type, "__name__", field.type)  # a type, or its name under PEP 563
-        arg_type = {"int": int, "float": float, "str": str, "bool": _parse_bool}[kind]
-        if kind in ("int", "float"):
-            arg_type = _numbers(arg_type)
-        flag_kwargs = {"nargs": "?", "const": True} if kind == "bool" else {}
-        parser.add_argument(
-            f"--{flag_name(field)}",
-            type=arg_type,
-            default=None,
-            **flag_kwargs,
-            help=f"{field.metadata.get('help', '')} (default: {field.default!r})",
-        )
-    parser.add_argument(
-        "--seeds",
-        type=_numbers(int),
-        default=None,
-        help="several training seeds run together, e.g. 1,2,3,4,5",
-    )
-    return parser
-
-
-def _numbers(kind):
-    """An argparse type: one number, or a comma-separated list of them (a sweep)."""
-
-    def parse(text: str):
-        parts = [kind(part) for part in text.split(",")] if "," in text else [kind(text)]
-        return parts[0] if len(parts) == 1 else tuple(parts)
-
-    parse.__name__ = kind.__name__
-    return parse
 
 
 def make_config(**values) -> Config:
@@ -362,15 +275,3 @@ def _sweep_axes(values: dict[str, Any]) -> tuple:
     order = [flag for flag in allowed if flag in lists and flag != "seed"]
     order += ["seed"] if "seed" in lists else []
     return tuple((flag, lists[flag]) for flag in order if len(lists[flag]) > 1)
-
-
-def resolve(argv: list[str] | None = None) -> Config:
-    """Parse ``argv``, apply dataset defaults under the explicit flags, and validate."""
-    args = vars(build_parser().parse_args(argv))
-    explicit = {k: v for k, v in args.items() if v is not None}
-    dataset = explicit.get("dataset", DataConfig.dataset)
-    defaults = dataset_defaults(dataset)
-    method = registry.get(explicit.get("method", defaults.get("method", Config.method)))
-    if not method.capabilities.components:
-        defaults.pop("n_learners", None)  # a single-model method: 1 unless given explicitly
-    return make_config(**{**defaults, **explicit})

@@ -3,7 +3,7 @@
 The file holds one component's variables, either as ``.npz`` whose keys are ``/``-joined paths
 (``Dense_0/kernel``, or ``params/Conv_0/kernel`` and ``batch_stats/...`` for BatchNorm models) or
 as a flax msgpack file (``flax.serialization.to_bytes`` of the same nested dict), or a torchvision
-MobileNetV2 state dict (``.pth``, see :mod:`fedem_jax.torch_weights`). Every leaf whose
+MobileNetV2 state dict (``.pth``, see :mod:`fedem_jax.models.torch_weights`). Every leaf whose
 path is in the file is replaced in all M components; leaves not in the file keep their random
 initialisation (a new classifier head, for instance; different per component, so the components
 still differ). A leaf with the wrong shape is an error that names it.
@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
-from fedem_jax.data.federated import DataError
 from fedem_jax.data.untrusted import read_npz, require_real_floats
-from fedem_jax.torch_weights import mobilenet_v2_weights, read_torch_state_dict
+from fedem_jax.errors import DataError
+from fedem_jax.models.torch_weights import mobilenet_v2_weights, read_torch_state_dict
 
 
 def _flat(tree) -> dict[str, np.ndarray]:

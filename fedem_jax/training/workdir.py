@@ -5,7 +5,7 @@ A run writes a fixed set of paths (:data:`FILES`, :data:`FOLDERS`). Before the f
 - every one of them must be absent or of the kind the run writes (a file where a file goes, a
   folder where a folder goes), and the workdir writable (:func:`check_paths`);
 - a workdir holding results (:data:`RESULTS`) must be identifiable as this experiment's, by its
-  newest checkpoint's record or its ``config.json`` (see :func:`fedem_jax.checkpoint.check_workdir`);
+  newest checkpoint's record or its ``config.json`` (see :func:`fedem_jax.training.checkpoint.check_workdir`);
   results that cannot be identified are never overwritten;
 - ``--overwrite`` moves every output there into ``WORKDIR/replaced-<time>/`` (never deleted).
 """

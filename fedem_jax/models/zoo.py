@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from fedem_jax.convolution import conv_as_matmul
-from fedem_jax.mobilenet import MobileNetV2
+from fedem_jax.models.convolution import conv_as_matmul
+from fedem_jax.models.mobilenet import MobileNetV2
 
 
 class LinearModel(nn.Module):
@@ -153,61 +155,75 @@ class _LSTMLayer(nn.Module):
         return jnp.swapaxes(outputs, 0, 1)
 
 
-MODELS = {
-    "linear": LinearModel,
-    "mlp": MLP,
-    "cnn": SmallCNN,
-    "cifar10_cnn": CIFAR10CNN,
-    "femnist_cnn": CIFAR10CNN,  # same layers; sizes follow the 28x28x1 input and 62 classes
-    "lstm": NextCharacterLSTM,
-    "mobilenet_v2": MobileNetV2,
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A model by name: its flax module and what the rest of the package must know about it.
+
+    ``inputs``: the shape one sample must have, ``(rank, smallest height/width, channels or None)``
+    (None: any shape, flattened); ``exact_size``: the height must equal that smallest size."""
+
+    module: type
+    convolutional: bool = False  # takes conv_impl: XLA's convolution or the matmul form
+    stateful: bool = False  # BatchNorm: variables {"params", "batch_stats"}
+    # Depthwise convolutions: under vmap with per-client, per-learner weights, XLA makes each one a
+    # grouped convolution of clients x learners x channels groups (230,400 for MobileNetV2 on 80
+    # clients, M = 3; benchmarks/program_size.py), the program issue 12 saw not finish compiling in
+    # 200 s on an H100. The matmul form has no convolution left to group.
+    depthwise: bool = False
+    torch_own_init: bool = False  # already torchvision's scheme (kaiming-normal fan-out convs)
+    sequence: bool = False  # predicts the next token at every position (a sequence task)
+    inputs: tuple | None = None
+    exact_size: bool = False
+
+
+MODELS: dict[str, ModelSpec] = {
+    "linear": ModelSpec(LinearModel),
+    "mlp": ModelSpec(MLP),
+    "cnn": ModelSpec(SmallCNN, convolutional=True, inputs=(3, 10, None)),
+    "cifar10_cnn": ModelSpec(CIFAR10CNN, convolutional=True, inputs=(3, 32, 3), exact_size=True),
+    # The same layers as cifar10_cnn; sizes follow the 28x28x1 input and 62 classes.
+    "femnist_cnn": ModelSpec(CIFAR10CNN, convolutional=True, inputs=(3, 28, 1), exact_size=True),
+    "lstm": ModelSpec(NextCharacterLSTM, sequence=True),
+    "mobilenet_v2": ModelSpec(
+        MobileNetV2,
+        convolutional=True,
+        stateful=True,
+        depthwise=True,
+        torch_own_init=True,
+        inputs=(3, 32, None),
+    ),
 }
-STATEFUL_MODELS = ("mobilenet_v2",)  # BatchNorm: variables {"params", "batch_stats"}
-CONV_MODELS = ("cnn", "cifar10_cnn", "femnist_cnn", "mobilenet_v2")
-
-
-# Models with depthwise convolutions: under vmap with per-client, per-learner weights, XLA makes
-# each one a grouped convolution of clients x learners x channels groups (230,400 for
-# MobileNetV2 on 80 clients, M = 3; benchmarks/program_size.py), the program issue 12 saw not
-# finish compiling in 200 s on an H100. The matmul form has no convolution left to group.
-DEPTHWISE_MODELS = ("mobilenet_v2",)
+STATEFUL_MODELS = tuple(name for name, spec in MODELS.items() if spec.stateful)
+CONV_MODELS = tuple(name for name, spec in MODELS.items() if spec.convolutional)
+DEPTHWISE_MODELS = tuple(name for name, spec in MODELS.items() if spec.depthwise)
+TORCH_OWN_INIT = tuple(name for name, spec in MODELS.items() if spec.torch_own_init)
 
 
 def default_conv_impl(model_name: str = "") -> str:
-    """``matmul`` on CPU (see :mod:`fedem_jax.convolution`) and for depthwise models everywhere;
-    XLA's convolution for the other models on GPU/TPU."""
+    """``matmul`` on CPU (see :mod:`fedem_jax.models.convolution`) and for depthwise models
+    everywhere; XLA's convolution for the other models on GPU/TPU."""
     if jax.default_backend() == "cpu" or model_name in DEPTHWISE_MODELS:
         return "matmul"
     return "xla"
 
 
-# What each model's input must be: (rank of one sample, smallest height/width, channels or None).
-MODEL_INPUTS = {
-    "cnn": (3, 10, None),
-    "cifar10_cnn": (3, 32, 3),
-    "femnist_cnn": (3, 28, 1),
-    "mobilenet_v2": (3, 32, None),
-}
-
-
 def input_problem(name: str, sample_shape: tuple, sequence_task: bool = False) -> str | None:
     """Why inputs of ``sample_shape`` (one sample) do not fit model ``name``, or None."""
-    if name == "lstm" and not sequence_task:
-        return "--model lstm predicts the next character at every position: use it with --dataset shakespeare"
-    if name not in MODEL_INPUTS:
+    spec = MODELS[name]
+    if spec.sequence and not sequence_task:
+        return (
+            f"--model {name} predicts the next character at every position: use it with --dataset shakespeare"
+        )
+    if spec.inputs is None:
         return None  # linear, mlp: any shape, flattened
-    rank, smallest, channels = MODEL_INPUTS[name]
+    rank, smallest, channels = spec.inputs
     if len(sample_shape) != rank:
         kind = "images [H, W, C]" if rank == 3 else "integer sequences [T]"
         return f"--model {name} needs {kind}, the data has samples of shape {tuple(sample_shape)}"
     if rank == 3:
         height, width, depth = sample_shape
-        if min(height, width) < smallest or (name in ("cifar10_cnn", "femnist_cnn") and height != smallest):
-            size = (
-                f"{smallest}x{smallest}"
-                if name in ("cifar10_cnn", "femnist_cnn")
-                else f"at least {smallest}x{smallest}"
-            )
+        if min(height, width) < smallest or (spec.exact_size and height != smallest):
+            size = f"{smallest}x{smallest}" if spec.exact_size else f"at least {smallest}x{smallest}"
             return f"--model {name} needs {size} images, the data's are {height}x{width}"
         if channels is not None and depth != channels:
             return f"--model {name} needs {channels}-channel images, the data's have {depth}"
@@ -217,9 +233,10 @@ def input_problem(name: str, sample_shape: tuple, sequence_task: bool = False) -
 def build_model(name: str, output_dim: int, conv_impl: str = "") -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
-    if name not in CONV_MODELS:
-        return MODELS[name](output_dim=output_dim)
-    return MODELS[name](output_dim=output_dim, conv_impl=conv_impl or default_conv_impl(name))
+    spec = MODELS[name]
+    if not spec.convolutional:
+        return spec.module(output_dim=output_dim)
+    return spec.module(output_dim=output_dim, conv_impl=conv_impl or default_conv_impl(name))
 
 
 def init_stacked_params(model: nn.Module, key: jax.Array, sample_input: jax.Array, n_learners: int):
@@ -232,8 +249,7 @@ def init_stacked_params(model: nn.Module, key: jax.Array, sample_input: jax.Arra
     return jax.jit(jax.vmap(lambda k: model_state(model.init(k, sample_input))))(keys)
 
 
-INITS = ("flax", "torch")
-TORCH_OWN_INIT = ("mobilenet_v2",)  # already torchvision's scheme (kaiming-normal fan-out convs)
+INITS = ("flax", "torch")  # --init: flax's own, or torch_default_init
 
 
 def torch_default_init(params, key):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+CONV_IMPLS = ("xla", "matmul")  # --conv_impl: lax's convolution, or the slices + matmul form here
+
 
 def conv_slices(x: jax.Array, kernel: jax.Array, stride: int = 1, pad: int = 0, depthwise: bool = False):
     """Padded, strided convolution NHWC x HWIO -> NHWC with a square ``k x k`` kernel.

@@ -9,7 +9,7 @@ momentum, a method's coefficient) is computed per run while the data is loaded, 
 compiled once. The client split stays the ``--data_seed``'s. Runs are processed ``runs_per_chunk``
 at a time (``lax.map`` with a batch size: vmapped within a chunk, a loop over chunks), chosen from
 an estimate of their memory; on CPU they are also cut into ``--parallel_runs`` groups executed at
-once, one thread per core (:mod:`fedem_jax.execution.run_groups`).
+once, one thread per core (:mod:`fedem_jax.execution.sweep_groups`).
 
 A config without lists is not a sweep and runs exactly as before (no runs axis).
 """
@@ -23,13 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedem_jax import memory
 from fedem_jax.algorithms.base import Algorithm
-from fedem_jax.config import SECTIONS, Config, ConfigError, flag_name
 from fedem_jax.data import FederatedData
-from fedem_jax.execution import run_groups
-from fedem_jax.experiment import Experiment, build, stats_of_splits
+from fedem_jax.errors import ConfigError
+from fedem_jax.execution import memory, sweep_groups
 from fedem_jax.models import CONV_MODELS
+from fedem_jax.settings.schema import SECTIONS, Config, flag_name
+from fedem_jax.training.experiment import Experiment, build, stats_of_splits
 
 STATE_COPIES = 4  # peak working copies of one run's state in a round (in, out, local copies, grads)
 
@@ -83,7 +83,7 @@ def run_values(cfg: Config) -> dict[str, np.ndarray]:
 def choose_runs_per_chunk(n_runs: int, per_run: int, requested: int, free=None, groups: int = 1):
     """Runs vmapped together: ``requested`` if set, else as many as fit in 80 % of the free
     memory at ``per_run`` bytes each (:func:`run_bytes`; a rough model, the data is shared), the
-    memory shared by ``groups`` groups of runs executed at once (``execution.run_groups``)."""
+    memory shared by ``groups`` groups of runs executed at once (``execution.sweep_groups``)."""
     free = memory.free_bytes() if free is None else free
     budget = int(0.8 * (free if free is not None else 8 << 30)) // groups
     in_group = -(-n_runs // groups)
@@ -113,7 +113,7 @@ def run_bytes(one_state, info: dict, n_clients: int) -> int:
 
 def build_sweep(cfg: Config, data: FederatedData) -> Experiment:
     """An :class:`Experiment` whose algorithm works on states with a leading ``runs`` axis; on CPU
-    its round and evaluation run groups of runs at once (``execution.run_groups``)."""
+    its round and evaluation run groups of runs at once (``execution.sweep_groups``)."""
     if cfg.layout.n_devices > 1 or (cfg.layout.n_devices == 0 and jax.device_count() > 1):
         raise ConfigError("a sweep (lists or --seeds) runs on one device: add --n_devices 1")
     base = build(cfg, data)
@@ -130,7 +130,7 @@ def build_sweep(cfg: Config, data: FederatedData) -> Experiment:
     conv_on_cpu = jax.default_backend() == "cpu" and base.info["model"] in CONV_MODELS
     if requested == 0 and conv_on_cpu:  # measured: vmapped runs of a conv net on CPU, 0.56x
         requested = 1
-    groups = run_groups.group_count(cfg.layout.parallel_runs, n_runs, one_run_fills_the_cores=conv_on_cpu)
+    groups = sweep_groups.group_count(cfg.layout.parallel_runs, n_runs, one_run_fills_the_cores=conv_on_cpu)
     per_run = run_bytes(one_state, base.info, data.n_clients)
     chunk, note = choose_runs_per_chunk(n_runs, per_run, requested, groups=groups)
     if not can_vmap:
@@ -176,7 +176,7 @@ def build_sweep(cfg: Config, data: FederatedData) -> Experiment:
     algorithm = algorithm_of(values)
     grouped = None
     if groups > 1:
-        grouped = run_groups.RunGroups(
+        grouped = sweep_groups.SweepGroups(
             values,
             groups,
             round_fn=over_runs("round"),
@@ -184,11 +184,8 @@ def build_sweep(cfg: Config, data: FederatedData) -> Experiment:
         )
     info = {**base.info, "runs": n_runs, "runs_per_chunk": chunk, "parallel_runs": groups, "runs_note": note}
     return dataclasses.replace(
-        base, algorithm=algorithm, raw=algorithm, info=info, runs=cfg.runs(), run_groups=grouped
+        base, algorithm=algorithm, raw=algorithm, info=info, runs=cfg.runs(), sweep_groups=grouped
     )
-
-
-SELECT_METRICS = ("accuracy", "accuracy_bottom10", "loss")
 
 
 def summarize_runs(history: list[dict], runs: list[dict], diverged: dict[int, int], cfg: Config) -> dict:

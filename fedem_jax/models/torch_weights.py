@@ -1,5 +1,5 @@
 """PyTorch checkpoints for ``--init_from``, read without importing torch, and torchvision's
-MobileNetV2 mapped onto fedem_jax's (``fedem_jax.mobilenet``).
+MobileNetV2 mapped onto fedem_jax's (``fedem_jax.models.mobilenet``).
 
 A ``torch.save`` file (``.pth`` / ``.pt``, the zip format of PyTorch >= 1.6) is a zip archive: a
 pickle (``<name>/data.pkl``) whose tensors point at raw storages (``<name>/data/<key>``). It is
@@ -27,8 +27,8 @@ import zipfile
 
 import numpy as np
 
-from fedem_jax.data.federated import DataError
 from fedem_jax.data.untrusted import check_fits, host_memory_budget, require_real_floats
+from fedem_jax.errors import DataError
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32,

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fedem_jax.convolution import conv_slices
+from fedem_jax.models.convolution import conv_slices
 
 # (expansion t, output channels c, repeats n, first stride s) of torchvision's MobileNetV2.
 INVERTED_RESIDUAL_SETTING = (
