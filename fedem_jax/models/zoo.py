@@ -174,11 +174,13 @@ class ModelSpec:
     sequence: bool = False  # predicts the next token at every position (a sequence task)
     inputs: tuple | None = None
     exact_size: bool = False
+    # On CPU, learners vmapped (small dense models) rather than looped (benchmarks/layouts.py).
+    vmap_learners_on_cpu: bool = False
 
 
 MODELS: dict[str, ModelSpec] = {
-    "linear": ModelSpec(LinearModel),
-    "mlp": ModelSpec(MLP),
+    "linear": ModelSpec(LinearModel, vmap_learners_on_cpu=True),
+    "mlp": ModelSpec(MLP, vmap_learners_on_cpu=True),
     "cnn": ModelSpec(SmallCNN, convolutional=True, inputs=(3, 10, None)),
     "cifar10_cnn": ModelSpec(CIFAR10CNN, convolutional=True, inputs=(3, 32, 3), exact_size=True),
     # The same layers as cifar10_cnn; sizes follow the 28x28x1 input and 62 classes.

@@ -22,7 +22,7 @@ from fedem_jax.errors import ConfigError
 from fedem_jax.execution import memory
 from fedem_jax.execution.layout import CLIENT_SPEC, REPLICATED, Layout
 from fedem_jax.execution.sweep_groups import SweepGroups
-from fedem_jax.models import STATEFUL_MODELS, TORCH_OWN_INIT, build_model, input_problem
+from fedem_jax.models import MODELS, STATEFUL_MODELS, TORCH_OWN_INIT, build_model, input_problem
 from fedem_jax.models.pretrained import load_weights
 from fedem_jax.settings.schema import Config
 
@@ -37,7 +37,7 @@ def resolve_layout(cfg: Config, model_name: str) -> tuple[int, bool]:
     the linear model and looped for conv nets. On GPU/TPU everything is vmapped.
     """
     on_cpu = jax.default_backend() == "cpu"
-    small_model = model_name in ("linear", "mlp")
+    small_model = model_name in MODELS and MODELS[model_name].vmap_learners_on_cpu
     client_chunk = cfg.layout.client_chunk
     if client_chunk == -1:
         client_chunk = 1 if on_cpu else 0
