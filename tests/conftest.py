@@ -31,3 +31,30 @@ def pytest_unconfigure(config):
         import shutil
 
         shutil.rmtree(cache, ignore_errors=True)
+
+
+# Tests that take 15-35 s each (subprocesses with 8 devices or 2 processes, kills and resumes,
+# conv nets): started first, so that no worker is left running one of them alone at the end.
+SLOW_FIRST = (
+    "test_sharding.py::",
+    "test_run_product.py::test_sigkill",
+    "test_multiprocess.py::test_distributed_checkpoints_resume",
+    "test_multiprocess.py::test_two_processes",
+    "test_sweep.py::test_training_settings_sweep",
+    "test_mobilenet.py::",
+    "test_run_product.py::test_extending",
+    "test_leaf.py::test_leaf_datasets_end_to_end",
+    "test_sweep.py::test_a_sweep_resumes",
+    "test_splits.py::test_cifar100_end_to_end",
+    "test_cifar10.py::test_cifar10_end_to_end",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        for i, prefix in enumerate(SLOW_FIRST):
+            if prefix in item.nodeid:
+                return i
+        return len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their order

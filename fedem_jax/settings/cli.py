@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="several training seeds run together, e.g. 1,2,3,4,5",
     )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=None,
+        help="import a module or .py file that registers methods of its own first (repeatable; "
+        "read by fedem_jax.main before the other flags)",
+    )
     return parser
 
 
@@ -77,6 +84,7 @@ def _numbers(kind):
 def resolve(argv: list[str] | None = None) -> Config:
     """Parse ``argv``, apply dataset defaults under the explicit flags, and validate."""
     args = vars(build_parser().parse_args(argv))
+    args.pop("plugin")  # loaded by the command line before the parser was built
     cfg = with_presets({k: v for k, v in args.items() if v is not None})
     check_data_path(cfg.data)  # the command line always loads its data
     return cfg
