@@ -1,5 +1,5 @@
 """The paper's table in one command: every method at its defaults on one dataset, K seeds each as
-one sweep (one process; on CPU in groups of runs at once, see README "Sweeps"), mean ± std of
+one sweep (one process; on CPU in groups of runs at once, see docs/guide/sweeps.md), mean ± std of
 test accuracy and of bottom-10 % accuracy.
 
     python benchmarks/paper_table.py                          # synthetic paper setting, 5 seeds

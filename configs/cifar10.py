@@ -3,7 +3,7 @@
 
 def get_config() -> dict:
     return dict(
-        init="torch",  # the reference's PyTorch initialisation (see README, "Initialisation")
+        init="torch",  # the reference's PyTorch initialisation (see docs/guide/datasets.md, "Initialisation")
         dataset="cifar10",
         model="cifar10_cnn",
         n_clients=80,

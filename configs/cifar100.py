@@ -2,12 +2,12 @@
 labels Dir(0.4), fine labels Dir(10)), FedEM learning rate 0.01.
 
 The paper trains an ImageNet-pretrained MobileNetV2; fedem_jax's default here is the CIFAR-10
-CNN with 100 outputs (see the README's limitations)."""
+CNN with 100 outputs (see docs/design.md, "Limitations")."""
 
 
 def get_config() -> dict:
     return dict(
-        init="torch",  # the reference's PyTorch initialisation (see README, "Initialisation")
+        init="torch",  # the reference's PyTorch initialisation (see docs/guide/datasets.md, "Initialisation")
         dataset="cifar100",
         model="cifar10_cnn",
         n_clients=100,

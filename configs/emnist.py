@@ -4,7 +4,7 @@ Dirichlet(0.4), FEMNIST CNN, FedEM learning rate 0.05."""
 
 def get_config() -> dict:
     return dict(
-        init="torch",  # the reference's PyTorch initialisation (see README, "Initialisation")
+        init="torch",  # the reference's PyTorch initialisation (see docs/guide/datasets.md, "Initialisation")
         dataset="emnist",
         model="femnist_cnn",
         n_clients=100,

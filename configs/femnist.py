@@ -4,7 +4,7 @@ FEMNIST CNN, FedEM learning rate 0.03."""
 
 def get_config() -> dict:
     return dict(
-        init="torch",  # the reference's PyTorch initialisation (see README, "Initialisation")
+        init="torch",  # the reference's PyTorch initialisation (see docs/guide/datasets.md, "Initialisation")
         dataset="femnist",
         model="femnist_cnn",
         data_frac=0.15,

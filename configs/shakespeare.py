@@ -4,7 +4,7 @@
 
 def get_config() -> dict:
     return dict(
-        init="torch",  # the reference's PyTorch initialisation (see README, "Initialisation")
+        init="torch",  # the reference's PyTorch initialisation (see docs/guide/datasets.md, "Initialisation")
         dataset="shakespeare",
         model="lstm",
         n_learners=3,

@@ -1,7 +1,7 @@
 """Synthetic mixture of 3 linear tasks (FedEM paper, section 5 / appendix): 300 clients, d=150.
 
 The paper gives no learning rate for this dataset; 0.1 was the best of {0.03, 0.1, 0.3} for
-FedEM in README "Choosing the synthetic learning rate" (FedAvg scored the same at 0.03 and 0.1).
+FedEM in docs/performance.md, "Choosing the synthetic learning rate" (FedAvg scored the same at 0.03 and 0.1).
 """
 
 

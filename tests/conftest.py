@@ -19,18 +19,22 @@ def pytest_configure(config):
     and compiler options, so results are unchanged; only the compile time is saved."""
     if "workerinput" in config.__dict__ or "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return  # an xdist worker (the controller set it up) or a cache chosen by the user
+    # Every temporary file of the session under one folder removed at the end, also those that
+    # libraries leave behind (tfds makes an empty "tmp*tfds" folder each time it builds a builder).
+    os.environ["TMPDIR"] = tempfile.mkdtemp(prefix="fedem_jax_tests_")
+    tempfile.tempdir = None  # read TMPDIR again
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="fedem_jax_test_xla_cache_")
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 
 def pytest_unconfigure(config):
-    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
-    ours = os.path.basename(cache).startswith("fedem_jax_test_xla_cache_")
+    root = os.environ.get("TMPDIR", "")
+    ours = os.path.basename(root).startswith("fedem_jax_tests_")
     if ours and "workerinput" not in config.__dict__:
         import shutil
 
-        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # Tests that take 15-35 s each (subprocesses with 8 devices or 2 processes, kills and resumes,

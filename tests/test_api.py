@@ -281,3 +281,16 @@ def test_the_top_level_holds_the_api_the_cli_and_subpackages():
     }  # fmt: skip
     for name in fedem_jax.__all__:
         assert getattr(fedem_jax, name) is not None
+
+
+def test_every_subpackage_is_installed_by_a_plain_pip_install():
+    """``pip install .`` (not editable) installs only the packages pyproject.toml lists."""
+    with open(os.path.join(os.path.dirname(PACKAGE), "pyproject.toml")) as f:
+        listed = re.search(r"^packages = \[(.*?)\]", f.read(), re.S | re.M).group(1)
+    listed = set(re.findall(r'"([\w.]+)"', listed))
+    found = {
+        os.path.relpath(root, os.path.dirname(PACKAGE)).replace(os.sep, ".")
+        for root, _, files in os.walk(PACKAGE)
+        if "__init__.py" in files
+    }
+    assert found - listed == set()

@@ -49,7 +49,7 @@ class NoHyperparams:
 class Method:
     name: str
     factory: Callable  # (Context, hyperparams) -> Algorithm
-    summary: str  # one line for --help and the README
+    summary: str  # one line for --help, the README and the docs
     hyperparams: type = NoHyperparams  # frozen dataclass with a validate() method
     capabilities: Capabilities = Capabilities()
 

@@ -5,7 +5,7 @@ ties go to the lower slot), and :func:`epoch_order` returns exactly that permuta
 argsort. XLA:CPU sorts a key with a payload (an argsort) through a generic comparator, much
 slower than a sort of one ``uint32`` array; one argsort per client per epoch was 20 % of a
 traced synthetic FedEM round on CPU and 51 % of a 10-run sweep's (``benchmarks/round_profile.py``
-on the code before; side by side: ``benchmarks/round_speedups.py``, README).
+on the code before; side by side: ``benchmarks/round_speedups.py``, docs/performance.md).
 
 How: ``uniform`` draws multiples of ``2**-23``, so a score is a 23-bit integer ``k``, and the
 order is that of the integers ``(k, slot)``, too wide for one ``uint32``. Slots are cut into

@@ -122,7 +122,7 @@ def load_npz(cfg) -> FederatedData:  # cfg: the DataConfig
     else:
         raise DataError(
             f"--data_path {path!r} does not exist; give a .npz file with x, y, client arrays or a folder of "
-            f"per-client .npz files (see README, 'Your own data')"
+            f"per-client .npz files (see docs/guide/datasets.md, 'Your own data')"
         )
     shapes = {x.shape[1:] for x in train[0] + test[0]}
     if len(shapes) > 1:

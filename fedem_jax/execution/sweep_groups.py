@@ -7,7 +7,7 @@ sweep's runs are cut into ``n_groups`` groups of (nearly) equal size; a group's 
 evaluation) is one compiled program taking the group's settings as an argument, so equal groups
 share it. Every call splits the stacked state into the groups, runs them at once, one thread
 each, and joins the results, so checkpoints and outputs see one state
-(``benchmarks/sweep_throughput.py``, README "Sweeps"). A conv net's round already fills the
+(``benchmarks/sweep_throughput.py``, docs/guide/sweeps.md). A conv net's round already fills the
 cores: it keeps one group.
 
 Each run's arithmetic is the same whichever group it is in, so the results do not depend on the

@@ -3,7 +3,8 @@
 XLA:CPU runs the gradient of its native convolution far slower inside a ``lax.scan`` body than
 outside (jax-ml/jax#12868), and a FedEM round is a scan over local steps. Slices, concatenation
 and ``dot`` have no such cliff; their gradients are slices, pads and matmuls. Both functions give
-the values of ``lax.conv_general_dilated`` up to float rounding. See README, "Convolutions on CPU".
+the values of ``lax.conv_general_dilated`` up to float rounding. See docs/performance.md,
+"Convolutions on CPU".
 """
 
 from __future__ import annotations

@@ -186,3 +186,17 @@ def _check_workdir(workdir: str) -> None:
     """Only the name: the folder is created (and checked) when a run starts, not when a
     configuration is validated."""
     check(bool(workdir), "--workdir must not be empty")
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """``{flag: valid names}`` of every setting that takes a name, from the registries."""
+    return {
+        "dataset": tuple(DATASETS),
+        "split": tuple(SPLITS),
+        "model": tuple(MODELS),
+        "init": tuple(INITS),
+        "conv_impl": tuple(CONV_IMPLS),
+        "optimizer": tuple(OPTIMIZERS),
+        "lr_scheduler": tuple(SCHEDULES),
+        "select_metric": SELECT_METRICS,
+    }

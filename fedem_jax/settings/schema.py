@@ -33,7 +33,7 @@ def flag_name(field: dataclasses.Field) -> str:
 class DataConfig:
     """Which data, how it is split into clients and into train / validation / test."""
 
-    dataset: str = setting("synthetic", "dataset name")
+    dataset: str = setting("synthetic", "dataset (each has presets: the paper's hyperparameters)")
     data_dir: str = setting("", "TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     data_path: str = setting(
         "", "npz: a .npz file or folder of them; femnist/shakespeare: LEAF JSON file or folder"
@@ -62,12 +62,14 @@ class DataConfig:
 class ModelConfig:
     """The model of one component and how many components there are."""
 
-    name: str = setting("", "model (default: per dataset)", flag="model")
+    name: str = setting("", "model (default: the dataset's own)", flag="model")
     n_learners: int = setting(3, "mixture components M (FedAvg: 1)")
     init: str = setting(
         "flax", "initialisation: flax (lecun normal, zero biases) or torch (PyTorch's defaults)"
     )
-    init_from: str = setting("", "start every component from the weights in this .npz/msgpack file")
+    init_from: str = setting(
+        "", "start every component from the weights in a local torchvision .pth, .npz or flax msgpack file"
+    )
     conv_impl: str = setting(
         "", "convolution for training: xla or matmul (default: matmul on CPU and for mobilenet_v2)"
     )
@@ -77,33 +79,49 @@ class ModelConfig:
 class TrainingConfig:
     """Rounds, client sampling and the local optimizer (spec section 3)."""
 
-    n_rounds: int = setting(200, "communication rounds")
+    n_rounds: int = setting(200, "communication rounds (exactly this many)")
     sampling_rate: float = setting(1.0, "fraction of clients sampled per round, in (0, 1]")
     local_epochs: int = setting(1, "local epochs per round")
-    batch_size: int = setting(128, "local minibatch size")
+    batch_size: int = setting(
+        128, "local minibatch size (capped at the largest client's train set, saying so)"
+    )
     drop_last: bool = setting(
         False, "drop each client's last incomplete batch unless it is its only one (reference: images)"
     )
-    optimizer: str = setting("sgd", "local optimizer")
+    optimizer: str = setting(
+        "sgd", "local optimizer: sgd (torch semantics: weight decay before momentum) or adam"
+    )
     lr: float = setting(0.03, "learning rate")
-    lr_scheduler: str = setting("multi_step", "schedule, stepped once per local epoch")
+    lr_scheduler: str = setting(
+        "multi_step",
+        "learning-rate schedule, stepped once per local epoch on each client's own counter: constant, sqrt, "
+        "linear, cosine (period 200), multi_step (x0.1 at n_rounds/2 and 3 n_rounds/4)",
+    )
     momentum: float = setting(0.9, "SGD momentum")
     weight_decay: float = setting(5e-4, "L2 weight decay")
-    seed: int = setting(1234, "training seed")
+    seed: int = setting(1234, "training seed (initialisation, client sampling, shuffles)")
 
 
 @dataclasses.dataclass(frozen=True)
 class LayoutConfig:
     """How the computation is laid out; results do not depend on it up to float rounding."""
 
-    client_chunk: int = setting(-1, "clients trained together: 0 vmap all, 1 sequential, k chunks (-1 auto)")
+    client_chunk: int = setting(
+        -1,
+        "clients trained together: 0 vmap all, 1 sequential, k chunks of k (-1 auto: 1 on CPU; on GPU/TPU "
+        "all, or as many as fit in memory)",
+    )
     learner_vmap: int = setting(-1, "1 vmap the M learners, 0 loop over them (-1 auto)")
     micro_batch: int = setting(
         -1, "a client's last partial batch runs as sub-batches of this size (0: off, -1: auto)"
     )
     eval_chunk: int = setting(1024, "samples per forward pass in E-step and evaluation")
     runs_per_chunk: int = setting(0, "sweeps: runs vmapped together (0: from a memory estimate)")
-    parallel_runs: int = setting(0, "sweeps: groups of runs executed at once (0: one per CPU core on CPU)")
+    parallel_runs: int = setting(
+        0,
+        "sweeps: groups of runs executed at once, one thread each (0: one per usable CPU core on CPU, a "
+        "container's CPU quota included, except conv nets; 1 on GPU/TPU)",
+    )
     n_devices: int = setting(0, "devices to shard the client axis over (0: all available)")
     distributed: bool = setting(False, "several processes/hosts: call jax.distributed.initialize()")
     coordinator_address: str = setting("", "--distributed: host:port of process 0 (auto on TPU/SLURM/MPI)")
@@ -116,8 +134,8 @@ class LayoutConfig:
 class OutputConfig:
     """Evaluation cadence, what is written where, checkpoints."""
 
-    workdir: str = setting("runs/default", "output folder (metrics, summary)")
-    log_freq: int = setting(5, "evaluate every N rounds")
+    workdir: str = setting("runs/default", "output folder (config, metrics, summary, checkpoints, plots)")
+    log_freq: int = setting(5, "evaluate every N rounds (and after the last)")
     validation: bool = setting(False, "evaluate on the validation split instead of test")
     select_metric: str = setting(
         "accuracy", "sweeps: metric naming the best setting (accuracy, accuracy_bottom10, loss)"
@@ -131,7 +149,7 @@ class OutputConfig:
     overwrite: bool = setting(
         False, "start over in a workdir of another experiment (old checkpoints set aside)"
     )
-    quiet: bool = setting(False, "no progress bar")
+    quiet: bool = setting(False, "no progress bar or start-up lines: only the final line")
 
 
 SECTIONS = {

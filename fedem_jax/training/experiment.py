@@ -32,7 +32,7 @@ AUTO_MICRO_BATCH = 32
 def resolve_layout(cfg: Config, model_name: str) -> tuple[int, bool]:
     """``(client_chunk, learner_vmap)``; ``-1`` picks the measured per-backend default.
 
-    Measured on CPU (``benchmarks/layouts.py``, README): a sequential client loop wins for every
+    Measured on CPU (``benchmarks/layouts.py``, docs/performance.md): a sequential client loop wins for every
     model, because it really skips the masked steps of small clients; learners are vmapped for
     the linear model and looped for conv nets. On GPU/TPU everything is vmapped.
     """
