@@ -2,11 +2,13 @@
 byte, keeps other libraries' noise off the terminal and survives a closed or full stdout; bad
 values and bad inputs are one line with their exit code."""
 
+import gc
 import json
 import logging
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -143,15 +145,23 @@ def test_third_party_records_and_unraisable_exceptions_go_to_the_log(tmp_path, c
         def __del__(self):
             raise RuntimeError("Event loop is closed")
 
-    with ThirdPartyLog(str(tmp_path)):
+    async def device_put():  # what orbax's event loop leaves behind when a restore fails
+        pass
+
+    with ThirdPartyLog(str(tmp_path)), warnings.catch_warnings():
+        warnings.simplefilter("default")  # as outside pytest
         logging.getLogger("absl").error("orbax failed", exc_info=ValueError("RESOURCE_EXHAUSTED"))
         logging.getLogger("asyncio").error("Task exception was never retrieved")
         Broken()
+        device_put()  # never awaited: a RuntimeWarning once the coroutine is collected
+        gc.collect()
+        warnings.warn("a warning of ours", UserWarning, stacklevel=1)  # left to the usual route
     err = capsys.readouterr().err
     assert err == ""
     text = open(tmp_path / "third_party.log").read()
     assert "orbax failed" in text and "RESOURCE_EXHAUSTED" in text and "never retrieved" in text
-    assert "Event loop is closed" in text
+    assert "Event loop is closed" in text and "device_put' was never awaited" in text
+    assert "a warning of ours" not in text
     logging.getLogger("absl").error("after the context")  # handlers restored
     assert "after the context" not in open(tmp_path / "third_party.log").read()
 

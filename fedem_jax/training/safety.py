@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 
 from fedem_jax.errors import EXIT_CODES, ConfigError
 
@@ -105,9 +106,10 @@ THIRD_PARTY_LOGGERS = ("absl", "asyncio", "orbax", "tensorstore")
 
 class ThirdPartyLog(logging.Handler):
     """Once installed (or within ``with ThirdPartyLog(workdir):``), records of
-    :data:`THIRD_PARTY_LOGGERS` and unraisable exceptions are appended to ``WORKDIR/third_party.log``
-    (created at the first one) instead of the terminal. Writing it never fails the run: if the file
-    cannot be written, the records are dropped."""
+    :data:`THIRD_PARTY_LOGGERS`, unraisable exceptions and "coroutine ... was never awaited"
+    warnings (fedem_jax has no coroutines: orbax's event loop leaves them when a restore fails) are
+    appended to ``WORKDIR/third_party.log`` (created at the first one) instead of the terminal.
+    Writing it never fails the run: if the file cannot be written, the records are dropped."""
 
     def __init__(self, workdir: str, name: str = "third_party.log"):
         super().__init__(logging.INFO)
@@ -116,6 +118,7 @@ class ThirdPartyLog(logging.Handler):
         self._file = None
         self._failed = False
         self._saved: list = []
+        self._showwarning = warnings.showwarning
 
     def _append(self, text: str) -> None:
         if self._failed:
@@ -138,9 +141,18 @@ class ThirdPartyLog(logging.Handler):
         )
         self._append(f"unraisable exception ({unraisable.err_msg or 'ignored'}):\n" + "".join(lines))
 
+    def warning(self, message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, RuntimeWarning) and "was never awaited" in str(message):
+            self._append(f"{filename}:{lineno}: {category.__name__}: {message}")
+        else:
+            self._showwarning(message, category, filename, lineno, file, line)
+
     def install(self) -> ThirdPartyLog:
-        """Route the records and unraisable exceptions here until :meth:`uninstall` (the command
-        line never uninstalls: orbax's threads can still report while the process exits)."""
+        """Route the records, unraisable exceptions and coroutine warnings here until
+        :meth:`uninstall` (the command line never uninstalls: orbax's threads can still report
+        while the process exits)."""
+        self._showwarning = warnings.showwarning
+        warnings.showwarning = self.warning
         self._saved = [(sys.unraisablehook, logging.raiseExceptions)]
         for name in THIRD_PARTY_LOGGERS:
             logger = logging.getLogger(name)
@@ -157,6 +169,7 @@ class ThirdPartyLog(logging.Handler):
             logger.removeHandler(self)
             logger.propagate = propagate
         sys.unraisablehook, logging.raiseExceptions = hook, raise_exceptions
+        warnings.showwarning = self._showwarning
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()
