@@ -83,8 +83,9 @@ def _print_summary(summary: dict, cfg) -> None:
     unseen = (
         f"unseen clients {summary['unseen_test_accuracy']:.4f}, " if "unseen_test_accuracy" in summary else ""
     )
+    rounds = summary.get("rounds_done", summary["n_rounds"])  # fewer if a callback ended it early
     print(
-        f"{summary['method']} on {summary['dataset']}, {summary['n_rounds']} rounds: "
+        f"{summary['method']} on {summary['dataset']}, {rounds} rounds: "
         f"{split} accuracy {summary[split + '_accuracy']:.4f} "
         f"(bottom 10% {summary[split + '_accuracy_bottom10']:.4f}), {unseen}"
         f"train accuracy {summary['train_accuracy']:.4f}, "

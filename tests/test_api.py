@@ -116,6 +116,44 @@ def test_close_is_told_what_ended_the_run(tmp_path):
     assert recorder.calls[-1] == ("close", "OutputError")
 
 
+class EndAfterRound(fedem_jax.Callback):
+    """Early stopping: ends the run after round ``last``."""
+
+    def __init__(self, last):
+        self.last = last
+
+    def after_round(self, session, metrics):
+        if metrics["round"] == self.last:
+            session.end_early()
+
+
+def test_a_callback_ends_the_run_early_and_the_same_run_resumes_exactly(tmp_path):
+    """Ended after round 3 (between evaluations): round 3 is evaluated, summarised and
+    checkpointed; run again, it resumes there and ends exactly as a run that never stopped."""
+    settings = dict(SMALL, n_rounds=6, log_freq=2, checkpoint_every=10, plots=False, quiet=True)
+    cfg = fedem_jax.config("synthetic", workdir=str(tmp_path / "early"), **settings)
+    callbacks = fedem_jax.default_callbacks(cfg) + [EndAfterRound(3)]
+    summary = fedem_jax.run(cfg, callbacks=callbacks, log=None)
+    assert summary["rounds_done"] == 3 and summary["n_rounds"] == 6
+    assert [row["round"] for row in _written_rows(cfg.output.workdir)] == [0, 2, 3]
+    assert os.listdir(tmp_path / "early" / "checkpoints") == ["3"]
+    resumed = fedem_jax.run(cfg, log=None)
+    straight = fedem_jax.run(cfg.replace(workdir=str(tmp_path / "straight")), log=None)
+    assert "rounds_done" not in resumed
+    assert (resumed["test_accuracy"], resumed["test_loss"]) == (
+        straight["test_accuracy"],
+        straight["test_loss"],
+    )
+    last = _written_rows(cfg.output.workdir)[-1]
+    assert last == _written_rows(tmp_path / "straight")[-1] and last["round"] == 6
+    session = fedem_jax.Session(cfg.replace(workdir=str(tmp_path / "by_hand")))
+    rows = []
+    for row in session.rounds():
+        rows.append(row["round"])
+        session.end_early()  # by hand: after the first evaluation
+    assert rows == [0] and session.round == 0 and session.summary()["rounds_done"] == 0
+
+
 def test_every_error_has_its_exit_code():
     import signal
 

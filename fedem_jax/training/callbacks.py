@@ -12,6 +12,10 @@ One small protocol (every hook optional; a subclass of :class:`Callback` overrid
 - ``close(session, error)``: always, last, in reverse order; ``error`` is what ended the run (None
   when it finished; :class:`~fedem_jax.errors.Interrupted` on a stop).
 
+A callback may end training early with ``session.end_early()`` (the round reached is evaluated,
+summarised and checkpointed as the last; run again, the run resumes there) or stop it with
+``session.stop.request()`` (:class:`~fedem_jax.errors.Interrupted`, as on Ctrl-C).
+
 The command line's set is :func:`default_callbacks`: the workdir's guard and lock, signals,
 checkpoints and resume, the run's record files, metrics files, TensorBoard, plots and progress.
 """
@@ -117,6 +121,9 @@ class Checkpoints(Callback):
         done, cfg = session.round, session.cfg
         if done % cfg.output.checkpoint_every == 0 or done == cfg.training.n_rounds:
             self._save(session)
+
+    def on_end(self, session, summary) -> None:
+        self._save(session)  # a run ended early (Session.end_early); otherwise saved already
 
     def _save(self, session) -> str | None:
         """Checkpoint the session's round unless saved already; returns its folder."""

@@ -61,17 +61,20 @@ def run(
 
 
 def _train(session: Session, callbacks: list[Callback]) -> None:
-    """Rounds from the session's round to ``--n_rounds``: evaluated every ``--log_freq`` rounds
-    and after the last (round 0, the model before training, first, as the reference logs)."""
+    """Rounds from the session's round to ``--n_rounds`` (or until a callback calls
+    :meth:`Session.end_early`): evaluated every ``--log_freq`` rounds and after the last (round 0,
+    the model before training, first, as the reference logs)."""
     if session.round == 0 and not session.history:
         _evaluated(session, callbacks)
-    while session.round < session.cfg.training.n_rounds:
+    while not session.training_done:
         session.check_stop()
         metrics = session.step()
         if session.evaluation_due():
             _evaluated(session, callbacks)
         for callback in callbacks:
             callback.after_round(session, metrics)
+    if session.history and session.history[-1]["round"] != session.round:  # ended early
+        _evaluated(session, callbacks)
 
 
 def _evaluated(session: Session, callbacks: list[Callback]) -> None:

@@ -99,6 +99,7 @@ class Session:
         self.compiled = None
         self._state = None
         self._round_metrics: dict = {}
+        self._ending_early = False
 
     # ------------------------------------------------------------------------------ building
     @property
@@ -195,6 +196,17 @@ class Session:
         self.diverged = {int(k): v for k, v in record.get("diverged", {}).items()}
 
     # ------------------------------------------------------------------------------ rounds
+    def end_early(self) -> None:
+        """End training after the current round as if it were the last (early stopping, from a
+        callback or by hand): it is evaluated, summarised and, under :func:`fedem_jax.run`,
+        checkpointed; the same run started again resumes there and trains on to ``--n_rounds``."""
+        self._ending_early = True
+
+    @property
+    def training_done(self) -> bool:
+        """``--n_rounds`` reached, or :meth:`end_early` asked for."""
+        return self._ending_early or self.round >= self.cfg.training.n_rounds
+
     def check_stop(self) -> None:
         """Raise :class:`~fedem_jax.errors.Interrupted` if a stop was requested."""
         if self.stop.requested:
@@ -246,9 +258,9 @@ class Session:
         every = eval_every or self.cfg.output.log_freq
         if self.round == 0 and not self.history:
             yield from as_rows(self.evaluate())
-        while self.round < self.cfg.training.n_rounds:
+        while not self.training_done:
             self.step()
-            if self.round % every == 0 or self.round == self.cfg.training.n_rounds:
+            if self.round % every == 0 or self.training_done:
                 yield from as_rows(self.evaluate())
 
     def _check_finite(self, finite, round_done: int) -> None:
@@ -291,6 +303,7 @@ class Session:
             "n_clients": federation.n_clients,
             "n_unseen_clients": federation.n_unseen,
             "n_rounds": cfg.training.n_rounds,
+            **({"rounds_done": self.round} if self.round < cfg.training.n_rounds else {}),
             **final,
             "seconds_per_round": float(np.mean(steady)) if steady else 0.0,
             "compile_seconds": self.timings["compile_seconds"],
