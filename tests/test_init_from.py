@@ -5,7 +5,7 @@ import numpy as np
 from helpers import tiny_binary_data, tiny_config
 
 from fedem_jax.main import main
-from fedem_jax.models.pretrained import save_component
+from fedem_jax.models.pretrained import save_component, save_components
 from fedem_jax.training.experiment import build
 
 
@@ -19,6 +19,41 @@ def test_every_component_starts_from_the_file(tmp_path):
     params = algo.init(data).params
     for m in range(3):
         np.testing.assert_array_equal(np.asarray(params["Dense_0"]["kernel"][m]), source["Dense_0"]["kernel"])
+
+
+def test_each_component_starts_from_its_own_weights(tmp_path):
+    """A file of M stacked components (as another run's state holds them): component m starts from
+    slice m, every leaf, whatever this run's seed."""
+    data = tiny_binary_data()
+    source = build(tiny_config(tmp_path, n_learners=3, seed=7), data).algorithm.init(data).params
+    source = jax.tree.map(np.asarray, source)
+    path = str(tmp_path / "stacked.npz")
+    save_components(source, path)
+    params = (
+        build(tiny_config(tmp_path, n_learners=3, seed=99, init_from=path), data).algorithm.init(data).params
+    )
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params), source)
+    kernel = source["Dense_0"]["kernel"]
+    assert not np.array_equal(kernel[0], kernel[1])  # the components do differ
+
+
+def test_per_component_files_of_another_size_or_form_are_one_line(tmp_path, capsys):
+    base = ["--n_clients", "5", "--n_test_per_client", "10", "--n_rounds", "1", "--dim", "4"]
+    base += ["--n_learners", "3", "--workdir", str(tmp_path / "w")]
+    two = str(tmp_path / "two.npz")
+    np.savez(two, **{"Dense_0/kernel": np.ones((2, 4, 1), np.float32), "Dense_0/bias": np.ones((2, 1))})
+    assert main([*base, "--init_from", two]) == 1
+    err = capsys.readouterr().err
+    assert "Dense_0/bias holds 2 components; this run has --n_learners 3" in err and "Traceback" not in err
+    mixed = str(tmp_path / "mixed.npz")
+    np.savez(mixed, **{"Dense_0/kernel": np.ones((3, 4, 1), np.float32), "Dense_0/bias": np.ones(1)})
+    assert main([*base, "--init_from", mixed]) == 1
+    err = capsys.readouterr().err
+    assert "mixes one set of weights (Dense_0/bias) with one per component (Dense_0/kernel)" in err
+    stacked = str(tmp_path / "stacked.npz")
+    np.savez(stacked, **{"Dense_0/kernel": np.ones((3, 5, 1), np.float32)})
+    assert main([*base, "--init_from", stacked]) == 1
+    assert "Dense_0/kernel has shape (3, 5, 1), the model needs [M, *(4, 1)]" in capsys.readouterr().err
 
 
 def test_leaves_missing_from_the_file_keep_their_random_init(tmp_path):

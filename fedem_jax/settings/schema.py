@@ -68,7 +68,9 @@ class ModelConfig:
         "flax", "initialisation: flax (lecun normal, zero biases) or torch (PyTorch's defaults)"
     )
     init_from: str = setting(
-        "", "start every component from the weights in a local torchvision .pth, .npz or flax msgpack file"
+        "",
+        "start the components from the weights in a local torchvision .pth, .npz or flax msgpack file: "
+        "one set for all, or one per component stacked on a leading axis of size M",
     )
     conv_impl: str = setting(
         "", "convolution for training: xla or matmul (default: matmul on CPU and for mobilenet_v2)"
