@@ -86,9 +86,15 @@ class ReferenceStyleFedEM:
         momentum=0.9,
         weight_decay=5e-4,
         seed=0,
+        batch_order=None,
     ):
+        """``batch_order``: ``(round, client, epoch) -> permutation of the client's samples`` to
+        train on in that order (e.g. :func:`fedem_jax_batch_order`, fedem_jax's own), instead of
+        each client's shuffling ``DataLoader``: both sides then see the same batches."""
         torch.manual_seed(seed)
         self.binary = binary
+        self.batch_order, self.round, self.batch_size = batch_order, 0, batch_size
+        self.drop_last = drop_last
         self.global_learners = [make_model() for _ in range(n_learners)]
         self.clients = []
         for dataset in client_datasets:
@@ -143,8 +149,17 @@ class ReferenceStyleFedEM:
                     total += len(y)
         return correct / total
 
+    def _train_batches(self, client: dict, c: int):
+        """One local epoch's batches: the client's shuffling loader, or the order given."""
+        if self.batch_order is None:
+            return client["train"]
+        order = [int(i) for i in self.batch_order(self.round, c, 0)]
+        dataset = client["eval"].dataset
+        drop = self.drop_last and len(dataset) > self.batch_size
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=order, drop_last=drop)
+
     def run_round(self):
-        for client in self.clients:
+        for c, client in enumerate(self.clients):
             for local, global_model in zip(client["learners"], self.global_learners, strict=True):
                 local.load_state_dict(global_model.state_dict())
             # E-step with the broadcast parameters, eval mode.
@@ -161,7 +176,7 @@ class ReferenceStyleFedEM:
                 zip(client["learners"], client["optimizers"], strict=True)
             ):
                 learner.train()
-                for x, y, index in client["train"]:
+                for x, y, index in self._train_batches(client, c):
                     optimizer.zero_grad()
                     loss = (q[m, index] * self._loss(learner(x), y)).sum() / len(y)
                     loss.backward()
@@ -176,3 +191,24 @@ class ReferenceStyleFedEM:
                             for w, c in zip(self.weights, self.clients, strict=True)
                         )
                     )
+        self.round += 1
+
+
+def fedem_jax_batch_order(seed: int, counts, batch_size: int):
+    """fedem_jax's epoch order of each client (FedEM's derivation: round key
+    ``fold_in(fold_in(PRNGKey(seed), 1), round)``, client ``c`` shuffles with
+    ``fold_in(fold_in(round_key, 1), c)``, epoch ``e`` with ``fold_in(., e)``, over the clients'
+    common slot count), as ``(round, client, epoch) -> permutation`` for ``batch_order``."""
+    import jax
+
+    from fedem_jax.core.shuffle import epoch_order
+
+    counts = [int(n) for n in counts]
+    n_slots = -(-max(counts) // batch_size) * batch_size
+
+    def order(round_index: int, client: int, epoch: int) -> np.ndarray:
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 1), round_index)
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, 1), client), epoch)
+        return np.asarray(epoch_order(key, n_slots, counts[client]))[: counts[client]]
+
+    return order
