@@ -27,11 +27,7 @@ def _cell(text: str) -> str:
 
 
 def _default(value) -> str:
-    if value == "":
-        return "—"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return f"`{value}`"
+    return "—" if value == "" else f"`{_plain(value)}`"
 
 
 def flag_help() -> dict[str, str]:
