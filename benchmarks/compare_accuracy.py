@@ -1,30 +1,47 @@
-"""Test accuracy per round: fedem_jax against the reference-style PyTorch FedEM, side by side on the
-same CIFAR-10 clients, both with PyTorch's initialisation and the reference's partial-batch rule.
+"""Fidelity: test accuracy per round of fedem_jax and the reference-style PyTorch FedEM, side by
+side on the same CIFAR-10 clients (issue 27).
 
-    python benchmarks/compare_accuracy.py --extra --data_dir ../shared/data/tensorflow_datasets
+    python benchmarks/compare_accuracy.py --compare same_batches --extra --data_dir DIR
+    python benchmarks/compare_accuracy.py --compare same_start --extra --data_dir DIR
+    python benchmarks/compare_accuracy.py --compare seeds --seeds 0,1,2,3,4 --extra --data_dir DIR
+
+``--compare``:
+
+- ``same_batches``: one draw of PyTorch's default initialisation (``--seeds``' first seed), the
+  identical tensors given to both sides (fedem_jax through ``--init_from``, one set per
+  component), and the baseline fed fedem_jax's batch order. Both compute the same rounds, so the
+  accuracies should be equal and the parameters differ only by float32 rounding: reported per
+  round as ``|theta_jax - theta_torch| / |theta_torch(r) - theta_torch(r-1)|`` (the distance
+  relative to the round's update, largest over components).
+- ``same_start``: the same initial tensors, each side shuffling with its own generator.
+- ``seeds``: each side its own draws (fedem_jax ``--init torch``, all seeds as one sweep), over
+  ``--seeds``: mean and standard deviation per round, and whether the mean +- std bands overlap.
 
 Clients: the first ``--clients`` of the default 80-client split. Both sides: CIFAR10CNN, M = 3,
-lr 0.03 (constant), batch 128, SGD momentum 0.9, weight decay 5e-4, one local epoch,
-``--drop_last`` as the reference (a client smaller than a batch keeps its one batch), round 0 the
-model before training. Writes ``benchmarks/results/compare_accuracy_cifar10.json`` and prints the
-table and the largest gap.
+lr 0.03 (constant), batch 128, SGD momentum 0.9 kept across rounds, weight decay 5e-4, one local
+epoch, ``--drop_last`` as the reference (a client smaller than a batch keeps its one batch), round
+0 the model before training. Writes ``benchmarks/results/compare_accuracy_<compare>.json`` and
+prints the table and the largest gap.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
 from compare_reference import make_reference, reference_datasets
 from timing import write_result
 
+import fedem_jax
 from fedem_jax.data import FederatedData, build_split, load_dataset
+from fedem_jax.models.pretrained import save_components
 from fedem_jax.settings.cli import resolve
-from fedem_jax.training.loop import run
+
+LAYERS = {"Conv_0": "conv1", "Conv_1": "conv2", "Dense_0": "fc1", "Dense_1": "fc2"}
 
 
 def first_clients(data: FederatedData, n: int) -> FederatedData:
@@ -38,64 +55,174 @@ def first_clients(data: FederatedData, n: int) -> FederatedData:
     return FederatedData(data.name, head(data.train), head(data.test), data.task)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--clients", type=int, default=20)
-    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more fedem_jax flags")
-    args = parser.parse_args()
-    flags = ["--dataset", "cifar10", "--n_rounds", str(args.rounds), "--log_freq", "1"]
+def flax_layout(learner) -> dict[str, dict[str, np.ndarray]]:
+    """A ``TorchCIFAR10CNN``'s weights as fedem_jax's CIFAR10CNN holds them: convolutions OIHW ->
+    HWIO, dense [out, in] -> [in, out], and fc1's input rows reordered from PyTorch's NCHW
+    flattening to flax's NHWC one."""
+    out = {}
+    for ours, theirs in LAYERS.items():
+        layer = getattr(learner, theirs)
+        weight = layer.weight.detach().numpy()
+        if ours.startswith("Conv"):
+            kernel = weight.transpose(2, 3, 1, 0)
+        elif ours == "Dense_0":  # [2048, 64*5*5] indexed (c, h, w) -> [(h, w, c), 2048]
+            width = weight.shape[0]
+            kernel = weight.reshape(width, 64, 5, 5).transpose(2, 3, 1, 0).reshape(-1, width)
+        else:
+            kernel = weight.T
+        out[ours] = {"kernel": kernel.copy(), "bias": layer.bias.detach().numpy().copy()}
+    return out
+
+
+def stacked(learners) -> dict[str, dict[str, np.ndarray]]:
+    """The learners' flax-layout weights stacked on a leading component axis."""
+    layouts = [flax_layout(learner) for learner in learners]
+    return {k: {p: np.stack([w[k][p] for w in layouts]) for p in ("kernel", "bias")} for k in LAYERS}
+
+
+def component_norms(a, b=None) -> np.ndarray:
+    """Per component, the L2 norm of ``a - b`` (of ``a`` without ``b``), all leaves as one vector."""
+    diffs = [a[k][p] - (0 if b is None else b[k][p]) for k in a for p in a[k]]
+    return np.sqrt(sum((d**2).reshape(len(d), -1).sum(1) for d in diffs))
+
+
+def distances(ours, theirs, previous) -> tuple[float, float]:
+    """Largest over components of ``|ours - theirs|`` relative to the round's update
+    ``|theirs - previous|`` and to the parameters ``|theirs|``."""
+    gap = component_norms(ours, theirs)
+    update, size = component_norms(theirs, previous), component_norms(theirs)
+    return float(np.max(gap / update)), float(np.max(gap / size))
+
+
+def fedem_jax_config(args, seeds: str, more=()):
+    flags = ["--dataset", "cifar10", "--n_rounds", str(args.rounds), "--log_freq", "1", "--seeds", seeds]
     flags += ["--lr_scheduler", "constant", "--init", "torch", "--drop_last", "true"]
-    flags += [
-        "--overwrite",  # the same scratch workdir every time
-        "--checkpoint_every",
-        "0",
-        "--tensorboard",
-        "false",
-        "--quiet",
-        "--workdir",
-        "/tmp/fedem_jax_accuracy",
-    ]
-    flags += args.extra
-    cfg = resolve(flags)
-    data = first_clients(load_dataset(cfg), args.clients)
-    print(data.summary(), flush=True)
+    flags += ["--workdir", "/tmp/fedem_jax_accuracy", "--quiet", *more, *args.extra]
+    return resolve(flags)
 
-    t0 = time.perf_counter()
-    run(cfg, data=data, log=lambda *_: None)
-    with open(os.path.join(cfg.output.workdir, "metrics.jsonl")) as f:
-        ours = [json.loads(line)["test_accuracy"] for line in f]
-    ours_seconds = time.perf_counter() - t0
-    print(f"fedem_jax: {[round(100 * a, 1) for a in ours]} ({ours_seconds:.0f} s)", flush=True)
 
-    t0 = time.perf_counter()
-    baseline = make_reference(cfg, data, seed=cfg.training.seed)
+def accuracy_rows(session) -> dict[int, list[float]]:
+    """Test accuracy per round of each run (run 0 for a single run), the session stepped to the end."""
+    curves: dict[int, list[float]] = {}
+    for row in session.rounds(eval_every=1):
+        curves.setdefault(row.get("run", 0), []).append(row["test_accuracy"])
+    return curves
+
+
+def compare_same_start(args, data, same_batches: bool) -> dict:
+    """Both sides from one PyTorch draw; with ``same_batches`` also with fedem_jax's batch order."""
+    import torch
+    from torch_reference import TorchCIFAR10CNN, fedem_jax_batch_order
+
+    seed = int(args.seeds.split(",")[0])
+    probe = fedem_jax_config(args, str(seed))
+    torch.manual_seed(seed)
+    start = [TorchCIFAR10CNN(data.task.num_classes) for _ in range(probe.model.n_learners)]
+    weights = os.path.join(tempfile.mkdtemp(prefix="fedem_jax_start_"), "start.npz")
+    save_components(stacked(start), weights)
+    cfg = fedem_jax_config(args, str(seed), ["--init_from", weights])
+    session = fedem_jax.Session(cfg, data).compile()
+    order = None
+    if same_batches:
+        order = fedem_jax_batch_order(seed, np.asarray(data.train.counts), cfg.training.batch_size)
+    baseline = make_reference(cfg, data, seed=seed, batch_order=order)
+    with torch.no_grad():
+        for learner, source in zip(baseline.global_learners, start, strict=True):
+            learner.load_state_dict(source.state_dict())
     test_sets = reference_datasets(cfg, data.test)
-    theirs = [baseline.evaluate(test_sets)]
-    for _ in range(args.rounds):
+    ours, theirs = [session.evaluate()["test_accuracy"]], [baseline.evaluate(test_sets)]
+    to_update, to_params = [], []
+    before = stacked(baseline.global_learners)
+    for r in range(1, args.rounds + 1):
+        session.step()
+        ours.append(session.evaluate()["test_accuracy"])
         baseline.run_round()
         theirs.append(baseline.evaluate(test_sets))
-        print(f"reference-style round {len(theirs) - 1}: {100 * theirs[-1]:.1f}", flush=True)
-    theirs_seconds = time.perf_counter() - t0
+        after = stacked(baseline.global_learners)
+        params = {k: {p: np.asarray(v) for p, v in ps.items()} for k, ps in session.state.params.items()}
+        update, parameters = distances(params, after, before)
+        to_update.append(update)
+        to_params.append(parameters)
+        before = after
+        print(f"round {r}: fedem_jax {100 * ours[-1]:.2f}  reference-style {100 * theirs[-1]:.2f}  "
+              f"distance/update {update:.2e}  distance/parameters {parameters:.2e}", flush=True)  # fmt: skip
+    return {
+        "fedem_jax": [ours], "reference_style": [theirs],
+        "distance_to_update": to_update, "distance_to_parameters": to_params,
+    }  # fmt: skip
 
-    gaps = [100 * abs(a - b) for a, b in zip(ours, theirs, strict=True)]
-    lines = ["| round | " + " | ".join(str(r) for r in range(len(ours))) + " |",
-             "|---|" + "---|" * len(ours),
-             "| reference-style (PyTorch) | " + " | ".join(f"{100 * a:.1f}" for a in theirs) + " |",
-             "| fedem_jax `--init torch` | " + " | ".join(f"{100 * a:.1f}" for a in ours) + " |"]  # fmt: skip
-    print("\n".join(lines))
-    print(f"largest gap: {max(gaps):.1f} points (round {int(np.argmax(gaps))})")
-    out = {
-        "command": "python benchmarks/compare_accuracy.py " + " ".join(sys.argv[1:]),
-        "data": data.summary(),
-        "fedem_jax": ours,
-        "reference_style": theirs,
-        "gaps_points": gaps,
-        "largest_gap_points": max(gaps),
-        "seconds": {"fedem_jax": ours_seconds, "reference_style": theirs_seconds},
-        "table": lines,
-    }
-    print(f"wrote {write_result('compare_accuracy_cifar10', out)}")
+
+def compare_seeds(args, data) -> dict:
+    """Each side its own draws, one run per seed (fedem_jax's as one sweep)."""
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cfg = fedem_jax_config(args, args.seeds)
+    curves = accuracy_rows(fedem_jax.Session(cfg, data))
+    ours = [curves[i] for i in sorted(curves)]
+    print(f"fedem_jax: {len(ours)} runs done", flush=True)
+    theirs = []
+    test_sets = reference_datasets(cfg, data.test)
+    for seed in seeds:
+        baseline = make_reference(cfg, data, seed=seed)
+        curve = [baseline.evaluate(test_sets)]
+        for _ in range(args.rounds):
+            baseline.run_round()
+            curve.append(baseline.evaluate(test_sets))
+        print(f"reference-style seed {seed}: {[round(100 * a, 1) for a in curve]}", flush=True)
+        theirs.append(curve)
+    return {"fedem_jax": ours, "reference_style": theirs}
+
+
+def band(curves) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample standard deviation per round, in points (std 0 for one curve)."""
+    points = 100 * np.asarray(curves)
+    return points.mean(0), (points.std(0, ddof=1) if len(points) > 1 else np.zeros(points.shape[1]))
+
+
+def table(result: dict) -> list[str]:
+    (m_ours, s_ours), (m_theirs, s_theirs) = band(result["fedem_jax"]), band(result["reference_style"])
+    cell = (lambda m, s: f"{m:.1f} ± {s:.1f}") if len(result["fedem_jax"]) > 1 else (lambda m, s: f"{m:.2f}")
+    lines = ["| round | " + " | ".join(str(r) for r in range(len(m_ours))) + " |"]
+    lines.append("|---|" + "---|" * len(m_ours))
+    lines.append("| reference-style (PyTorch) | " + " | ".join(map(cell, m_theirs, s_theirs)) + " |")
+    lines.append("| fedem_jax | " + " | ".join(map(cell, m_ours, s_ours)) + " |")
+    return lines
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--compare", choices=["same_batches", "same_start", "seeds"], default="same_batches")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--seeds", default="0", help="comma-separated; same_* use the first")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more fedem_jax flags")
+    args = parser.parse_args()
+    data = first_clients(load_dataset(fedem_jax_config(args, "0")), args.clients)
+    print(data.summary(), flush=True)
+    t0 = time.perf_counter()
+    if args.compare == "seeds":
+        result = compare_seeds(args, data)
+    else:
+        result = compare_same_start(args, data, same_batches=args.compare == "same_batches")
+    (m_ours, s_ours), (m_theirs, s_theirs) = band(result["fedem_jax"]), band(result["reference_style"])
+    gaps = np.abs(m_ours - m_theirs)
+    result.update(
+        command="python benchmarks/compare_accuracy.py " + " ".join(sys.argv[1:]),
+        data=data.summary(),
+        mean_gap_points=gaps.tolist(),
+        largest_gap_points=float(gaps.max()),
+        seconds=time.perf_counter() - t0,
+        table=table(result),
+    )
+    print("\n".join(result["table"]))
+    print(f"largest gap of the means: {gaps.max():.2f} points (round {int(np.argmax(gaps))})")
+    if args.compare == "seeds":
+        overlap = (np.abs(m_ours - m_theirs) <= s_ours + s_theirs).tolist()
+        result["bands_overlap"] = overlap
+        print(f"mean ± std bands overlap at {sum(overlap)} of {len(overlap)} rounds")
+    if "distance_to_update" in result:
+        print(f"largest parameter distance / update: {max(result['distance_to_update']):.2e}, "
+              f"/ parameters: {max(result['distance_to_parameters']):.2e}")  # fmt: skip
+    print(f"wrote {write_result('compare_accuracy_' + args.compare, result)}")
 
 
 if __name__ == "__main__":

@@ -54,8 +54,9 @@ def reference_datasets(cfg, split):
     return datasets
 
 
-def make_reference(cfg, data, seed=0):
-    """The reference-style PyTorch FedEM on ``data``'s training clients, with ``cfg``'s settings."""
+def make_reference(cfg, data, seed=0, batch_order=None):
+    """The reference-style PyTorch FedEM on ``data``'s training clients, with ``cfg``'s settings
+    (``batch_order``: see :class:`torch_reference.ReferenceStyleFedEM`)."""
     import torch
     from torch_reference import ReferenceStyleFedEM, TorchCIFAR10CNN, TorchLinear
 
@@ -68,7 +69,7 @@ def make_reference(cfg, data, seed=0):
     baseline = ReferenceStyleFedEM(
         make_model, datasets, binary=data.task.binary, n_learners=cfg.model.n_learners, lr=cfg.training.lr,
         batch_size=cfg.training.batch_size, drop_last=cfg.training.drop_last, momentum=cfg.training.momentum,
-        weight_decay=cfg.training.weight_decay, seed=seed,
+        weight_decay=cfg.training.weight_decay, seed=seed, batch_order=batch_order,
     )  # fmt: skip
     return baseline
 

@@ -84,11 +84,13 @@ def _print_summary(summary: dict, cfg) -> None:
         f"unseen clients {summary['unseen_test_accuracy']:.4f}, " if "unseen_test_accuracy" in summary else ""
     )
     rounds = summary.get("rounds_done", summary["n_rounds"])  # fewer if a callback ended it early
+    privacy = summary.get("privacy")
+    spent = f"epsilon {summary['dp_epsilon']:.3g} at delta {privacy['dp_delta']:.3g}, " if privacy else ""
     print(
         f"{summary['method']} on {summary['dataset']}, {rounds} rounds: "
         f"{split} accuracy {summary[split + '_accuracy']:.4f} "
         f"(bottom 10% {summary[split + '_accuracy_bottom10']:.4f}), {unseen}"
-        f"train accuracy {summary['train_accuracy']:.4f}, "
+        f"train accuracy {summary['train_accuracy']:.4f}, {spent}"
         f"{summary['seconds_per_round']:.3f} s/round, compile {summary['compile_seconds']:.1f} s "
         f"-> {cfg.output.workdir}/summary.json"
     )

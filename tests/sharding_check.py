@@ -72,6 +72,15 @@ def main(workdir):
             assert eight[0].params["Dense_0"]["kernel"].sharding.is_fully_replicated
             chex.assert_trees_all_close(one[0].params, eight[0].params, rtol=1e-5, atol=1e-6)
         print(f"{method}: sharded run matches single-device run", flush=True)
+        if method in ("FedEM", "FedRep"):  # DP: clipping in the blocks, one noise draw after the sum
+            cfg = cfg.replace(dp_clip=0.05, noise_multiplier=1.0, sampling="poisson")
+            one, eight = run(cfg, data, 1), run(cfg, data, 8)
+            check(method, one, eight)
+            shared = "global_model" if method == "FedRep" else "params"  # the noised model
+            chex.assert_trees_all_close(
+                getattr(one[0], shared), getattr(eight[0], shared), rtol=1e-5, atol=1e-6
+            )
+            print(f"{method} with DP: sharded run matches single-device run", flush=True)
 
 
 if __name__ == "__main__":

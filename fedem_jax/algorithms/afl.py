@@ -90,7 +90,8 @@ def make_afl(ctx: Context, hp: AFLHyperparams) -> Algorithm:
     return fedavg._replace(init=init, round=round_fn)
 
 
+_NO_DP = "the server reweights clients by their individual losses, which leave the clients unprotected"
 METHODS = (
     Method("AFL", make_afl, "agnostic FL: minimax over client weights (Mohri et al., 2019)", AFLHyperparams,
-           Capabilities(unseen=True)),
+           Capabilities(unseen=True, no_dp_why=_NO_DP)),
 )  # fmt: skip

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedem_jax.core.client_update import ClientUpdate
+from fedem_jax.core.privacy import Mechanism, uniform_weights
 from fedem_jax.core.tasks import Task
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.execution.layout import CLIENT_SPEC, REPLICATED, Layout
@@ -115,6 +116,8 @@ class Context:
     init_weights: dict | None = None  # --init_from: leaves put into every component
     init_from: str = ""  # the file they were read from (named in errors)
     init_scheme: str = "flax"  # --init: "torch" redraws every component with PyTorch's defaults
+    sampling: str = "fixed"  # --sampling: fixed-size cohorts or Poisson (see sample_participants)
+    privacy: Mechanism | None = None  # --dp_clip: the DP mechanism of the server's average
 
     @property
     def layout(self) -> Layout:
@@ -126,12 +129,19 @@ class Context:
 
     def participants(self, round_key, train: ClientSplit):
         """``[C]`` booleans of this block's clients taking part (see :func:`sample_participants`)."""
-        return sample_participants(round_key, train, self.n_clients, self.sampling_rate)
+        return sample_participants(round_key, train, self.n_clients, self.sampling_rate, self.sampling)
 
     def client_weights(self, train: ClientSplit) -> jax.Array:
         """``p_t = n_t / n`` of this block's clients, ``n`` over all blocks (0 for padding)."""
         counts = train.counts.astype(jnp.float32)
         return counts / self.layout.client_sum(counts.sum())
+
+    def aggregation_weights(self, train: ClientSplit) -> jax.Array:
+        """The server's client weights: ``p_t = n_t / n`` (the paper's), or under DP the
+        mechanism's fixed weights (``--dp_weighting``, :mod:`fedem_jax.core.privacy`)."""
+        if self.privacy is None or self.privacy.weighting == "samples":
+            return self.client_weights(train)
+        return uniform_weights(train, self.n_clients)
 
     def real(self, train: ClientSplit) -> jax.Array:
         """``[C]`` booleans: this block's real clients (a mesh pads the last blocks)."""
@@ -167,13 +177,20 @@ def n_sampled_clients(n_clients: int, sampling_rate: float) -> int:
     return max(1, min(n_clients, int(round(sampling_rate * n_clients))))
 
 
-def sample_participants(round_key, train: ClientSplit, n_real_clients: int, sampling_rate: float):
-    """``[C]`` booleans: exactly ``n_sampled_clients`` real clients, drawn by their global index
-    with ``fold_in(round_key, 0)``, so the draw is the same on any number of devices."""
+def sample_participants(
+    round_key, train: ClientSplit, n_real_clients: int, sampling_rate: float, sampling: str = "fixed"
+):
+    """``[C]`` booleans: exactly ``n_sampled_clients`` real clients (``fixed``), or each real
+    client independently with probability ``sampling_rate`` (``poisson``: the cohort may be
+    empty), drawn by their global index with ``fold_in(round_key, 0)``, so the draw is the same on
+    any number of devices."""
     n_clients = n_real_clients or train.counts.shape[0]
+    real = train.global_ids < n_clients
+    if sampling == "poisson":
+        draws = jax.random.uniform(jax.random.fold_in(round_key, 0), (n_clients,))
+        return real & (draws[jnp.minimum(train.global_ids, n_clients - 1)] < sampling_rate)
     order = jax.random.permutation(jax.random.fold_in(round_key, 0), n_clients)
     rank = jnp.zeros((n_clients,), jnp.int32).at[order].set(jnp.arange(n_clients, dtype=jnp.int32))
-    real = train.global_ids < n_clients
     chosen = rank[jnp.minimum(train.global_ids, n_clients - 1)] < n_sampled_clients(n_clients, sampling_rate)
     return real & chosen
 

@@ -84,7 +84,10 @@ def make_clustered(ctx: Context, hp: ClusteredHyperparams) -> Algorithm:
     return Algorithm(init=init, round=round_fn, evaluate=evaluate_own_models(ctx))
 
 
+_NO_DP = (
+    "the server splits clusters by comparing the clients' individual updates, which it must see unclipped"
+)
 METHODS = (
     Method("clustered", make_clustered, "Clustered FL (Sattler et al., 2020)", ClusteredHyperparams,
-           Capabilities(personal=True, full_participation=True, sweep_vmap=False)),
+           Capabilities(personal=True, full_participation=True, sweep_vmap=False, no_dp_why=_NO_DP)),
 )  # fmt: skip

@@ -115,7 +115,12 @@ def make_dfedem(ctx: Context, hp: DFedEMHyperparams, mixing: np.ndarray | None =
     )
 
 
+_NO_DP = (
+    "clients exchange models with their neighbours and no server adds noise: central DP does not "
+    "apply (it would need local DP)"
+)
+_CAPS = Capabilities(components=True, personal=True, full_participation=True, no_dp_why=_NO_DP)
 METHODS = (
     Method("D-FedEM", make_dfedem, "FedEM without a server: gossip on a random graph (Marfoq et al., 2021)",
-           DFedEMHyperparams, Capabilities(components=True, personal=True, full_participation=True)),
+           DFedEMHyperparams, _CAPS),
 )  # fmt: skip

@@ -151,15 +151,21 @@ def make_fedem(ctx: Context, hp: ServerHyperparams) -> Algorithm:
         step, opt = server.update(delta_sum, state.server_opt)
         return jax.tree.map(lambda p, s: p + hp.lr * s, state.params, step), {"server_opt": opt}
 
+    dp = ctx.privacy
+
     def round_fn(state: GlobalState, train: ClientSplit):
         key = ctx.round_key(state.round)
         participates = ctx.participants(key, train)
         q, pi, nll_sum, n_samples = e_step(ctx, state.params, state.clients.pi, train)
         result = ctx.update.train(
             state.clients, train, jax.random.fold_in(key, 1), participates,
-            start=state.params, weights=q, agg_weights=ctx.client_weights(train),
+            start=state.params, weights=q, agg_weights=ctx.aggregation_weights(train),
+            clip=None if dp is None else dp.clip_update,
         )  # fmt: skip
-        params, server_fields = server_step(state, ctx.layout.client_sum(result.delta_sum))
+        delta = ctx.layout.client_sum(result.delta_sum)
+        if dp is not None:  # noise from the round's key: the same on every device
+            delta = dp.privatize(delta, jax.random.fold_in(key, 2))
+        params, server_fields = server_step(state, delta)
         clients = result.client_state(
             state.clients, pi=jnp.where(participates[:, None], pi, state.clients.pi)
         )
@@ -196,7 +202,7 @@ def _preset_server(kind: str):
     return factory
 
 
-_SHARED = dict(unseen=True, multi_process=True)
+_SHARED = dict(unseen=True, multi_process=True, dp=True)
 METHODS = (
     Method("FedEM", make_fedem, "mixture of M shared components (Marfoq et al., 2021)", ServerHyperparams,
            Capabilities(components=True, **_SHARED)),

@@ -57,6 +57,11 @@ def head_mask(params, head: str):
     return traverse_util.unflatten_dict(mask, sep="/")
 
 
+def params_count(params) -> int:
+    """The leading (client) axis of stacked per-client parameters."""
+    return jax.tree.leaves(params)[0].shape[0]
+
+
 def merge(body_from, head_from, mask):
     """Head leaves of ``head_from``, body leaves of ``body_from``."""
     return jax.tree.map(lambda b, h, m: h if m else b, body_from, head_from, mask)
@@ -123,12 +128,24 @@ def make_split_method(ctx: Context, local_mask, representation=False, head_epoch
         key = ctx.round_key(state.round)
         participates = ctx.participants(key, train)
         params, clients = local_training(state, train, jax.random.fold_in(key, 1), participates, mask)
-        weights = jnp.where(participates, ctx.client_weights(train), 0.0)
-        delta = aggregation.weighted_delta_sum(state.global_model, params, weights)
+        weights = jnp.where(participates, ctx.aggregation_weights(train), 0.0)
+        delta = ctx.layout.client_sum(
+            aggregation.weighted_delta_sum(state.global_model, sent(state, params, mask), weights)
+        )
+        if ctx.privacy is not None:  # noise from the round's key: the same on every device
+            delta = ctx.privacy.privatize(delta, jax.random.fold_in(key, 2))
         delta = jax.tree.map(lambda d, m: jnp.zeros_like(d) if m else d, delta, mask)  # bodies only
-        server = aggregation.apply_delta(state.global_model, ctx.layout.client_sum(delta))
+        server = aggregation.apply_delta(state.global_model, delta)
         new_state = state.replace(params=params, clients=clients, round=state.round + 1, global_model=server)
         return new_state, round_metrics(ctx, participates, finite=all_finite((server, params)))
+
+    def sent(state: PersonalGlobalState, params, mask):
+        """What each client sends: its body (under DP, its body's update clipped; the head, kept
+        at the global one's, counts for nothing)."""
+        if ctx.privacy is None:
+            return params
+        bodies = merge(params, broadcast_to_clients(state.global_model, params_count(params)), mask)
+        return jax.vmap(ctx.privacy.clip_update, in_axes=(None, 0))(state.global_model, bodies)
 
     def evaluate(state: PersonalGlobalState, split: ClientSplit):
         mask = local_mask(state.global_model)
@@ -146,7 +163,7 @@ def make_fedrep(ctx: Context, hp: SplitHyperparams) -> Algorithm:
     return make_split_method(ctx, lambda params: head_mask(params, hp.head), True, hp.head_epochs)
 
 
-_CAPS = Capabilities(personal=True, batch_norm=False)
+_CAPS = Capabilities(personal=True, batch_norm=False, dp=True)
 METHODS = (
     Method("FedPer", make_fedper, "shared body, personal head trained together (Arivazhagan et al., 2019)",
            SplitHyperparams, _CAPS),

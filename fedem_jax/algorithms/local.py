@@ -32,6 +32,8 @@ METHODS = (
         "local",
         make_local,
         "no communication: each client trains alone",
-        capabilities=Capabilities(personal=True),
+        capabilities=Capabilities(
+            personal=True, no_dp_why="its clients send nothing: there is nothing to protect"
+        ),
     ),
 )

@@ -74,7 +74,8 @@ def make_qffl(ctx: Context, hp: QFFLHyperparams) -> Algorithm:
     return fedavg._replace(round=round_fn)
 
 
+_NO_DP = "the server weights each update by the client's own loss, which leaves the client unprotected"
 METHODS = (
     Method("q-FFL", make_qffl, "fair aggregation with exponent q (Li et al., 2020)", QFFLHyperparams,
-           Capabilities(unseen=True)),
+           Capabilities(unseen=True, no_dp_why=_NO_DP)),
 )  # fmt: skip

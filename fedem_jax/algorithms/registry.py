@@ -35,6 +35,10 @@ class Capabilities:
     # branch is costly (clustered: a split): a sweep then loops over its runs instead of vmapping
     # them, since a vmapped cond with a per-run predicate computes both branches for every run.
     sweep_vmap: bool = True
+    # User-level DP (--dp_clip) and Poisson sampling: the round sends the server only a clipped,
+    # noised weighted sum of client updates (fedem_jax/core/privacy.py). Else, why not (one line).
+    dp: bool = False
+    no_dp_why: str = "its round is not built on the clipped, noised sum of client updates yet"
 
 
 @dataclasses.dataclass(frozen=True)

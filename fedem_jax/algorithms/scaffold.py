@@ -158,7 +158,9 @@ def make_scaffold(ctx: Context, hp: ScaffoldHyperparams) -> Algorithm:
     return Algorithm(init=init, round=round_fn, evaluate=evaluate, evaluate_unseen=evaluate_unseen)
 
 
+_NO_DP = "its control variates leave the clients too and are not clipped or noised yet"
+_CAPS = Capabilities(unseen=True, batch_norm=False, plain_sgd=True, no_dp_why=_NO_DP)
 METHODS = (
     Method("SCAFFOLD", make_scaffold, "FedAvg with client-drift control variates (Karimireddy et al., 2020)",
-           ScaffoldHyperparams, Capabilities(unseen=True, batch_norm=False, plain_sgd=True)),
+           ScaffoldHyperparams, _CAPS),
 )  # fmt: skip

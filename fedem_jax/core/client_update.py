@@ -197,7 +197,7 @@ class ClientUpdate:
     # ----------------------------------------------------------------------------- all clients
     def train(
         self, clients, data, key, participates, *, start=None, own=None, weights=None, agg_weights=None,
-        anchor=None,
+        anchor=None, clip=None,
     ) -> LocalResult:  # fmt: skip
         """Local updates of every participating client of ``data`` (one block of clients).
 
@@ -212,6 +212,8 @@ class ClientUpdate:
             the result's ``params`` are their updated values.
           weights: ``[M, N]`` per-sample loss weights (default: all ones, one learner).
           anchor: the point of the proximal term for every client (default: each client's start).
+          clip: ``(start, params) -> params`` bounding what a client sends (DP: the update's
+            norm, :meth:`fedem_jax.core.privacy.Mechanism.clip_update`); with ``start=`` only.
         """
         if (start is None) == (own is None):
             raise ValueError("train: give exactly one of start= or own=")
@@ -233,7 +235,8 @@ class ClientUpdate:
             # Not taking part: parameters stay as they were (weight 0), optimizer state is kept.
             params, opt, t = self.layout.masked_client(take_part & valid, run, (begin, opt, t))
             new_state = (None if own is None else params, opt, t, tree_sq_distance(params, begin))
-            contribution = None if own is not None else (params, jnp.where(take_part, w, 0.0))
+            sent = params if clip is None or own is not None else clip(begin, params)
+            contribution = None if own is not None else (sent, jnp.where(take_part, w, 0.0))
             return contribution, new_state
 
         def accumulate(total, contribution, valid):

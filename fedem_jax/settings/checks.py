@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 
 from fedem_jax.core.optim import OPTIMIZERS, SCHEDULES
+from fedem_jax.core.privacy import ACCOUNTANTS, WEIGHTINGS
 from fedem_jax.data.registry import DATASETS, SPLITS
 from fedem_jax.errors import check
 from fedem_jax.models.convolution import CONV_IMPLS
 from fedem_jax.models.zoo import INITS, MODELS
 
+SAMPLINGS = ("fixed", "poisson")
 SELECT_METRICS = ("accuracy", "accuracy_bottom10", "loss")  # --select_metric: sweeps' best setting
 MAX_INT = 2**31 - 1  # rounds, epochs and their products are counted in int32 on the device
 # Seeds are int32 in a sweep and 32-bit in JAX's keys: larger ones would collide with smaller ones.
@@ -41,6 +43,14 @@ def validate_method(cfg) -> None:
         f"--sampling_rate: {name} needs every client in every round (1.0), got {cfg.training.sampling_rate}",
     )
     check(
+        caps.dp or cfg.privacy.dp_clip == 0,
+        f"--dp_clip: {name} does not support user-level DP: {caps.no_dp_why}",
+    )
+    check(
+        caps.dp or cfg.training.sampling == "fixed",
+        f"--sampling poisson: {name} supports fixed-size sampling only (Poisson: the methods with --dp_clip)",
+    )
+    check(
         caps.multi_process or not cfg.layout.distributed,
         f"--distributed: {name} is not tested over several processes; use FedEM, FedAvg or FedProx",
     )
@@ -57,6 +67,7 @@ def validate(cfg):
     _validate_model(cfg.model)
     validate_method(cfg)
     _validate_training(cfg.training)
+    _validate_privacy(cfg.privacy, cfg.training)
     _validate_layout(cfg.layout)
     _validate_output(cfg.output)
     for flag, value in cfg.to_dict().items():  # what the ranges above leave open
@@ -144,6 +155,33 @@ def _validate_training(t) -> None:
     _in_range("momentum", t.momentum, 0, 1, True, False)
     _at_least("weight_decay", t.weight_decay, 0)
     _in_range("sampling_rate", t.sampling_rate, 0, 1, False, True)
+    _one_of("sampling", t.sampling, SAMPLINGS)
+
+
+def _validate_privacy(p, t) -> None:
+    _at_least("dp_clip", p.dp_clip, 0)
+    _one_of("dp_weighting", p.dp_weighting, WEIGHTINGS)
+    _one_of("dp_accountant", p.dp_accountant, ACCOUNTANTS)
+    if p.dp_clip == 0:
+        unused = [f"--{n}" for n in ("dp_epsilon", "dp_delta") if getattr(p, n) != 0]
+        unused += ["--noise_multiplier"] if p.noise_multiplier != -1 else []
+        check(not unused, f"{', '.join(unused)}: DP is off; give --dp_clip C (> 0) to turn it on")
+        return
+    check(p.dp_epsilon >= 0, f"--dp_epsilon must be > 0, got {p.dp_epsilon}")
+    check(
+        p.noise_multiplier >= 0 or p.noise_multiplier == -1,
+        f"--noise_multiplier must be >= 0, got {p.noise_multiplier}",
+    )
+    check(
+        (p.dp_epsilon > 0) != (p.noise_multiplier >= 0),
+        "--dp_clip: give --dp_epsilon (a target, > 0) or --noise_multiplier (>= 0), one of the two",
+    )
+    _in_range("dp_delta", p.dp_delta, 0, 1, True, False)
+    check(
+        t.sampling == "poisson" or t.sampling_rate == 1,
+        "--dp_clip with --sampling_rate < 1 needs --sampling poisson (the accountant's privacy "
+        "amplification by sampling assumes each client is sampled independently)",
+    )
 
 
 def _validate_layout(lay) -> None:
@@ -198,5 +236,8 @@ def choices() -> dict[str, tuple[str, ...]]:
         "conv_impl": tuple(CONV_IMPLS),
         "optimizer": tuple(OPTIMIZERS),
         "lr_scheduler": tuple(SCHEDULES),
+        "sampling": SAMPLINGS,
+        "dp_weighting": WEIGHTINGS,
+        "dp_accountant": ACCOUNTANTS,
         "select_metric": SELECT_METRICS,
     }

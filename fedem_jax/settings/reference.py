@@ -17,6 +17,7 @@ _SECTION_TITLES = {
     "data": "Data and client split",
     "model": "Model",
     "training": "Training",
+    "privacy": "Differential privacy (see the privacy guide)",
     "layout": "Layout (how the round is laid out on the devices)",
     "output": "Outputs and evaluation",
 }
@@ -112,6 +113,7 @@ _CAPABILITY_WORDS = {
     "batch_norm": "supports BatchNorm models",
     "plain_sgd": "plain (prox-)SGD locally unless --momentum is given",
     "multi_process": "tested over several processes",
+    "dp": "user-level DP (`--dp_clip`) and Poisson sampling",
 }
 
 
@@ -130,5 +132,7 @@ def methods_markdown() -> str:
         said = [words for name, words in _CAPABILITY_WORDS.items() if getattr(caps, name)]
         if not caps.batch_norm:
             said.append("no BatchNorm models")
+        if not caps.dp:
+            said.append(f"no DP: {caps.no_dp_why}")
         lines += ["Capabilities: " + ("; ".join(said) if said else "none of the optional ones") + ".", ""]
     return "\n".join(lines)

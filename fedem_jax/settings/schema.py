@@ -83,6 +83,11 @@ class TrainingConfig:
 
     n_rounds: int = setting(200, "communication rounds (exactly this many)")
     sampling_rate: float = setting(1.0, "fraction of clients sampled per round, in (0, 1]")
+    sampling: str = setting(
+        "fixed",
+        "client sampling: fixed (exactly round(rate x N) clients a round) or poisson (each client "
+        "independently with probability --sampling_rate, as DP accounting assumes)",
+    )
     local_epochs: int = setting(1, "local epochs per round")
     batch_size: int = setting(
         128, "local minibatch size (capped at the largest client's train set, saying so)"
@@ -102,6 +107,29 @@ class TrainingConfig:
     momentum: float = setting(0.9, "SGD momentum")
     weight_decay: float = setting(5e-4, "L2 weight decay")
     seed: int = setting(1234, "training seed (initialisation, client sampling, shuffles)")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyConfig:
+    """User-level differential privacy of the shared models (``fedem_jax/core/privacy.py``)."""
+
+    dp_clip: float = setting(
+        0.0, "user-level DP: clip each client's update to this L2 norm and add Gaussian noise (0: off)"
+    )
+    dp_epsilon: float = setting(
+        0.0, "DP: target epsilon at --n_rounds; the noise multiplier is calibrated before training"
+    )
+    dp_delta: float = setting(0.0, "DP: delta (0: 1 / n_clients^1.1)")
+    noise_multiplier: float = setting(
+        -1.0, "DP: noise standard deviation / sensitivity, instead of --dp_epsilon (epsilon reported)"
+    )
+    dp_per_component: bool = setting(
+        False, "DP: clip each component's update to dp_clip / sqrt(M) (default: all jointly)"
+    )
+    dp_weighting: str = setting(
+        "uniform", "DP: client weights of the average: uniform (1/N) or samples (n_t/n, sizes public)"
+    )
+    dp_accountant: str = setting("rdp", "DP: accountant of dp-accounting: rdp or pld")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +186,7 @@ SECTIONS = {
     "data": DataConfig,
     "model": ModelConfig,
     "training": TrainingConfig,
+    "privacy": PrivacyConfig,
     "layout": LayoutConfig,
     "output": OutputConfig,
 }
@@ -173,6 +202,7 @@ class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    privacy: PrivacyConfig = dataclasses.field(default_factory=PrivacyConfig)
     layout: LayoutConfig = dataclasses.field(default_factory=LayoutConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     hyperparams: Any = None

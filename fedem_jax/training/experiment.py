@@ -25,6 +25,7 @@ from fedem_jax.execution.sweep_groups import SweepGroups
 from fedem_jax.models import MODELS, STATEFUL_MODELS, TORCH_OWN_INIT, build_model, input_problem
 from fedem_jax.models.pretrained import load_weights
 from fedem_jax.settings.schema import Config
+from fedem_jax.training import accounting
 
 AUTO_MICRO_BATCH = 32
 
@@ -217,7 +218,7 @@ def stats_of_splits(algorithm: Algorithm, state, train, splits) -> list:
 
 
 def make_context(cfg: Config, data: FederatedData, model, update: ClientUpdate, model_name="") -> Context:
-    """What the method's factory is given."""
+    """What the method's factory is given (the DP noise multiplier calibrated here, once)."""
     # MobileNetV2's own initialisation is already torchvision's (kaiming-normal fan-out convolutions).
     init_scheme = "flax" if model_name in TORCH_OWN_INIT else cfg.model.init
     return Context(
@@ -233,6 +234,8 @@ def make_context(cfg: Config, data: FederatedData, model, update: ClientUpdate, 
         init_weights=load_weights(cfg.model.init_from) if cfg.model.init_from else None,
         init_from=cfg.model.init_from,
         init_scheme=init_scheme,
+        sampling=cfg.training.sampling,
+        privacy=privacy.mechanism if (privacy := accounting.plan(cfg, data.train.counts)) else None,
     )
 
 

@@ -27,6 +27,7 @@ from fedem_jax.execution import memory
 from fedem_jax.models import count_params
 from fedem_jax.reporting import outputs
 from fedem_jax.settings.schema import Config
+from fedem_jax.training import accounting
 from fedem_jax.training.evaluation import (
     ENGINE_METRICS,
     eval_split,
@@ -100,6 +101,7 @@ class Session:
         self._state = None
         self._round_metrics: dict = {}
         self._ending_early = False
+        self.privacy: accounting.PrivacyPlan | None = None  # --dp_clip: mechanism and accountant
 
     # ------------------------------------------------------------------------------ building
     @property
@@ -114,6 +116,7 @@ class Session:
             self.federation = load_dataset(self.cfg)
         experiment, self.data, self._state = build_experiment(self.cfg, self.federation, self.model)
         self.experiment = experiment
+        self.privacy = accounting.plan(self.cfg, self.federation.train.counts)
         self.timings["data_seconds"] = time.perf_counter() - self.timings["start"]
         # One jit returning only statistics (a jitted identity on the state would copy it whole).
         evaluator = experiment.evaluator()
@@ -140,6 +143,8 @@ class Session:
             self.log(federation.source)
         self.log(federation.summary())
         self.log(describe(cfg, info))
+        if self.privacy is not None:
+            self.log(self.privacy.describe())
         if self.runs is not None:
             self.log(f"sweep: {info['runs_note']}")
         if info["batch_size"] < cfg.training.batch_size:
@@ -244,6 +249,8 @@ class Session:
         split = eval_split(cfg, self.data)[0]
         for row in rows:
             row.update(method_metrics(self._round_metrics, row.get("run")))
+            if self.privacy is not None:  # epsilon spent so far, at --dp_delta
+                row.update(self.privacy.record(self.round))
         finite = [math.isfinite(row["train_loss"] + row[f"{split}_loss"]) for row in rows]
         self._check_finite(finite[0] if self.runs is None else np.array(finite), self.round)
         rows = [row for row in rows if row.get("run") not in self.diverged]
@@ -310,6 +317,7 @@ class Session:
             "data_seconds": self.timings["data_seconds"],
             "total_seconds": time.perf_counter() - self.timings["start"],
             "layout": self.experiment.info,
+            **({"privacy": self.privacy.settings()} if self.privacy is not None else {}),
         }
 
 

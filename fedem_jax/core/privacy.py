@@ -1,0 +1,81 @@
+"""User-level differential privacy of the server's average: the Gaussian mechanism of DP-FedAvg
+(McMahan et al., "Learning Differentially Private Recurrent Language Models", ICLR 2018,
+Algorithm 1 with the fixed-denominator estimator).
+
+Each sampled client's update ``Delta_t = theta^t - theta`` (all M components of FedEM together)
+is clipped to L2 norm ``C``; the server computes
+
+    Delta = ( sum_{t in S} w_t clip(Delta_t) + N(0, (z C max_t w_t)^2 I) ) / q
+
+with ``w_t`` fixed weights summing to 1 over the whole federation (``uniform``: ``1 / N``;
+``samples``: ``n_t / n``, the non-private rule, taking the clients' sizes as public), ``q`` the
+Poisson sampling probability and ``z`` the noise multiplier. One client changes the weighted sum
+by at most ``C max_t w_t`` (its sensitivity), so with Poisson sampling each round is the sampled
+Gaussian mechanism the accountant composes (:mod:`fedem_jax.training.accounting`). Dividing by
+``q`` makes the estimator unbiased for the average over all clients. Only what leaves a client is
+protected: FedEM's ``pi`` and E-step stay on the client (Marfoq et al., 2021, section 3.2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+WEIGHTINGS = ("uniform", "samples")
+ACCOUNTANTS = ("rdp", "pld")  # dp-accounting's (fedem_jax/training/accounting.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mechanism:
+    """The settings of the mechanism, fixed before training (static in the compiled round)."""
+
+    clip: float  # C: the L2 bound of one client's update
+    noise_multiplier: float  # z: noise standard deviation / sensitivity
+    sensitivity_weight: float  # max_t w_t: the largest weight a client's clipped update gets
+    rate: float  # q: Poisson sampling probability of a client in a round
+    per_component: bool = False  # clip each component to C / sqrt(M) instead of all jointly
+    weighting: str = "uniform"
+
+    @property
+    def noise_std(self) -> float:
+        """Standard deviation of the noise added to the weighted sum: ``z C max_t w_t``."""
+        return self.noise_multiplier * self.clip * self.sensitivity_weight
+
+    def clip_update(self, start, params):
+        """``params`` whose update from ``start`` (leaves ``[M, ...]``) is clipped to norm ``C``
+        (per component to ``C / sqrt(M)``: the joint norm is then at most ``C`` too). An update
+        within the bound is returned as it is, bit for bit."""
+        deltas = jax.tree.map(jnp.subtract, params, start)
+        squares = [jnp.sum(jnp.square(d).reshape(d.shape[0], -1), axis=1) for d in jax.tree.leaves(deltas)]
+        per_component = sum(squares)  # [M]
+        if self.per_component:
+            norm, bound = jnp.sqrt(per_component), self.clip / math.sqrt(per_component.shape[0])
+        else:
+            norm, bound = jnp.sqrt(per_component.sum()), self.clip
+        over = norm > bound
+        scale = jnp.where(over, bound / jnp.where(over, norm, 1.0), 1.0)
+
+        def leaf(s, d, p):
+            factor = jnp.reshape(scale, scale.shape + (1,) * (d.ndim - scale.ndim)).astype(d.dtype)
+            return jnp.where(jnp.reshape(over, factor.shape), s + factor * d, p)
+
+        return jax.tree.map(leaf, start, deltas, params)
+
+    def privatize(self, delta_sum, key):
+        """The estimator above from the clipped weighted sum: Gaussian noise from ``key`` (the
+        same on every device: the sum is already all-reduced), then ``/ q``."""
+        leaves, treedef = jax.tree.flatten(delta_sum)
+        keys = jax.random.split(key, len(leaves))
+        noisy = [
+            (d + self.noise_std * jax.random.normal(k, d.shape, d.dtype)) / self.rate
+            for d, k in zip(leaves, keys, strict=True)
+        ]
+        return jax.tree.unflatten(treedef, noisy)
+
+
+def uniform_weights(train, n_clients: int) -> jax.Array:
+    """``w_t = 1 / N`` for this block's real clients (0 for a mesh's padding)."""
+    return (train.global_ids < n_clients).astype(jnp.float32) / n_clients
