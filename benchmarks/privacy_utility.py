@@ -51,7 +51,8 @@ def cell(args, method: str, epsilon: str) -> dict:
     privacy = summary.get("privacy", {})
     return {
         "method": method, "epsilon_target": epsilon, "test_accuracy": summary["test_accuracy"],
-        "test_accuracy_std": summary.get("test_accuracy_std", 0.0), "dp_epsilon": summary.get("dp_epsilon"),
+        "test_accuracy_std": summary.get("test_accuracy_std", 0.0),
+        "epsilon_spent": summary.get("epsilon_spent"),
         "noise_multiplier": privacy.get("dp_noise_multiplier"), "delta": privacy.get("dp_delta"),
         "seconds": time.perf_counter() - t0, "runs": summary.get("n_runs", 1),
     }  # fmt: skip
@@ -94,7 +95,7 @@ def main():
             cells.append(cell(args, method, epsilon))
             c = cells[-1]
             accuracy = f"{100 * c['test_accuracy']:.2f} ± {100 * c['test_accuracy_std']:.2f}"
-            spent = f"spent {c['dp_epsilon']}, z {c['noise_multiplier']}, {c['seconds']:.0f} s"
+            spent = f"spent {c['epsilon_spent']}, z {c['noise_multiplier']}, {c['seconds']:.0f} s"
             print(f"{method} epsilon {epsilon}: {accuracy} ({spent})", flush=True)
     lines = table(cells, epsilons)
     print("\n".join(lines))

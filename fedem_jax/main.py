@@ -85,7 +85,7 @@ def _print_summary(summary: dict, cfg) -> None:
     )
     rounds = summary.get("rounds_done", summary["n_rounds"])  # fewer if a callback ended it early
     privacy = summary.get("privacy")
-    spent = f"epsilon {summary['dp_epsilon']:.3g} at delta {privacy['dp_delta']:.3g}, " if privacy else ""
+    spent = f"epsilon {summary['epsilon_spent']:.3g} at delta {privacy['dp_delta']:.3g}, " if privacy else ""
     print(
         f"{summary['method']} on {summary['dataset']}, {rounds} rounds: "
         f"{split} accuracy {summary[split + '_accuracy']:.4f} "

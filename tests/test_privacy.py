@@ -152,10 +152,10 @@ def test_without_noise_and_clipping_the_run_is_the_non_private_one(tmp_path, met
         fedem_jax.run(cfg, data=data, log=lambda *_: None)
         with open(tmp_path / name / "metrics.jsonl") as f:
             rows[name] = [json.loads(line) for line in f]
-    drop = ("seconds_per_round", "eval_seconds", "dp_epsilon")
+    drop = ("seconds_per_round", "eval_seconds", "epsilon_spent")
     for a, b in zip(rows["plain"], rows["dp"], strict=True):
         assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
-    assert [r["dp_epsilon"] for r in rows["dp"]] == [0.0, math.inf, math.inf, math.inf]
+    assert [r["epsilon_spent"] for r in rows["dp"]] == [0.0, math.inf, math.inf, math.inf]
 
 
 @pytest.mark.parametrize("method", ["FedPer", "FedRep"])
@@ -254,10 +254,10 @@ def test_the_command_reports_epsilon_per_row_and_in_the_summary(tmp_path, capsys
         summary = json.load(f)
     z = summary["privacy"]["dp_noise_multiplier"]
     for row in rows:
-        assert row["dp_epsilon"] == pytest.approx(accounting.epsilon("rdp", 0.5, z, row["round"], 1e-5))
-    assert summary["dp_epsilon"] == rows[-1]["dp_epsilon"] <= 3.0
-    assert summary["dp_epsilon"] > 2.9  # the whole budget used by the last round
-    assert f"epsilon {summary['dp_epsilon']:.3g} at delta 1e-05, " in capsys.readouterr().out
+        assert row["epsilon_spent"] == pytest.approx(accounting.epsilon("rdp", 0.5, z, row["round"], 1e-5))
+    assert summary["epsilon_spent"] == rows[-1]["epsilon_spent"] <= 3.0
+    assert summary["epsilon_spent"] > 2.9  # the whole budget used by the last round
+    assert f"epsilon {summary['epsilon_spent']:.3g} at delta 1e-05, " in capsys.readouterr().out
 
 
 def test_a_sweep_of_seeds_with_dp_gives_each_run_its_single_run(tmp_path):
@@ -323,7 +323,7 @@ def test_a_private_run_ended_early_resumes_to_the_same_rows_and_epsilon(tmp_path
     fedem_jax.run(cfg, callbacks=fedem_jax.default_callbacks(cfg) + [EndAfterRound(2)], log=None)
     resumed = fedem_jax.run(cfg, log=None)
     straight = fedem_jax.run(cfg.replace(workdir=str(tmp_path / "straight")), log=None)
-    assert resumed["dp_epsilon"] == straight["dp_epsilon"] <= 4.0
+    assert resumed["epsilon_spent"] == straight["epsilon_spent"] <= 4.0
     timing = ("seconds_per_round", "eval_seconds")
     rows = [{k: v for k, v in r.items() if k not in timing} for r in _written_rows(tmp_path / "early")]
     want = [{k: v for k, v in r.items() if k not in timing} for r in _written_rows(tmp_path / "straight")]

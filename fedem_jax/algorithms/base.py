@@ -47,7 +47,7 @@ class ClientState:
     """Per-client state, leading axis ``[C]``."""
 
     pi: jax.Array  # [C, M] mixture weights
-    opt_state: Params  # optimizer state, leaves [C, M, ...] (SGD momentum survives rounds)
+    opt_state: Params  # optimizer state, leaves [C, M, ...] (SGD momentum survives rounds; None: fresh)
     epochs_done: jax.Array  # [C] local epochs done: the clock of the lr schedule
 
 
@@ -162,12 +162,13 @@ class Context:
 
     def init_clients(self, data: FederatedData, params: Params) -> ClientState:
         """Uniform ``pi``, zero epoch counters, and the local optimizer's state of ``params`` for
-        every client."""
+        every client (none with ``--client_momentum fresh``)."""
         direction = self.update.direction
         n_clients = data.n_clients
+        opt_state = None if self.update.fresh_opt else broadcast_to_clients(direction.init(params), n_clients)
         return ClientState(
             pi=jnp.full((n_clients, self.n_learners), 1.0 / self.n_learners, jnp.float32),
-            opt_state=broadcast_to_clients(direction.init(params), n_clients),
+            opt_state=opt_state,
             epochs_done=jnp.zeros((n_clients,), jnp.int32),
         )
 

@@ -102,7 +102,7 @@ def init_with_global(ctx: Context, data: FederatedData, one_client_opt=None) -> 
     state = init_personal(ctx, data)
     start = take_first(state.params)
     clients = state.clients
-    if one_client_opt is not None:
+    if one_client_opt is not None and not ctx.update.fresh_opt:
         clients = clients.replace(opt_state=broadcast_to_clients(one_client_opt(start), data.n_clients))
     return PersonalGlobalState(params=state.params, clients=clients, round=state.round, global_model=start)
 

@@ -98,7 +98,7 @@ def make_split_method(ctx: Context, local_mask, representation=False, head_epoch
         global model ``global_model [1, ...]`` (its body leaves are the shared body)."""
         state = init_with_global(ctx, data)
         mask = local_mask(state.global_model)  # a bad --head fails here, before compiling
-        if representation:
+        if representation and not ctx.update.fresh_opt:
             head, body = parts(mask)
             opt = {
                 "head": head.direction.init(state.global_model),
@@ -115,12 +115,12 @@ def make_split_method(ctx: Context, local_mask, representation=False, head_epoch
             result = ctx.update.train(state.clients, train, key, participates, own=own)
             return result.params, result.client_state(state.clients)
         head, body = parts(mask)
-        opt = state.clients.opt_state
+        opt = state.clients.opt_state or {"head": None, "body": None}  # None: --client_momentum fresh
         first = head.train(state.clients.replace(opt_state=opt["head"]), train, jax.random.fold_in(key, 0),
                            participates, own=own)  # fmt: skip
         second = body.train(state.clients.replace(opt_state=opt["body"]), train, jax.random.fold_in(key, 1),
                             participates, own=first.params)  # fmt: skip
-        opt = {"head": first.opt_states, "body": second.opt_states}
+        opt = None if ctx.update.fresh_opt else {"head": first.opt_states, "body": second.opt_states}
         return second.params, state.clients.replace(opt_state=opt, epochs_done=second.epochs_done)
 
     def round_fn(state: PersonalGlobalState, train: ClientSplit):

@@ -106,7 +106,9 @@ def make_scaffold(ctx: Context, hp: ScaffoldHyperparams) -> Algorithm:
         x = ctx.init_components(data)
         zeros = jax.tree.map(jnp.zeros_like, x)
         opt = update.direction.init({"y": x, "correction": zeros})
-        clients = ctx.init_clients(data, x).replace(opt_state=broadcast_to_clients(opt, data.n_clients))
+        clients = ctx.init_clients(data, x)
+        if not ctx.update.fresh_opt:
+            clients = clients.replace(opt_state=broadcast_to_clients(opt, data.n_clients))
         return ScaffoldState(
             params=x,
             clients=clients,

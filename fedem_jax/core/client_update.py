@@ -59,6 +59,9 @@ class ClientUpdate:
     # after each step
     # (``direction`` must leave ``batch_stats`` alone: see ``experiment.make_update``).
     stateful: bool = False
+    # --client_momentum fresh: every client starts each round's local training from a new
+    # optimizer state (``direction.init``) and none is kept: ``clients.opt_state`` is None.
+    fresh_opt: bool = False
 
     # ----------------------------------------------------------------------------- one batch
     def learner_logits(self, params, x) -> jax.Array:
@@ -228,13 +231,16 @@ class ClientUpdate:
             own_params, opt, t, _ = state
             begin = start if own is None else own_params
             client_key = jax.random.fold_in(key, client)
+            if self.fresh_opt:
+                opt = self.direction.init(begin)
 
             def run(st):
                 return self.client_update(*st, weights, offset, count, client_key, data, anchor)
 
             # Not taking part: parameters stay as they were (weight 0), optimizer state is kept.
             params, opt, t = self.layout.masked_client(take_part & valid, run, (begin, opt, t))
-            new_state = (None if own is None else params, opt, t, tree_sq_distance(params, begin))
+            kept_opt = None if self.fresh_opt else opt
+            new_state = (None if own is None else params, kept_opt, t, tree_sq_distance(params, begin))
             sent = params if clip is None or own is not None else clip(begin, params)
             contribution = None if own is not None else (sent, jnp.where(take_part, w, 0.0))
             return contribution, new_state

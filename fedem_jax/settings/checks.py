@@ -18,6 +18,7 @@ from fedem_jax.models.convolution import CONV_IMPLS
 from fedem_jax.models.zoo import INITS, MODELS
 
 SAMPLINGS = ("fixed", "poisson")
+CLIENT_MOMENTUM = ("persistent", "fresh")
 SELECT_METRICS = ("accuracy", "accuracy_bottom10", "loss")  # --select_metric: sweeps' best setting
 MAX_INT = 2**31 - 1  # rounds, epochs and their products are counted in int32 on the device
 # Seeds are int32 in a sweep and 32-bit in JAX's keys: larger ones would collide with smaller ones.
@@ -156,6 +157,7 @@ def _validate_training(t) -> None:
     _at_least("weight_decay", t.weight_decay, 0)
     _in_range("sampling_rate", t.sampling_rate, 0, 1, False, True)
     _one_of("sampling", t.sampling, SAMPLINGS)
+    _one_of("client_momentum", t.client_momentum, CLIENT_MOMENTUM)
 
 
 def _validate_privacy(p, t) -> None:
@@ -237,6 +239,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "optimizer": tuple(OPTIMIZERS),
         "lr_scheduler": tuple(SCHEDULES),
         "sampling": SAMPLINGS,
+        "client_momentum": CLIENT_MOMENTUM,
         "dp_weighting": WEIGHTINGS,
         "dp_accountant": ACCOUNTANTS,
         "select_metric": SELECT_METRICS,

@@ -105,6 +105,11 @@ class TrainingConfig:
         "linear, cosine (period 200), multi_step (x0.1 at n_rounds/2 and 3 n_rounds/4)",
     )
     momentum: float = setting(0.9, "SGD momentum")
+    client_momentum: str = setting(
+        "persistent",
+        "local optimizer state across rounds: persistent (kept per client, as the reference) or fresh "
+        "(restarted every round, as in cross-device FL: no per-client copy is stored)",
+    )
     weight_decay: float = setting(5e-4, "L2 weight decay")
     seed: int = setting(1234, "training seed (initialisation, client sampling, shuffles)")
 

@@ -99,7 +99,7 @@ class PrivacyPlan:
 
     def record(self, rounds: int) -> dict:
         """What the rows and ``summary.json`` report after ``rounds`` rounds."""
-        return {"dp_epsilon": self.epsilon_after(rounds)}
+        return {"epsilon_spent": self.epsilon_after(rounds)}
 
     def settings(self) -> dict:
         m = self.mechanism

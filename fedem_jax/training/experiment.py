@@ -151,6 +151,7 @@ def update_for_model(
         local_epochs=cfg.training.local_epochs,
         drop_last=cfg.training.drop_last,
         layout=layout,
+        fresh_opt=cfg.training.client_momentum == "fresh",
     )
 
 
