@@ -118,5 +118,5 @@ def make_apfl(ctx: Context, hp: APFLHyperparams) -> Algorithm:
 
 METHODS = (
     Method("APFL", make_apfl, "adaptive personalized FL (Deng et al., 2020)", APFLHyperparams,
-           Capabilities(personal=True, batch_norm=False)),
+           Capabilities(personal=True, batch_norm=False, cohort=True)),
 )  # fmt: skip

@@ -118,6 +118,7 @@ class Context:
     init_scheme: str = "flax"  # --init: "torch" redraws every component with PyTorch's defaults
     sampling: str = "fixed"  # --sampling: fixed-size cohorts or Poisson (see sample_participants)
     privacy: Mechanism | None = None  # --dp_clip: the DP mechanism of the server's average
+    n_samples: int = 0  # training samples of the federation (0: summed over the blocks given)
 
     @property
     def layout(self) -> Layout:
@@ -132,9 +133,11 @@ class Context:
         return sample_participants(round_key, train, self.n_clients, self.sampling_rate, self.sampling)
 
     def client_weights(self, train: ClientSplit) -> jax.Array:
-        """``p_t = n_t / n`` of this block's clients, ``n`` over all blocks (0 for padding)."""
+        """``p_t = n_t / n`` of this block's clients, ``n`` over all blocks or the federation's
+        (a cohort round holds only its clients), 0 for padding."""
         counts = train.counts.astype(jnp.float32)
-        return counts / self.layout.client_sum(counts.sum())
+        total = float(self.n_samples) if self.n_samples else self.layout.client_sum(counts.sum())
+        return counts / total
 
     def aggregation_weights(self, train: ClientSplit) -> jax.Array:
         """The server's client weights: ``p_t = n_t / n`` (the paper's), or under DP the

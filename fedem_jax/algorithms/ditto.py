@@ -93,5 +93,5 @@ def make_ditto(ctx: Context, hp: DittoHyperparams) -> Algorithm:
 
 METHODS = (
     Method("Ditto", make_ditto, "personal models regularised toward the global one (Li et al., 2021)",
-           DittoHyperparams, Capabilities(personal=True, batch_norm=False)),
+           DittoHyperparams, Capabilities(personal=True, batch_norm=False, cohort=True)),
 )  # fmt: skip

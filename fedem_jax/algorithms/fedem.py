@@ -202,7 +202,7 @@ def _preset_server(kind: str):
     return factory
 
 
-_SHARED = dict(unseen=True, multi_process=True, dp=True)
+_SHARED = dict(unseen=True, multi_process=True, dp=True, cohort=True)
 METHODS = (
     Method("FedEM", make_fedem, "mixture of M shared components (Marfoq et al., 2021)", ServerHyperparams,
            Capabilities(components=True, **_SHARED)),

@@ -95,5 +95,5 @@ def make_pfedme_moreau(ctx: Context, hp: MoreauHyperparams) -> Algorithm:
 
 METHODS = (
     Method("pFedMe-true", make_pfedme_moreau, "pFedMe with Moreau envelopes (Dinh et al., 2020)",
-           MoreauHyperparams, Capabilities(personal=True, batch_norm=False)),
+           MoreauHyperparams, Capabilities(personal=True, batch_norm=False, cohort=True)),
 )  # fmt: skip

@@ -77,5 +77,5 @@ def make_qffl(ctx: Context, hp: QFFLHyperparams) -> Algorithm:
 _NO_DP = "the server weights each update by the client's own loss, which leaves the client unprotected"
 METHODS = (
     Method("q-FFL", make_qffl, "fair aggregation with exponent q (Li et al., 2020)", QFFLHyperparams,
-           Capabilities(unseen=True, no_dp_why=_NO_DP)),
+           Capabilities(unseen=True, no_dp_why=_NO_DP, cohort=True)),
 )  # fmt: skip

@@ -161,7 +161,7 @@ def make_scaffold(ctx: Context, hp: ScaffoldHyperparams) -> Algorithm:
 
 
 _NO_DP = "its control variates leave the clients too and are not clipped or noised yet"
-_CAPS = Capabilities(unseen=True, batch_norm=False, plain_sgd=True, no_dp_why=_NO_DP)
+_CAPS = Capabilities(unseen=True, batch_norm=False, plain_sgd=True, no_dp_why=_NO_DP, cohort=True)
 METHODS = (
     Method("SCAFFOLD", make_scaffold, "FedAvg with client-drift control variates (Karimireddy et al., 2020)",
            ScaffoldHyperparams, _CAPS),

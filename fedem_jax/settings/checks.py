@@ -52,6 +52,18 @@ def validate_method(cfg) -> None:
         f"--sampling poisson: {name} supports fixed-size sampling only (Poisson: the methods with --dp_clip)",
     )
     check(
+        caps.cohort or not cfg.training.cohort,
+        f"--cohort: {name} does not run cohort rounds (its round reads clients that are not sampled)",
+    )
+    check(
+        not cfg.training.cohort or cfg.training.sampling == "fixed",
+        "--cohort needs --sampling fixed (a cohort has a fixed size K)",
+    )
+    check(
+        not cfg.training.cohort or (cfg.layout.n_devices <= 1 and not cfg.layout.distributed),
+        "--cohort runs on one device for now: add --n_devices 1",
+    )
+    check(
         caps.multi_process or not cfg.layout.distributed,
         f"--distributed: {name} is not tested over several processes; use FedEM, FedAvg or FedProx",
     )

@@ -88,6 +88,11 @@ class TrainingConfig:
         "client sampling: fixed (exactly round(rate x N) clients a round) or poisson (each client "
         "independently with probability --sampling_rate, as DP accounting assumes)",
     )
+    cohort: bool = setting(
+        False,
+        "a round computes only its sampled clients, gathered into [K, ...] arrays (--sampling_rate < 1, "
+        "fixed sampling, one device): its cost follows K, not the federation",
+    )
     local_epochs: int = setting(1, "local epochs per round")
     batch_size: int = setting(
         128, "local minibatch size (capped at the largest client's train set, saying so)"

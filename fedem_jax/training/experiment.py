@@ -10,9 +10,10 @@ import dataclasses
 import functools
 
 import jax
+import numpy as np
 import optax
 
-from fedem_jax.algorithms.base import Algorithm, Context, state_specs
+from fedem_jax.algorithms.base import Algorithm, Context, n_sampled_clients, sample_participants, state_specs
 from fedem_jax.core.client_update import ClientUpdate
 from fedem_jax.core.optim import lr_schedule, make_direction
 from fedem_jax.data import FederatedData
@@ -20,6 +21,7 @@ from fedem_jax.data.registry import DATASETS
 from fedem_jax.data.sharding import client_mesh, place
 from fedem_jax.errors import ConfigError
 from fedem_jax.execution import memory
+from fedem_jax.execution.cohort import cohort_capacity, cohort_rounds
 from fedem_jax.execution.layout import CLIENT_SPEC, REPLICATED, Layout
 from fedem_jax.execution.sweep_groups import SweepGroups
 from fedem_jax.models import MODELS, STATEFUL_MODELS, TORCH_OWN_INIT, build_model, input_problem
@@ -236,6 +238,7 @@ def make_context(cfg: Config, data: FederatedData, model, update: ClientUpdate, 
         init_from=cfg.model.init_from,
         init_scheme=init_scheme,
         sampling=cfg.training.sampling,
+        n_samples=int(np.asarray(data.train.counts).sum()),
         privacy=privacy.mechanism if (privacy := accounting.plan(cfg, data.train.counts)) else None,
     )
 
@@ -267,6 +270,10 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1, model=None, runs
         update = update_for_model(cfg, data.task, model, layout, stateful=stateful, batch_size=batch)
     ctx = make_context(cfg, data, model, update, model_name)
     raw = cfg.method_info.factory(ctx, cfg.hyperparams)
+    if cfg.training.cohort:
+        if n_devices > 1:
+            raise ConfigError("--cohort runs on one device for now: add --n_devices 1")
+        raw = on_cohorts(raw, ctx, data)
     info = {
         "devices": n_devices,
         "model": model_name,
@@ -277,6 +284,16 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1, model=None, runs
     }
     info.update(fit)
     return Experiment(model, ctx, on_layout(raw, layout), raw, layout, info)
+
+
+def on_cohorts(algorithm: Algorithm, ctx: Context, data: FederatedData) -> Algorithm:
+    """``algorithm`` whose rounds compute only the round's ``K`` sampled clients (``--cohort``)."""
+    k = n_sampled_clients(ctx.n_clients, ctx.sampling_rate)
+
+    def sample(key, train):
+        return sample_participants(key, train, ctx.n_clients, ctx.sampling_rate, ctx.sampling)
+
+    return cohort_rounds(algorithm, ctx, sample, k, cohort_capacity(np.asarray(data.train.counts), k))
 
 
 def place_state(state, layout: Layout):
