@@ -23,7 +23,7 @@ def _config(tmp_path, method, **changes):
     )  # fmt: skip
 
 
-def _rounds(cfg, data, reset: bool, n=3):
+def _rounds(cfg, data, reset: bool, n=2):
     model = TinyBatchNormModel() if cfg.method == "FedBN" else None
     algorithm = build(cfg, data, model=model).algorithm
     state, round_fn = algorithm.init(data), jax.jit(algorithm.round)
@@ -37,7 +37,7 @@ def _rounds(cfg, data, reset: bool, n=3):
 
 @pytest.mark.parametrize("method", list(registry.methods()))
 def test_fresh_is_persistent_with_the_state_reset_every_round(tmp_path, method):
-    """Every method: three rounds with ``fresh`` equal three persistent rounds whose optimizer state
+    """Every method: two rounds with ``fresh`` equal two persistent rounds whose optimizer state
     is reset by hand before each, and the fresh state holds no optimizer state at all."""
     data = tiny_binary_data(sizes=(9, 14, 6, 11), dim=5)
     fresh = _rounds(_config(tmp_path, method, client_momentum="fresh"), data, reset=False)

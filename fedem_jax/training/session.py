@@ -82,6 +82,9 @@ class Session:
     :class:`~fedem_jax.data.FederatedData` (default: ``load_dataset(cfg)``, on first use);
     ``model``: a flax module of your own; ``log``: a function given each progress line (default:
     silent). Rows and summaries are those of ``metrics.jsonl`` and ``summary.json``.
+    With ``--dp_clip``, :attr:`privacy` (after :meth:`build`) is the run's
+    :class:`~fedem_jax.training.accounting.PrivacyPlan`: its mechanism, delta and accountant
+    (``privacy.epsilon_after(rounds)``); rows carry ``epsilon_spent``.
     """
 
     def __init__(self, cfg: Config, data: FederatedData | None = None, model=None, log=None):
