@@ -38,8 +38,8 @@ def _run(cfg, data, n=3):
 
 
 # Sequential clients for every method (bit for bit); vmapped for one of each kind of state
-# (shared components, control variates, personal models): the gather and scatter are the same.
-CASES = [(m, 1) for m in COHORT_METHODS] + [(m, 0) for m in ("FedEM", "SCAFFOLD", "APFL", "Ditto")]
+# (shared components, personal models): the gather and scatter are the same.
+CASES = [(m, 1) for m in COHORT_METHODS] + [(m, 0) for m in ("FedEM", "APFL")]
 
 
 @pytest.mark.parametrize("method, client_chunk", CASES)
@@ -67,14 +67,14 @@ def _rows(workdir):
 def test_a_sweep_with_cohort_rounds_writes_the_masked_rows(tmp_path):
     """Through the command's path (fedem_jax.run, a sweep of seeds in groups): the same rows."""
     settings = dict(
-        n_clients=20, dim=10, n_test_per_client=10, n_rounds=4, log_freq=2, plots=False, quiet=True,
+        n_clients=20, dim=10, n_test_per_client=10, n_rounds=2, log_freq=1, plots=False, quiet=True,
         sampling_rate=0.25, seeds=[3, 4], checkpoint_every=0, tensorboard=False,
     )  # fmt: skip
     for name, cohort in (("masked", False), ("cohort", True)):
         cfg = fedem_jax.config("synthetic", workdir=str(tmp_path / name), cohort=cohort, **settings)
         fedem_jax.run(cfg, log=None)
     masked, cohort = _rows(tmp_path / "masked"), _rows(tmp_path / "cohort")
-    assert len(masked) == len(cohort) == 6
+    assert len(masked) == len(cohort) == 6  # rounds 0, 1, 2 of two runs
     for a, b in zip(masked, cohort, strict=True):
         assert a.keys() == b.keys()
         for key, value in a.items():

@@ -316,11 +316,11 @@ def test_a_private_run_ended_early_resumes_to_the_same_rows_and_epsilon(tmp_path
     from test_api import EndAfterRound, _written_rows
 
     settings = dict(
-        n_clients=12, dim=10, n_test_per_client=10, n_rounds=5, log_freq=1, plots=False, quiet=True,
+        n_clients=12, dim=10, n_test_per_client=10, n_rounds=3, log_freq=1, plots=False, quiet=True,
         dp_clip=0.2, dp_epsilon=4.0, sampling="poisson", sampling_rate=0.5,
     )  # fmt: skip
     cfg = fedem_jax.config("synthetic", workdir=str(tmp_path / "early"), **settings)
-    fedem_jax.run(cfg, callbacks=fedem_jax.default_callbacks(cfg) + [EndAfterRound(2)], log=None)
+    fedem_jax.run(cfg, callbacks=fedem_jax.default_callbacks(cfg) + [EndAfterRound(1)], log=None)
     resumed = fedem_jax.run(cfg, log=None)
     straight = fedem_jax.run(cfg.replace(workdir=str(tmp_path / "straight")), log=None)
     assert resumed["epsilon_spent"] == straight["epsilon_spent"] <= 4.0
