@@ -14,11 +14,11 @@ multiplier and the epsilon spent.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
+from client_momentum import number_or_text
 from timing import write_result
 
 import fedem_jax
@@ -44,7 +44,7 @@ def cell(args, method: str, epsilon: str) -> dict:
             settings["dp_delta"] = args.delta
     for item in args.extra:
         flag, _, value = item.partition("=")
-        settings[flag.lstrip("-")] = json.loads(value) if value[:1] in "0123456789-[" else value
+        settings[flag.lstrip("-")] = number_or_text(value)
     cfg = fedem_jax.config(**settings)
     t0 = time.perf_counter()
     summary = fedem_jax.run(cfg, log=lambda *_: None)

@@ -48,11 +48,12 @@ def client_fields(state, fn):
     return state.replace(**{name: jax.tree.map(fn, getattr(state, name)) for name in state.CLIENT_FIELDS})
 
 
-def cohort_rounds(algorithm, ctx, sample, k: int, capacity: int):
-    """``algorithm`` whose round runs on the ``k`` clients ``sample(round_key, train)`` picks."""
+def cohort_rounds(algorithm, ctx, k: int, capacity: int):
+    """``algorithm`` whose round runs on the ``k`` clients ``ctx.participants`` picks (fixed-size
+    sampling: exactly ``k``)."""
 
     def round_fn(state, train: ClientSplit):
-        chosen = sample(ctx.round_key(state.round), train)  # [C] booleans, exactly k true
+        chosen = ctx.participants(ctx.round_key(state.round), train)  # [C] booleans, k true
         idx = jnp.nonzero(chosen, size=k)[0]
         cohort_state = client_fields(state, lambda a: a[idx])
         new_cohort, metrics = algorithm.round(cohort_state, gather_split(train, idx, capacity))

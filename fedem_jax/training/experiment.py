@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import optax
 
-from fedem_jax.algorithms.base import Algorithm, Context, n_sampled_clients, sample_participants, state_specs
+from fedem_jax.algorithms.base import Algorithm, Context, n_sampled_clients, state_specs
 from fedem_jax.core.client_update import ClientUpdate
 from fedem_jax.core.optim import lr_schedule, make_direction
 from fedem_jax.data import FederatedData
@@ -289,11 +289,7 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1, model=None, runs
 def on_cohorts(algorithm: Algorithm, ctx: Context, data: FederatedData) -> Algorithm:
     """``algorithm`` whose rounds compute only the round's ``K`` sampled clients (``--cohort``)."""
     k = n_sampled_clients(ctx.n_clients, ctx.sampling_rate)
-
-    def sample(key, train):
-        return sample_participants(key, train, ctx.n_clients, ctx.sampling_rate, ctx.sampling)
-
-    return cohort_rounds(algorithm, ctx, sample, k, cohort_capacity(np.asarray(data.train.counts), k))
+    return cohort_rounds(algorithm, ctx, k, cohort_capacity(np.asarray(data.train.counts), k))
 
 
 def place_state(state, layout: Layout):
