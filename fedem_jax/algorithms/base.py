@@ -119,6 +119,9 @@ class Context:
     sampling: str = "fixed"  # --sampling: fixed-size cohorts or Poisson (see sample_participants)
     privacy: Mechanism | None = None  # --dp_clip: the DP mechanism of the server's average
     n_samples: int = 0  # training samples of the federation (0: summed over the blocks given)
+    # A cohort round (--cohort) is given only its sampled clients: every real client takes part
+    # (the draw was made by the cohort's gather, with a context where this is False).
+    presampled: bool = False
 
     @property
     def layout(self) -> Layout:
@@ -130,6 +133,8 @@ class Context:
 
     def participants(self, round_key, train: ClientSplit):
         """``[C]`` booleans of this block's clients taking part (see :func:`sample_participants`)."""
+        if self.presampled:
+            return self.real(train)
         return sample_participants(round_key, train, self.n_clients, self.sampling_rate, self.sampling)
 
     def client_weights(self, train: ClientSplit) -> jax.Array:
@@ -193,10 +198,16 @@ def sample_participants(
     if sampling == "poisson":
         draws = jax.random.uniform(jax.random.fold_in(round_key, 0), (n_clients,))
         return real & (draws[jnp.minimum(train.global_ids, n_clients - 1)] < sampling_rate)
-    order = jax.random.permutation(jax.random.fold_in(round_key, 0), n_clients)
+    order = client_order(round_key, n_clients)
     rank = jnp.zeros((n_clients,), jnp.int32).at[order].set(jnp.arange(n_clients, dtype=jnp.int32))
     chosen = rank[jnp.minimum(train.global_ids, n_clients - 1)] < n_sampled_clients(n_clients, sampling_rate)
     return real & chosen
+
+
+def client_order(round_key, n_clients: int) -> jax.Array:
+    """The round's random order of the federation's clients: fixed-size sampling takes its first
+    ``n_sampled_clients`` (see :func:`sample_participants`)."""
+    return jax.random.permutation(jax.random.fold_in(round_key, 0), n_clients)
 
 
 def broadcast_to_clients(tree, n_clients: int):

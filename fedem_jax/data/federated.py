@@ -59,6 +59,7 @@ class FederatedData:
     # The training clients' true mixture weights [C, K], where the data was generated from a
     # mixture (synthetic): learned ``pi`` are compared with them (``pi_tv_to_truth``).
     true_pi: np.ndarray | None = None
+    model: str = ""  # the model it was made for (a store's), the default --model if given
 
     @property
     def n_clients(self) -> int:
@@ -71,9 +72,7 @@ class FederatedData:
     def summary(self) -> str:
         """One line: clients, samples per client (min / median / max), classes per client."""
         counts = np.asarray(self.train.counts) + np.asarray(self.test.counts)
-        y = np.asarray(self.train.y)
-        ids = np.asarray(self.train.client_id)
-        classes = [len(np.unique(y[ids == c])) for c in range(self.n_clients)]
+        classes = classes_per_client(self.train)
         unseen = f" + {self.n_unseen} unseen" if self.n_unseen else ""
         val = f" / {self.val.n_samples} val" if self.val is not None else ""
         return (
@@ -84,6 +83,15 @@ class FederatedData:
             f"train classes per client min/median/max "
             f"{min(classes)}/{int(np.median(classes))}/{max(classes)}"
         )
+
+
+def classes_per_client(split) -> np.ndarray:
+    """``[C]``: how many distinct label values each client has (all positions of sequence labels)."""
+    y = np.asarray(split.y)
+    ids = np.repeat(np.asarray(split.client_id).astype(np.int64), y[0].size if len(y) else 1)
+    values, label = np.unique(y.reshape(-1), return_inverse=True)
+    owners = np.unique(ids * len(values) + label.reshape(-1)) // max(len(values), 1)
+    return np.bincount(owners, minlength=int(np.asarray(split.counts).shape[0]))
 
 
 def build_split(xs: list[np.ndarray], ys: list[np.ndarray]) -> ClientSplit:

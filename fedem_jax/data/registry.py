@@ -16,6 +16,7 @@ from fedem_jax.core.tasks import Task
 from fedem_jax.data.federated import FederatedData, assemble, train_test_split
 from fedem_jax.data.leaf_source import load_femnist, load_shakespeare
 from fedem_jax.data.npz_source import load_npz
+from fedem_jax.data.store import load_store
 from fedem_jax.data.partition import (
     classes_per_client,
     dirichlet_per_label,
@@ -178,7 +179,9 @@ def _synthetic(cfg) -> FederatedData:
 
 
 def _by_input_shape(data: FederatedData) -> str:
-    """Your own data: ``mlp`` for feature vectors, ``cnn`` for images."""
+    """Your own data: the model it names (a store's), else ``mlp`` for feature vectors, ``cnn`` for images."""
+    if data.model:
+        return data.model
     return "mlp" if data.train.x.ndim == 2 else "cnn"
 
 
@@ -203,6 +206,7 @@ DATASETS: dict[str, Dataset] = {
     "femnist": Dataset(load_femnist, "femnist_cnn", reads_path=True),
     "shakespeare": Dataset(load_shakespeare, "lstm", reads_path=True),
     "npz": Dataset(load_npz, _by_input_shape, reads_path=True),
+    "store": Dataset(load_store, _by_input_shape, reads_path=True),
 }
 
 

@@ -47,6 +47,24 @@ def _check_memory(n_samples: int, dim: int) -> None:
         )
 
 
+def plan_synthetic(n_clients: int, dim: int, n_components: int, alpha: float, seed: int):
+    """``(rng, thetas, pis, sizes)``: the draws made before any sample (the rng then draws them)."""
+    rng = np.random.default_rng(seed)
+    thetas = rng.uniform(-1.0, 1.0, size=(n_components, dim))
+    pis = rng.dirichlet(alpha * np.ones(n_components), size=n_clients)
+    sizes = np.minimum(np.floor(rng.lognormal(4.0, 2.0, size=n_clients)) + MIN_SAMPLES, MAX_SAMPLES)
+    return rng, thetas, pis, sizes.astype(np.int64)
+
+
+def synthetic_clients(rng, sizes, pis, thetas, noise_std: float, n_test_per_client: int):
+    """Yield each client's ``((x, y, components), (test_x, test_y))`` in order, one at a time (a
+    federation larger than memory is written to disk as it is drawn: :mod:`fedem_jax.data.store`)."""
+    for t in range(len(sizes)):
+        train = _draw_samples(rng, int(sizes[t]), pis[t], thetas, noise_std)
+        test = _draw_samples(rng, n_test_per_client, pis[t], thetas, noise_std)[:2]
+        yield train, test
+
+
 def generate_synthetic(
     n_clients: int = 300,
     dim: int = 150,
@@ -64,20 +82,15 @@ def generate_synthetic(
     """
     per_client = n_components + MIN_SAMPLES + n_test_per_client  # the fewest samples it can draw
     _check_memory(n_clients * per_client + n_components, dim)
-    rng = np.random.default_rng(seed)
-    thetas = rng.uniform(-1.0, 1.0, size=(n_components, dim))
-    pis = rng.dirichlet(alpha * np.ones(n_components), size=n_clients)
-    sizes = np.minimum(np.floor(rng.lognormal(4.0, 2.0, size=n_clients)) + MIN_SAMPLES, MAX_SAMPLES)
+    rng, thetas, pis, sizes = plan_synthetic(n_clients, dim, n_components, alpha, seed)
     _check_memory(int(sizes.sum()) + n_clients * n_test_per_client, dim)
     train_x, train_y, test_x, test_y, train_z = [], [], [], [], []
-    for t in range(n_clients):
-        x, y, z = _draw_samples(rng, int(sizes[t]), pis[t], thetas, noise_std)
+    for (x, y, z), (tx, ty) in synthetic_clients(rng, sizes, pis, thetas, noise_std, n_test_per_client):
         train_x.append(x)
         train_y.append(y)
         train_z.append(z)
-        x, y, _ = _draw_samples(rng, n_test_per_client, pis[t], thetas, noise_std)
-        test_x.append(x)
-        test_y.append(y)
+        test_x.append(tx)
+        test_y.append(ty)
     data = assemble(
         "synthetic",
         BINARY,

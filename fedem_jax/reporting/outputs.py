@@ -151,9 +151,10 @@ def write_json(workdir: str, name: str, payload: dict) -> None:
         json.dump(payload, f, indent=2)
 
 
-def write_clients_csv(workdir: str, stats: list, pis: list, runs: list[dict] | None = None) -> None:
+def write_clients_csv(workdir: str, stats: list, pis: list, runs: list[dict] | None = None, clients=None) -> None:
     """One row per client (per run of a sweep, with a ``run`` column first): counts, train/test
-    accuracy and its mixture weights ``pi``. ``stats``: per run ``(train, test)`` per-client stats."""
+    accuracy and its mixture weights ``pi``. ``stats``: per run ``(train, test)`` per-client stats;
+    ``clients``: the evaluated clients' indices in the federation (default: all, in order)."""
     n_learners = np.asarray(pis[0]).shape[1]
     with atomic_open(os.path.join(workdir, "clients.csv"), newline="") as f:
         writer = csv.writer(f)
@@ -168,7 +169,7 @@ def write_clients_csv(workdir: str, stats: list, pis: list, runs: list[dict] | N
                 n_train, n_test = int(train_stats["count"][c]), int(test_stats["count"][c])
                 writer.writerow(
                     ([] if runs is None else [run])
-                    + [c, n_train, n_test]
+                    + [c if clients is None else int(clients[c]), n_train, n_test]
                     + [f"{float(train_stats['correct'][c]) / max(n_train, 1):.6f}"]
                     + [f"{float(test_stats['correct'][c]) / max(n_test, 1):.6f}"]
                     + [f"{p:.6f}" for p in pi[c]]

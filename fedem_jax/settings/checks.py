@@ -19,6 +19,7 @@ from fedem_jax.models.zoo import INITS, MODELS
 
 SAMPLINGS = ("fixed", "poisson")
 CLIENT_MOMENTUM = ("persistent", "fresh")
+FEDERATIONS = ("device", "host")
 SELECT_METRICS = ("accuracy", "accuracy_bottom10", "loss")  # --select_metric: sweeps' best setting
 MAX_INT = 2**31 - 1  # rounds, epochs and their products are counted in int32 on the device
 # Seeds are int32 in a sweep and 32-bit in JAX's keys: larger ones would collide with smaller ones.
@@ -90,11 +91,25 @@ def validate(cfg):
         not cfg.output.validation or cfg.data.val_frac > 0,
         "--validation needs --val_frac in (0, 1), e.g. 0.25",
     )
+    _validate_host(cfg)
     check(
         not cfg.layout.distributed or cfg.data.test_clients_frac == 0,
         "--distributed: unseen clients (--test_clients_frac) are not supported yet",
     )
     return cfg
+
+
+def _validate_host(cfg) -> None:
+    """``--federation host`` and what it does not support yet."""
+    _at_least("eval_clients", cfg.output.eval_clients, 0)
+    host = cfg.training.federation == "host"
+    check(host or cfg.output.eval_clients == 0, "--eval_clients needs --federation host")
+    if not host:
+        return
+    check(
+        cfg.data.val_frac == 0 and cfg.data.test_clients_frac == 0,
+        "--federation host: --val_frac and --test_clients_frac are not supported yet",
+    )
 
 
 def _one_of(name: str, value: str, valid: tuple[str, ...]) -> None:
@@ -170,6 +185,8 @@ def _validate_training(t) -> None:
     _in_range("sampling_rate", t.sampling_rate, 0, 1, False, True)
     _one_of("sampling", t.sampling, SAMPLINGS)
     _one_of("client_momentum", t.client_momentum, CLIENT_MOMENTUM)
+    _one_of("federation", t.federation, FEDERATIONS)
+    check(t.federation == "device" or t.cohort, "--federation host needs --cohort (rounds move only their cohort)")
 
 
 def _validate_privacy(p, t) -> None:

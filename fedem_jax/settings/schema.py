@@ -36,7 +36,9 @@ class DataConfig:
     dataset: str = setting("synthetic", "dataset (each has presets: the paper's hyperparameters)")
     data_dir: str = setting("", "TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     data_path: str = setting(
-        "", "npz: a .npz file or folder of them; femnist/shakespeare: LEAF JSON file or folder"
+        "",
+        "npz: a .npz file or folder of them; femnist/shakespeare: LEAF JSON file or folder; store: the "
+        "folder written by python -m fedem_jax.data.store",
     )
     data_seed: int = setting(12345, "seed of the data generation and client split")
     n_clients: int = setting(300, "number of clients")
@@ -92,6 +94,11 @@ class TrainingConfig:
         False,
         "a round computes only its sampled clients, gathered into [K, ...] arrays (--sampling_rate < 1, "
         "fixed sampling, one device): its cost follows K, not the federation",
+    )
+    federation: str = setting(
+        "device",
+        "where the federation's data and per-client state live: device (all of it) or host (host memory, "
+        "or disk with --dataset store; each round's cohort is moved to the device: needs --cohort)",
     )
     local_epochs: int = setting(1, "local epochs per round")
     batch_size: int = setting(
@@ -177,6 +184,9 @@ class OutputConfig:
     workdir: str = setting("runs/default", "output folder (config, metrics, summary, checkpoints, plots)")
     log_freq: int = setting(5, "evaluate every N rounds (and after the last)")
     validation: bool = setting(False, "evaluate on the validation split instead of test")
+    eval_clients: int = setting(
+        0, "--federation host: evaluate this many clients, a fixed random subset (0: all, in chunks)"
+    )
     select_metric: str = setting(
         "accuracy", "sweeps: metric naming the best setting (accuracy, accuracy_bottom10, loss)"
     )
@@ -301,6 +311,10 @@ def make_config(**values) -> Config:
     hyperparams = registry.make_hyperparams(method.name, hyper)
     cfg = validate(Config(method=name, **_sections_from_flat(values), hyperparams=hyperparams))
     if sweep:
+        check(
+            cfg.training.federation == "device",
+            "--federation host runs one setting at a time (no lists of values) for now",
+        )
         cfg = dataclasses.replace(cfg, sweep=sweep)
         for flag, options in sweep:  # every value of every list is valid on its own
             for value in options[1:]:

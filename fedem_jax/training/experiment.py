@@ -269,11 +269,14 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1, model=None, runs
         layout, fit = fit_clients_to_memory(cfg, layout, model, stateful, data, batch)
         update = update_for_model(cfg, data.task, model, layout, stateful=stateful, batch_size=batch)
     ctx = make_context(cfg, data, model, update, model_name)
-    raw = cfg.method_info.factory(ctx, cfg.hyperparams)
-    if cfg.training.cohort:
+    if cfg.training.cohort:  # the round is given its cohort: the draw is made before (with ctx)
         if n_devices > 1:
             raise ConfigError("--cohort runs on one device for now: add --n_devices 1")
-        raw = on_cohorts(raw, ctx, data)
+        raw = cfg.method_info.factory(dataclasses.replace(ctx, presampled=True), cfg.hyperparams)
+        if cfg.training.federation == "device":  # host: the session gathers the cohorts
+            raw = on_cohorts(raw, ctx, data)
+    else:
+        raw = cfg.method_info.factory(ctx, cfg.hyperparams)
     info = {
         "devices": n_devices,
         "model": model_name,

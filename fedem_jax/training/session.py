@@ -22,8 +22,10 @@ import numpy as np
 
 from fedem_jax.data import FederatedData, load_dataset
 from fedem_jax.data.sharding import real_clients, shard_data
+from fedem_jax.data.store import HostSplit, on_device, on_host
 from fedem_jax.errors import DivergenceError, Interrupted
 from fedem_jax.execution import memory
+from fedem_jax.execution.host_rounds import HostEvaluation, HostRounds, eval_clients, host_state
 from fedem_jax.models import count_params
 from fedem_jax.reporting import outputs
 from fedem_jax.settings.schema import Config
@@ -38,6 +40,8 @@ from fedem_jax.training.evaluation import (
     take_run,
     to_host_runs,
 )
+from fedem_jax.algorithms.base import n_sampled_clients
+from fedem_jax.execution.cohort import cohort_capacity
 from fedem_jax.training.experiment import Experiment, build, place_state, resolve_devices
 from fedem_jax.training.sweep import build_sweep, summarize_runs
 
@@ -53,6 +57,9 @@ def build_experiment(cfg: Config, data: FederatedData, model=None):
         experiment = build(cfg, data, resolve_devices(cfg), model=model)
     shapes = jax.eval_shape(experiment.model.init, jax.random.PRNGKey(0), data.train.x[:1])
     experiment.info["n_params"] = count_params(shapes["params"])  # one component, BatchNorm stats excluded
+    if isinstance(data.train, HostSplit):  # the client fields live on the host
+        memory.check_state(experiment.algorithm.init, data, free=memory.host_free_bytes())
+        return experiment, data, host_state(experiment.algorithm.init(data))
     memory.check_state(experiment.algorithm.init, data, experiment.info.get("devices", 1))
     if experiment.layout.mesh is not None:
         data = shard_data(data, experiment.layout.mesh)
@@ -105,6 +112,8 @@ class Session:
         self._round_metrics: dict = {}
         self._ending_early = False
         self.privacy: accounting.PrivacyPlan | None = None  # --dp_clip: mechanism and accountant
+        self._host_rounds: HostRounds | None = None  # --federation host
+        self._host_eval: HostEvaluation | None = None
 
     # ------------------------------------------------------------------------------ building
     @property
@@ -117,8 +126,12 @@ class Session:
             return self
         if self.federation is None:
             self.federation = load_dataset(self.cfg)
+        host = self.cfg.training.federation == "host"
+        self.federation = on_host(self.federation) if host else on_device(self.federation)
         experiment, self.data, self._state = build_experiment(self.cfg, self.federation, self.model)
         self.experiment = experiment
+        if host:
+            self._build_host()
         self.privacy = accounting.plan(self.cfg, self.federation.train.counts)
         self.timings["data_seconds"] = time.perf_counter() - self.timings["start"]
         # One jit returning only statistics (a jitted identity on the state would copy it whole).
@@ -129,15 +142,47 @@ class Session:
         self._describe()
         return self
 
+    def _build_host(self) -> None:
+        """``--federation host``: the cohort rounds and the chunked evaluation over the host data."""
+        cfg, data, experiment = self.cfg, self.data, self.experiment
+        k = n_sampled_clients(data.n_clients, cfg.training.sampling_rate)
+        capacity = cohort_capacity(data.train.counts, k)
+        self._host_rounds = HostRounds(experiment.raw, experiment.ctx, data.train, k, capacity, cfg.training.n_rounds)
+        clients = eval_clients(data.n_clients, cfg.output.eval_clients, cfg.training.seed)
+        other = eval_split(cfg, data)[1]
+        self._host_eval = HostEvaluation(experiment.evaluate_splits, data, other, clients, k)
+        self._host_eval_data = self._host_eval.view(data)
+        subset = f"{len(clients):,} of {data.n_clients:,} clients (fixed at random)"
+        self.log(f"federation on the host: {k} clients a round; evaluation on {subset if len(clients) < data.n_clients else 'every client'}")
+
+    @property
+    def evaluated_clients(self) -> np.ndarray | None:
+        """The clients evaluated (``--eval_clients``), ``None`` when all are."""
+        if self._host_eval is None or len(self._host_eval.clients) == self.federation.n_clients:
+            return None
+        return self._host_eval.clients
+
+    def _evaluation_inputs(self):
+        """``(eval_fn, state, data, n_clients)`` that the evaluation rows are computed from."""
+        if self._host_eval is None:
+            return self._evaluate_fn, self._state, self.data, self.federation.n_clients
+        view = self._host_eval_data
+        evaluate = lambda _view, _splits: self._host_eval(self._state)  # noqa: E731 - reads the whole host state
+        return evaluate, self._host_eval.state_view(self._state), view, view.n_clients
+
     def compile(self) -> Session:
         """Compile the round for the state (once), after checking its memory; builds first."""
         self.build()
         if self.compiled is None:
             t0 = time.perf_counter()
-            self.compiled = self.experiment.compile_round(self._state, self.data.train)
+            if self._host_rounds is not None:
+                compiled = self._host_rounds.compile(self._state)
+                self.compiled = self._host_rounds
+            else:
+                compiled = self.compiled = self.experiment.compile_round(self._state, self.data.train)
             self.timings["compile_seconds"] = time.perf_counter() - t0
             self.log(f"compiled the round in {self.timings['compile_seconds']:.1f}s")
-            memory.check_compiled(self.compiled)  # before the round's buffers are allocated
+            memory.check_compiled(compiled)  # before the round's buffers are allocated
         return self
 
     def _describe(self) -> None:
@@ -199,7 +244,7 @@ class Session:
     def restore(self, state, record: dict) -> None:
         """Continue from a checkpoint: its ``state`` (shaped like this session's) and ``record``."""
         self.build()
-        self._state = state
+        self._state = host_state(state) if self._host_rounds is not None else state
         self.history, self.round_seconds = record["history"], record["round_seconds"]
         self.diverged = {int(k): v for k, v in record.get("diverged", {}).items()}
 
@@ -245,12 +290,15 @@ class Session:
         """The metrics row of the current state (a list of rows, one per run still going, for a
         sweep), as ``metrics.jsonl`` has it; also appended to :attr:`history`."""
         cfg = self.build().cfg
+        eval_fn, state, data, n_clients = self._evaluation_inputs()
         rows, self.final_stats, records = evaluation_rows(
-            self._evaluate_fn, self._unseen_fn, self._state, self.data, cfg, self.federation.n_clients,
+            eval_fn, self._unseen_fn, state, data, cfg, n_clients,
             self.round, self.round_seconds[-cfg.output.log_freq :], self.runs,
         )  # fmt: skip
         split = eval_split(cfg, self.data)[0]
         for row in rows:
+            if n_clients < self.federation.n_clients:  # --eval_clients: a subset, said in every row
+                row["eval_clients"] = n_clients
             row.update(method_metrics(self._round_metrics, row.get("run")))
             if self.privacy is not None:  # epsilon spent so far, at --dp_delta
                 row.update(self.privacy.record(self.round))
@@ -295,11 +343,12 @@ class Session:
         timings; evaluates the current state if it was never evaluated."""
         cfg, federation = self.build().cfg, self.federation
         if self.final_stats is None:  # e.g. resumed from the final checkpoint
-            self.final_stats = evaluate_both(
-                self._evaluate_fn, self._state, self.data, cfg, federation.n_clients, self.runs
-            )
+            eval_fn, state, data, n_clients = self._evaluation_inputs()
+            self.final_stats = evaluate_both(eval_fn, state, data, cfg, n_clients, self.runs)
         # On every process: with --distributed, gathering the clients' pi is a collective.
         self.final_pis = self.client_pis()
+        if self.evaluated_clients is not None:  # --eval_clients: the rows of the evaluated ones
+            self.final_pis = [pi[self.evaluated_clients] for pi in self.final_pis]
         steady = self.round_seconds[1:] if len(self.round_seconds) > 1 else self.round_seconds
         if self.runs is None:
             final = {k: v for k, v in self.history[-1].items() if k not in ("round", *outputs.TIMING_KEYS)}

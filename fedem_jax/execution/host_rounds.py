@@ -1,0 +1,135 @@
+"""The federation on the host, the cohort on the device (``--federation host``).
+
+Client data (:class:`~fedem_jax.data.store.HostSplit`: in memory, or read from an on-disk store)
+and the state's client fields (``pi``, epoch clocks, momentum when kept, control variates,
+personal models) stay in host NumPy arrays. Each round :class:`HostRounds` draws the cohort
+(the same draw as :func:`~fedem_jax.algorithms.base.sample_participants`, fixed-size), gathers its ``K``
+clients' data and state, runs the method's round on them on the device, and writes their new
+state back in place. The next round's data are gathered on a thread while the device computes.
+Device memory and compute follow ``K``; host memory follows the state, not the data.
+Results equal the device cohort rounds' (:mod:`fedem_jax.execution.cohort`) bit for bit with
+sequential clients (``tests/test_host_federation.py``).
+
+:class:`HostEvaluation` evaluates all clients (or ``--eval_clients`` of them, a fixed random
+subset) in chunks of clients, so evaluation never holds the federation on the device either.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedem_jax.algorithms.base import client_order
+from fedem_jax.data.federated import ClientSplit, FederatedData
+from fedem_jax.data.store import HostSplit
+from fedem_jax.execution.cohort import client_fields
+
+
+def host_state(state):
+    """``state`` with its client fields as writable host NumPy arrays (the rest unchanged)."""
+    return client_fields(state, lambda a: np.array(a, copy=True))
+
+
+def take_clients(state, idx: np.ndarray):
+    """The clients ``idx`` of a host state, their fields on the device."""
+    return client_fields(state, lambda a: jnp.asarray(a[idx]))
+
+
+def chunk_capacity(counts: np.ndarray, chunks: list[np.ndarray]) -> int:
+    """Samples the largest of ``chunks`` (client index arrays) holds."""
+    return max(int(counts[chunk].sum()) for chunk in chunks)
+
+
+class HostRounds:
+    """``(state, _) -> (state, metrics)``: one cohort round of ``algorithm`` over a host federation.
+
+    ``state``'s client fields are host arrays (:func:`host_state`), updated in place."""
+
+    def __init__(self, algorithm, ctx, train: HostSplit, k: int, capacity: int, n_rounds: int):
+        self.algorithm, self.train, self.k, self.capacity = algorithm, train, k, capacity
+        self.n_rounds = n_rounds  # no round after it is prefetched
+        # sample_participants's draw: the first k clients of the round's order (fixed-size sampling).
+        self._pick = jax.jit(lambda r: client_order(ctx.round_key(r), ctx.n_clients)[:k])
+        self._round = jax.jit(algorithm.round, donate_argnums=0)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fedem-prefetch")
+        self._next: tuple[int, object] | None = None  # (round, future of its cohort's split)
+
+    def cohort(self, round_index: int) -> np.ndarray:
+        """The ``K`` clients (ascending) sampled in round ``round_index``."""
+        return np.sort(np.asarray(self._pick(np.int32(round_index))))
+
+    def _draw(self, round_index: int):
+        """``(clients, their split on the device)`` of round ``round_index``."""
+        idx = self.cohort(round_index)
+        return idx, jax.device_put(self.train.gather(idx, self.capacity))
+
+    def compile(self, state):
+        """Compile the round for the cohort's shapes (once); returns the compiled round."""
+        idx = np.arange(self.k)
+        shapes = jax.eval_shape(lambda: (take_clients(state, idx), self.train.gather(idx, self.capacity)))
+        self._round = self._round.lower(*shapes).compile()
+        return self._round
+
+    def __call__(self, state, _train=None):
+        r = int(np.asarray(state.round))
+        if self._next is not None and self._next[0] == r:
+            idx, split = self._next[1].result()
+        else:  # the first round, or after a restore
+            idx, split = self._draw(r)
+        if r + 1 < self.n_rounds:  # read while this round computes
+            self._next = (r + 1, self._pool.submit(self._draw, r + 1))
+        new, metrics = self._round(take_clients(state, idx), split)
+        for name in state.CLIENT_FIELDS:
+            updated = jax.device_get(getattr(new, name))
+            jax.tree.map(lambda store, value: store.__setitem__(idx, value), getattr(state, name), updated)
+        return new.replace(**{name: getattr(state, name) for name in state.CLIENT_FIELDS}), metrics
+
+
+def eval_clients(n_clients: int, wanted: int, seed: int) -> np.ndarray:
+    """The clients evaluated: all (``wanted`` 0 or at least ``n_clients``), else a fixed random
+    subset of ``wanted`` drawn once from ``seed`` (ascending)."""
+    if wanted <= 0 or wanted >= n_clients:
+        return np.arange(n_clients)
+    return np.sort(np.random.default_rng([seed, 7]).choice(n_clients, wanted, replace=False))
+
+
+class HostEvaluation:
+    """Per-client statistics of the train and evaluated splits of ``clients``, ``chunk`` clients at
+    a time (each chunk gathered from the host; one compiled evaluation for all chunks)."""
+
+    def __init__(self, evaluate_splits, data: FederatedData, other: HostSplit, clients: np.ndarray, chunk: int):
+        self.train, self.other, self.clients = data.train, other, clients
+        self.chunks = [clients[i : i + chunk] for i in range(0, len(clients), chunk)]
+        size = len(self.chunks[0])  # the last chunk repeats its last client: one shape for all
+        self.padded = [np.concatenate([c, np.repeat(c[-1:], size - len(c))]) for c in self.chunks]
+        self.capacity = [chunk_capacity(s.counts, self.padded) for s in (self.train, other)]
+        self._evaluate = jax.jit(evaluate_splits)
+
+    def view(self, data: FederatedData) -> FederatedData:
+        """What the evaluation rows read: the evaluated clients' counts, numbered ``0..E-1``, and
+        their true ``pi`` (stand-ins for the splits; :meth:`__call__` reads the data itself)."""
+
+        def index(split: HostSplit) -> ClientSplit:
+            counts = split.counts[self.clients]
+            return ClientSplit(x=None, y=None, client_id=None, offsets=None, counts=counts,
+                               global_ids=np.arange(len(counts), dtype=np.int32))  # fmt: skip
+
+        true_pi = None if data.true_pi is None else np.asarray(data.true_pi)[self.clients]
+        return FederatedData(data.name, index(self.train), index(self.other), data.task, true_pi=true_pi)
+
+    def state_view(self, state):
+        """The evaluated clients' fields of a host state (for their ``pi``)."""
+        return client_fields(state, lambda a: a[self.clients])
+
+    def __call__(self, state, _splits=None):
+        """``(train_stats, other_stats)``: dicts of ``[E]`` host arrays, in ``clients`` order."""
+        parts = []
+        for chunk, idx in zip(self.chunks, self.padded, strict=True):
+            train = jax.device_put(self.train.gather(idx, self.capacity[0]))
+            other = jax.device_put(self.other.gather(idx, self.capacity[1]))
+            stats = jax.device_get(self._evaluate(take_clients(state, idx), train, (train, other)))
+            parts.append(jax.tree.map(lambda a, n=len(chunk): np.asarray(a)[:n], stats))
+        return jax.tree.map(lambda *a: np.concatenate(a), *parts)

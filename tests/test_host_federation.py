@@ -1,0 +1,214 @@
+"""The federation on the host or on disk, the cohort on the device (issue 25, parts 2, 4, 5)."""
+
+import csv
+import json
+import os
+
+import chex
+import jax
+import numpy as np
+import pytest
+from helpers import tiny_binary_data, tiny_config
+
+import fedem_jax
+from fedem_jax.algorithms import registry
+from fedem_jax.data.store import HostSplit, host_split, on_host, open_store, write_store, write_synthetic_store
+from fedem_jax.data.synthetic import generate_synthetic
+from fedem_jax.errors import ConfigError, DataError
+from fedem_jax.execution.cohort import gather_split
+from fedem_jax.execution.host_rounds import eval_clients
+
+COHORT_METHODS = [
+    m
+    for m, info in registry.methods().items()
+    if info.capabilities.cohort and not info.capabilities.full_participation
+]
+
+
+# ------------------------------------------------------------------------------ the store
+def test_a_written_store_reads_back_the_federation_exactly(tmp_path):
+    data = tiny_binary_data(sizes=(9, 14, 6), dim=5)
+    store = open_store(write_store(data, str(tmp_path / "tiny"), model="linear"))
+    assert store.model == "linear" and store.task == data.task and store.n_clients == 3
+    for mine, theirs in ((store.train, data.train), (store.test, data.test)):
+        assert isinstance(mine, HostSplit)
+        whole = mine.gather(np.arange(3), mine.n_samples)
+        for field in ("x", "y", "client_id", "offsets", "counts", "global_ids"):
+            np.testing.assert_array_equal(getattr(whole, field), np.asarray(getattr(theirs, field)), err_msg=field)
+    assert not os.path.exists(str(tmp_path / "tiny") + ".partial")
+    with pytest.raises(DataError, match="exists"):
+        write_store(data, str(tmp_path / "tiny"))
+
+
+def test_the_synthetic_store_holds_the_synthetic_datasets_draws(tmp_path):
+    """Written client by client, the same samples as ``--dataset synthetic`` (same seed)."""
+    settings = dict(n_clients=12, dim=6, n_test_per_client=7, seed=5)
+    folder = write_synthetic_store(str(tmp_path / "s"), log=lambda *_: None, **settings)
+    store = open_store(folder)
+    data, _ = generate_synthetic(**settings)
+    for mine, theirs in ((store.train, data.train), (store.test, data.test)):
+        np.testing.assert_array_equal(mine.gather(np.arange(12), mine.n_samples).x, np.asarray(theirs.x))
+        np.testing.assert_array_equal(mine.y, np.asarray(theirs.y))
+        np.testing.assert_array_equal(mine.counts, np.asarray(theirs.counts))
+    np.testing.assert_array_equal(store.true_pi, data.true_pi)
+    assert store.model == "linear"
+
+
+def test_a_cohort_gathered_on_the_host_is_the_device_cohort():
+    data = tiny_binary_data(sizes=(9, 14, 6, 11, 3, 8, 12), dim=5)
+    host = host_split(data.train)
+    idx = np.array([1, 4, 5])
+    mine, theirs = host.gather(idx, 40), gather_split(data.train, jax.numpy.asarray(idx), 40)
+    valid = np.asarray(theirs.client_id) < 3
+    np.testing.assert_array_equal(mine.x[valid], np.asarray(theirs.x)[valid])
+    for field in ("y", "client_id", "offsets", "counts", "global_ids"):
+        theirs_field = np.where(valid, theirs.y, 0) if field == "y" else getattr(theirs, field)
+        np.testing.assert_array_equal(getattr(mine, field), np.asarray(theirs_field), err_msg=field)
+    assert mine.max_count == theirs.max_count == 14
+    assert not mine.x[~valid].any()  # padding is zeros
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda f: os.remove(os.path.join(f, "federation.json")), "not a fedem_jax store"),
+        (lambda f: np.save(os.path.join(f, "train_counts.npy"), np.array([1, 2, 3], np.int32)), "inconsistent"),
+        (lambda f: open(os.path.join(f, "test_y.npy"), "wb").close(), "cannot read the test split"),
+        (lambda f: _edit_meta(f, format="other/1"), "not a fedem_jax.store/1 store"),
+        (lambda f: _edit_meta(f, model="resnet999"), "unknown model 'resnet999'"),
+        (lambda f: _edit_meta(f, task=None), "malformed"),
+    ],
+)
+def test_a_damaged_store_is_refused_in_one_line(tmp_path, damage, message):
+    folder = write_store(tiny_binary_data(), str(tmp_path / "s"))
+    damage(folder)
+    with pytest.raises(DataError, match=message):
+        open_store(folder)
+
+
+def _edit_meta(folder, **changes):
+    path = os.path.join(folder, "federation.json")
+    with open(path) as f:
+        meta = json.load(f)
+    meta.update(changes)
+    with open(path, "w") as f:
+        json.dump(meta, f)
+
+
+def test_eval_clients_are_a_fixed_subset():
+    assert np.array_equal(eval_clients(10, 0, 1), np.arange(10))
+    assert np.array_equal(eval_clients(10, 10, 1), np.arange(10))
+    subset = eval_clients(1000, 50, 1)
+    assert len(np.unique(subset)) == 50 and np.all(np.diff(subset) > 0)
+    assert np.array_equal(subset, eval_clients(1000, 50, 1)) and not np.array_equal(subset, eval_clients(1000, 50, 2))
+
+
+# ------------------------------------------------------------------------------ host rounds
+def _session(tmp_path, method, data, **changes):
+    caps = registry.get(method).capabilities
+    cfg = tiny_config(
+        tmp_path, method=method, n_learners=2 if caps.components else 1, momentum=0.9, batch_size=4,
+        sampling_rate=0.4, cohort=True, client_chunk=1, **changes,
+    )  # fmt: skip
+    session = fedem_jax.Session(cfg, data)
+    for _ in range(3):
+        session.step()
+    return session
+
+
+@pytest.mark.parametrize("method", COHORT_METHODS)
+def test_host_rounds_equal_device_cohort_rounds(tmp_path, method):
+    """The same 3 rounds bit for bit: the state (client fields from the host) and the evaluation."""
+    data = tiny_binary_data(sizes=(9, 14, 6, 11, 3, 8, 12), dim=5)
+    device = _session(tmp_path, method, data)
+    host = _session(tmp_path, method, data, federation="host")
+    assert all(isinstance(a, np.ndarray) for name in host.state.CLIENT_FIELDS for a in jax.tree.leaves(getattr(host.state, name)))
+    chex.assert_trees_all_equal(jax.device_get(device.state), jax.device_get(host.state))
+    drop = ("seconds_per_round", "eval_seconds")
+    assert {k: v for k, v in device.evaluate().items() if k not in drop} == {
+        k: v for k, v in host.evaluate().items() if k not in drop
+    }
+
+
+SMALL = dict(
+    n_clients=30, dim=8, n_test_per_client=10, n_rounds=4, log_freq=2, sampling_rate=0.2, cohort=True,
+    plots=False, quiet=True, tensorboard=False, lr=0.1,
+)  # fmt: skip
+
+
+def _rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [{k: v for k, v in r.items() if k not in ("seconds_per_round", "eval_seconds")} for r in rows]
+
+
+def _clients(workdir):
+    with open(os.path.join(workdir, "clients.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_store_run_writes_what_the_generated_dataset_writes(tmp_path):
+    """``--dataset store --federation host`` == ``--dataset synthetic`` (device cohort): rows and clients.csv."""
+    folder = write_synthetic_store(str(tmp_path / "store"), n_clients=30, dim=8, n_test_per_client=10,
+                                   log=lambda *_: None)  # fmt: skip
+    fedem_jax.run(fedem_jax.config("synthetic", workdir=str(tmp_path / "device"), **SMALL), log=None)
+    cfg = fedem_jax.config("store", data_path=folder, federation="host", workdir=str(tmp_path / "host"), **SMALL)
+    fedem_jax.run(cfg, log=None)
+    assert _rows(tmp_path / "host") == _rows(tmp_path / "device")
+    assert _clients(tmp_path / "host") == _clients(tmp_path / "device")
+
+
+def test_eval_clients_reports_the_subset_with_their_own_figures(tmp_path):
+    """Rows say how many clients were evaluated; their per-client figures are those of a full evaluation."""
+    every = fedem_jax.config("synthetic", federation="host", workdir=str(tmp_path / "all"), **SMALL)
+    fedem_jax.run(every, log=None)
+    some = every.replace(workdir=str(tmp_path / "some"), eval_clients=7)
+    fedem_jax.run(some, log=None)
+    rows = _rows(tmp_path / "some")
+    assert all(row["eval_clients"] == 7 for row in rows) and "eval_clients" not in _rows(tmp_path / "all")[0]
+    full, subset = _clients(tmp_path / "all"), _clients(tmp_path / "some")
+    assert len(subset) == 7
+    assert subset == [full[int(row["client"])] for row in subset]
+    ids = [int(row["client"]) for row in subset]
+    assert ids == eval_clients(30, 7, every.training.seed).tolist()
+    accuracy = sum(float(r["test_accuracy"]) * int(r["n_test"]) for r in subset) / sum(int(r["n_test"]) for r in subset)
+    assert rows[-1]["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_a_host_run_ended_early_resumes_to_the_straight_runs_rows(tmp_path):
+    """The checkpoint holds the host state: resumed, the run ends exactly as one that never stopped."""
+
+    class EndAfterRound(fedem_jax.Callback):
+        def after_round(self, session, metrics):
+            if metrics["round"] == 1:
+                session.end_early()
+
+    cfg = fedem_jax.config("synthetic", federation="host", workdir=str(tmp_path / "early"), checkpoint_every=10,
+                           client_momentum="persistent", **SMALL)  # fmt: skip
+    fedem_jax.run(cfg, callbacks=fedem_jax.default_callbacks(cfg) + [EndAfterRound()], log=None)
+    assert os.listdir(tmp_path / "early" / "checkpoints") == ["1"]
+    fedem_jax.run(cfg, log=None)
+    fedem_jax.run(cfg.replace(workdir=str(tmp_path / "straight")), log=None)
+    assert _rows(tmp_path / "early")[-1] == _rows(tmp_path / "straight")[-1]
+    assert _clients(tmp_path / "early") == _clients(tmp_path / "straight")
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(federation="host"), "--federation host needs --cohort"),
+        (dict(eval_clients=5), "--eval_clients needs --federation host"),
+        (dict(federation="host", cohort=True, sampling_rate=0.5, seeds=[1, 2]), "one setting at a time"),
+        (dict(federation="host", cohort=True, sampling_rate=0.5, val_frac=0.25), "--val_frac and --test_clients_frac"),
+        (dict(federation="disk"), "--federation: unknown value 'disk'"),
+    ],
+)
+def test_host_settings_it_cannot_run_are_one_line_errors(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        fedem_jax.config(**settings)
+
+
+def test_on_host_refuses_what_it_cannot_hold():
+    data, _ = generate_synthetic(n_clients=6, dim=3, n_test_per_client=4, unseen_frac=0.5)
+    with pytest.raises(DataError, match="unseen clients"):
+        on_host(data)
