@@ -12,7 +12,7 @@ Modes: ``host`` (data on disk, client state on the host, the cohort on the devic
 the cohort gathered on the device) and ``device masked`` (every client computed, the unsampled
 masked: the default before ``--cohort``). Device modes are skipped above ``--device_limit``
 clients (the data alone would not fit in this machine's memory). Steady seconds per round are the
-run's own ``seconds_per_round`` (round 1 on, compile apart). Writes
+run's own ``seconds_per_round`` (round 1 on, compile apart), the median over ``--repeats`` runs. Writes
 ``benchmarks/results/scale_clients.json`` and ``scale_clients.png``.
 """
 
@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 from timing import RESULTS, write_result
 
 MODES = {
@@ -84,6 +85,24 @@ def run_measured(command: list[str], log: str) -> tuple[int, int, str]:
     return child.returncode, usage.ru_maxrss * 1024, lines[-1]  # Linux: ru_maxrss in KiB
 
 
+def store(args, n_clients: int) -> str:
+    return os.path.join(args.stores, f"synthetic_{n_clients}")
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Median seconds per round over the repeats (each a run's steady mean), the largest peak RSS."""
+    good = [r for r in runs if "error" not in r]
+    if not good:
+        return runs[-1]
+    seconds = sorted(r["seconds_per_round"] for r in good)
+    return {
+        "seconds_per_round": float(np.median(seconds)), "seconds_per_round_runs": seconds,
+        "compile_seconds": float(np.median([r["compile_seconds"] for r in good])),
+        "peak_rss_gib": max(r["peak_rss_gib"] for r in good),
+        "test_accuracy": good[-1]["test_accuracy"], "runs": len(good),
+    }  # fmt: skip
+
+
 def plot(results: dict, path: str) -> None:
     import matplotlib
 
@@ -114,6 +133,7 @@ def main():
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--k", type=int, default=100, help="clients a round")
     parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each setting (the median is reported)")
     parser.add_argument("--eval_clients", type=int, default=1000)
     parser.add_argument("--n_test_per_client", type=int, default=50)
     parser.add_argument("--client_momentum", default="fresh")
@@ -121,17 +141,21 @@ def main():
     parser.add_argument("--stores", default="/tmp/fedem_jax_scale", help="where stores and runs are written")
     args = parser.parse_args()
     os.makedirs(args.stores, exist_ok=True)
-    results = {}
-    for n_clients in sorted(int(s) for s in args.sizes.split(",")):  # small first: RSS is a running peak
-        folder = os.path.join(args.stores, f"synthetic_{n_clients}")
-        entry = {"store_seconds": build_store(folder, n_clients, args.n_test_per_client)}
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    results = {str(n): {"store_seconds": build_store(store(args, n), n, args.n_test_per_client)} for n in sizes}
+    for repeat in range(args.repeats):  # repeats outermost: drifts of a shared machine hit every mode alike
+        for n_clients in sizes:
+            for mode in MODES:
+                runs = results[str(n_clients)].setdefault(mode, [])
+                if mode != "host" and n_clients > args.device_limit:
+                    results[str(n_clients)][mode] = {"skipped": f"above --device_limit {args.device_limit}"}
+                    continue
+                runs.append(run(store(args, n_clients), n_clients, mode, args))
+                print(repeat, n_clients, mode, runs[-1], flush=True)
+    for entry in results.values():
         for mode in MODES:
-            if mode != "host" and n_clients > args.device_limit:
-                entry[mode] = {"skipped": f"above --device_limit {args.device_limit}"}
-                continue
-            entry[mode] = run(folder, n_clients, mode, args)
-            print(n_clients, mode, entry[mode], flush=True)
-        results[str(n_clients)] = entry
+            if isinstance(entry.get(mode), list):
+                entry[mode] = summarize(entry[mode])
     payload = {"settings": vars(args), "results": results}
     print(f"wrote {write_result('scale_clients', payload)}")
     plot(results, os.path.join(RESULTS, "scale_clients.png"))

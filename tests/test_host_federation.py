@@ -16,7 +16,9 @@ from fedem_jax.data.store import HostSplit, host_split, on_host, open_store, wri
 from fedem_jax.data.synthetic import generate_synthetic
 from fedem_jax.errors import ConfigError, DataError
 from fedem_jax.execution.cohort import gather_split
-from fedem_jax.execution.host_rounds import eval_clients
+from fedem_jax.algorithms.base import Context
+from fedem_jax.data.federated import ClientSplit
+from fedem_jax.execution.host_rounds import CohortDraw, eval_clients
 
 COHORT_METHODS = [
     m
@@ -93,6 +95,18 @@ def _edit_meta(folder, **changes):
     meta.update(changes)
     with open(path, "w") as f:
         json.dump(meta, f)
+
+
+@pytest.mark.parametrize("n_clients, k", [(1, 1), (7, 3), (1000, 100), (70000, 70)])
+def test_the_host_draw_is_the_masked_rounds_draw(n_clients, k):
+    """The NumPy sorts take the same clients as ``sample_participants`` (rounds past the self-check too)."""
+    ctx = Context(None, None, None, 1, n_clients, k / n_clients, seed=3, data_seed=0, eval_chunk=8)
+    draw = CohortDraw(ctx, k)
+    assert draw.on_host  # this JAX: the fast path is the one checked here
+    split = ClientSplit(None, None, None, None, np.zeros(n_clients, np.int32), np.arange(n_clients, dtype=np.int32))
+    for r in (0, 5, 17):
+        expected = np.flatnonzero(np.asarray(ctx.participants(ctx.round_key(r), split)))
+        np.testing.assert_array_equal(draw(r), expected)
 
 
 def test_eval_clients_are_a_fixed_subset():
