@@ -11,6 +11,7 @@ from helpers import TinyBatchNormModel, tiny_binary_data, tiny_config
 from fedem_jax.algorithms import registry
 from fedem_jax.data.sharding import real_clients, shard_data
 from fedem_jax.training.experiment import build, place_state
+from fedem_jax.training.session import Session
 
 N_CLIENTS = 13
 
@@ -60,6 +61,24 @@ def check(method, one, eight):
         np.testing.assert_allclose(eight[4][key], value, rtol=1e-5, atol=1e-6, err_msg=f"{method} {key}")
 
 
+def host_cohorts(cfg, data, n_devices, rounds=2):
+    """``--federation host`` cohort rounds on ``n_devices``: (pi, test stats) in federation order."""
+    cfg = cfg.replace(cohort=True, federation="host", n_devices=n_devices)
+    session = Session(cfg, data, model=TinyBatchNormModel() if cfg.method == "FedBN" else None)
+    for _ in range(rounds):
+        session.step()
+    session.evaluate()
+    assert session.experiment.layout.n_devices == n_devices
+    return session.state.clients.pi, session.final_stats[0][1]
+
+
+def check_host_cohorts(method, masked, host):
+    """The masked rounds on one device == cohort rounds gathered on the host and sharded."""
+    chex.assert_trees_all_close(masked[1], host[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(masked[3]["correct"], host[1]["correct"])
+    np.testing.assert_allclose(masked[3]["loss_sum"], host[1]["loss_sum"], rtol=1e-5, atol=1e-6)
+
+
 def main(workdir):
     assert jax.device_count() == 8, jax.devices()
     data = tiny_binary_data(sizes=(7, 3, 12, 5, 9, 2, 6, 11, 4, 8, 3, 10, 5), dim=5)
@@ -72,6 +91,10 @@ def main(workdir):
             assert eight[0].params["Dense_0"]["kernel"].sharding.is_fully_replicated
             chex.assert_trees_all_close(one[0].params, eight[0].params, rtol=1e-5, atol=1e-6)
         print(f"{method}: sharded run matches single-device run", flush=True)
+        caps = registry.get(method).capabilities
+        if caps.cohort and not caps.full_participation:
+            check_host_cohorts(method, one, host_cohorts(cfg, data, 8))
+            print(f"{method}: host cohorts on 8 devices match the masked rounds", flush=True)
         if method == "FedEM":  # DP: clipping in the blocks, one noise draw after the sum
             cfg = cfg.replace(dp_clip=0.05, noise_multiplier=1.0, sampling="poisson")
             one, eight = run(cfg, data, 1), run(cfg, data, 8)

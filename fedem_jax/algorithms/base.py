@@ -35,6 +35,7 @@ from fedem_jax.core.client_update import ClientUpdate
 from fedem_jax.core.privacy import Mechanism, uniform_weights
 from fedem_jax.core.tasks import Task
 from fedem_jax.data.federated import ClientSplit, FederatedData
+from fedem_jax.data.sharding import place
 from fedem_jax.execution.layout import CLIENT_SPEC, REPLICATED, Layout
 from fedem_jax.models import init_stacked_params, torch_default_init
 from fedem_jax.models.pretrained import apply_weights
@@ -88,6 +89,18 @@ def state_specs(state: State):
         for f in dataclasses.fields(state)
     }
     return type(state)(**specs)
+
+
+def place_state(state, layout: Layout):
+    """Lay ``state`` out on the layout's mesh: client fields sharded, the rest replicated."""
+    if layout.mesh is None:
+        return state
+    specs = state_specs(state)
+    fields = {
+        f.name: place(getattr(state, f.name), layout.mesh, getattr(specs, f.name))
+        for f in dataclasses.fields(state)
+    }
+    return type(state)(**fields)
 
 
 class Algorithm(NamedTuple):

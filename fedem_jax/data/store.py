@@ -83,27 +83,41 @@ class HostSplit:
                 raise DataError(f"{self.path}: the file ends before sample {start + len(out)}")
             done += got
 
-    def gather(self, idx: np.ndarray, capacity: int) -> ClientSplit:
+    def gather(self, idx: np.ndarray, capacity: int, n_blocks: int = 1) -> ClientSplit:
         """The clients ``idx`` (ascending) as a flat NumPy split of ``capacity`` samples, laid out as
         :func:`fedem_jax.execution.cohort.gather_split` lays a cohort out (padding last, zeros,
-        ``client_id = K`` there; global ids and the federation's ``max_count`` kept)."""
+        ``client_id = K`` there; global ids and the federation's ``max_count`` kept).
+
+        ``n_blocks > 1``: dealt to that many blocks of ``ceil(K / n_blocks)`` client slots and
+        ``capacity`` samples each, as :func:`fedem_jax.data.sharding.block_split` lays a federation
+        out for a mesh (an empty slot: 0 samples, the global id ``C``, so it never takes part)."""
         idx = np.asarray(idx)
-        counts = self.counts[idx]
-        starts = np.cumsum(counts, dtype=np.int64) - counts
-        if counts.sum() > capacity:
-            raise ValueError(f"{int(counts.sum())} samples do not fit in a capacity of {capacity}")
-        x = aligned_zeros((capacity, *self.x.shape[1:]), self.x.dtype)
-        y = aligned_zeros((capacity, *self.y.shape[1:]), self.y.dtype)
-        client_id = aligned_zeros((capacity,), np.int32)
-        client_id[:] = len(idx)
-        for position, client in enumerate(idx):
-            begin, n = int(starts[position]), int(counts[position])
-            self.read_x(int(self.offsets[client]), x[begin : begin + n])
-            y[begin : begin + n] = self.y[self.offsets[client] : self.offsets[client] + n]
-            client_id[begin : begin + n] = position
+        slots = -(-len(idx) // n_blocks) if n_blocks > 1 else len(idx)
+        x = aligned_zeros((n_blocks * capacity, *self.x.shape[1:]), self.x.dtype)
+        y = aligned_zeros((n_blocks * capacity, *self.y.shape[1:]), self.y.dtype)
+        client_id = aligned_zeros((n_blocks * capacity,), np.int32)
+        client_id[:] = slots
+        counts = np.zeros(n_blocks * slots, np.int32)
+        offsets = np.zeros(n_blocks * slots, np.int32)
+        global_ids = np.full(n_blocks * slots, self.n_clients, np.int32)
+        for block in range(n_blocks):
+            members = idx[block * slots : (block + 1) * slots]
+            block_counts = self.counts[members]
+            if block_counts.sum() > capacity:
+                raise ValueError(f"{int(block_counts.sum())} samples do not fit in a capacity of {capacity}")
+            first, base = block * slots, block * capacity
+            starts = np.cumsum(block_counts, dtype=np.int64) - block_counts
+            counts[first : first + slots] = np.concatenate([block_counts, np.zeros(slots - len(members), np.int32)])
+            offsets[first : first + slots] = np.concatenate([starts, np.full(slots - len(members), block_counts.sum())])
+            global_ids[first : first + len(members)] = self.global_ids[members]
+            for position, client in enumerate(members):
+                begin, n = base + int(starts[position]), int(block_counts[position])
+                self.read_x(int(self.offsets[client]), x[begin : begin + n])
+                y[begin : begin + n] = self.y[self.offsets[client] : self.offsets[client] + n]
+                client_id[begin : begin + n] = position
         return ClientSplit(
-            x=x, y=y, client_id=client_id, offsets=starts.astype(np.int32), counts=counts,
-            global_ids=self.global_ids[idx], max_count=self.max_count,
+            x=x, y=y, client_id=client_id, offsets=offsets, counts=counts, global_ids=global_ids,
+            max_count=self.max_count,
         )  # fmt: skip
 
     def close(self) -> None:

@@ -22,10 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedem_jax.algorithms.base import client_order
+from fedem_jax.algorithms.base import client_order, place_state
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.data.store import HostSplit
+from fedem_jax.data.sharding import place
 from fedem_jax.execution.cohort import client_fields
+from fedem_jax.execution.layout import CLIENT_SPEC, Layout
 
 
 def host_state(state):
@@ -33,14 +35,37 @@ def host_state(state):
     return client_fields(state, lambda a: np.array(a, copy=True))
 
 
-def take_clients(state, idx: np.ndarray):
-    """The clients ``idx`` of a host state, their fields on the device."""
-    return client_fields(state, lambda a: jnp.asarray(a[idx]))
+def chunk_capacity(counts: np.ndarray, chunks: list[np.ndarray], n_blocks: int = 1) -> int:
+    """Samples the largest block of the largest of ``chunks`` (client index arrays) holds, each
+    dealt to ``n_blocks`` blocks (see :meth:`~fedem_jax.data.store.HostSplit.gather`)."""
+    slots = [-(-len(chunk) // n_blocks) for chunk in chunks]
+    return max(int(counts[chunk[b : b + s]].sum()) for chunk, s in zip(chunks, slots) for b in range(0, len(chunk), s))
 
 
-def chunk_capacity(counts: np.ndarray, chunks: list[np.ndarray]) -> int:
-    """Samples the largest of ``chunks`` (client index arrays) holds."""
-    return max(int(counts[chunk].sum()) for chunk in chunks)
+class Placement:
+    """Where a cohort goes: the device, or a mesh's devices (clients in blocks, one per device,
+    as :mod:`fedem_jax.data.sharding` deals a federation; the rest of the state replicated)."""
+
+    def __init__(self, layout: Layout):
+        self.layout, self.n_blocks = layout, layout.n_devices
+
+    def slots(self, k: int) -> int:
+        """Client rows of ``k`` clients once dealt (``k`` on one device)."""
+        return k if self.n_blocks == 1 else -(-k // self.n_blocks) * self.n_blocks
+
+    def clients(self, state, idx: np.ndarray):
+        """The clients ``idx`` of a host state, on the device(s); empty slots repeat the last client
+        (they take no part: their global ids are out of range)."""
+        rows = np.concatenate([idx, np.repeat(idx[-1:], self.slots(len(idx)) - len(idx))])
+        cohort = client_fields(state, lambda a: a[rows])
+        if self.layout.mesh is None:
+            return client_fields(cohort, jnp.asarray)
+        return place_state(cohort, self.layout)
+
+    def split(self, split: ClientSplit) -> ClientSplit:
+        if self.layout.mesh is None:
+            return jax.device_put(split)
+        return place(split, self.layout.mesh, CLIENT_SPEC)
 
 
 class CohortDraw:
@@ -87,9 +112,11 @@ class HostRounds:
 
     ``state``'s client fields are host arrays (:func:`host_state`), updated in place."""
 
-    def __init__(self, algorithm, ctx, train: HostSplit, k: int, capacity: int, n_rounds: int):
-        self.algorithm, self.train, self.k, self.capacity = algorithm, train, k, capacity
-        self.n_rounds = n_rounds  # no round after it is prefetched
+    def __init__(self, algorithm, ctx, train: HostSplit, k: int, n_rounds: int, layout: Layout):
+        self.algorithm, self.train, self.k, self.n_rounds = algorithm, train, k, n_rounds
+        self.place = Placement(layout)
+        slots = -(-k // self.place.n_blocks)  # the K largest clients' samples bound any cohort's
+        self.capacity = int(np.sort(train.counts)[::-1][:slots].sum())
         self.draw = CohortDraw(ctx, k)
         self._round = jax.jit(algorithm.round, donate_argnums=0)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fedem-prefetch")
@@ -102,13 +129,12 @@ class HostRounds:
     def _draw(self, round_index: int):
         """``(clients, their split on the device)`` of round ``round_index``."""
         idx = self.cohort(round_index)
-        return idx, jax.device_put(self.train.gather(idx, self.capacity))
+        return idx, self.place.split(self.train.gather(idx, self.capacity, self.place.n_blocks))
 
     def compile(self, state):
-        """Compile the round for the cohort's shapes (once); returns the compiled round."""
-        idx = np.arange(self.k)
-        shapes = jax.eval_shape(lambda: (take_clients(state, idx), self.train.gather(idx, self.capacity)))
-        self._round = self._round.lower(*shapes).compile()
+        """Compile the round for the cohort's shapes and layout (once); returns the compiled round."""
+        idx, split = self._draw(int(np.asarray(state.round)))
+        self._round = self._round.lower(self.place.clients(state, idx), split).compile()
         return self._round
 
     def __call__(self, state, _train=None):
@@ -119,10 +145,10 @@ class HostRounds:
             idx, split = self._draw(r)
         if r + 1 < self.n_rounds:  # read while this round computes
             self._next = (r + 1, self._pool.submit(self._draw, r + 1))
-        new, metrics = self._round(take_clients(state, idx), split)
-        for name in state.CLIENT_FIELDS:
+        new, metrics = self._round(self.place.clients(state, idx), split)
+        for name in state.CLIENT_FIELDS:  # the cohort's rows come first; empty slots are dropped
             updated = jax.device_get(getattr(new, name))
-            jax.tree.map(lambda store, value: store.__setitem__(idx, value), getattr(state, name), updated)
+            jax.tree.map(lambda store, value: store.__setitem__(idx, value[: len(idx)]), getattr(state, name), updated)
         return new.replace(**{name: getattr(state, name) for name in state.CLIENT_FIELDS}), metrics
 
 
@@ -138,12 +164,15 @@ class HostEvaluation:
     """Per-client statistics of the train and evaluated splits of ``clients``, ``chunk`` clients at
     a time (each chunk gathered from the host; one compiled evaluation for all chunks)."""
 
-    def __init__(self, evaluate_splits, data: FederatedData, other: HostSplit, clients: np.ndarray, chunk: int):
+    def __init__(
+        self, evaluate_splits, data: FederatedData, other: HostSplit, clients: np.ndarray, chunk: int, layout: Layout
+    ):
         self.train, self.other, self.clients = data.train, other, clients
+        self.place = Placement(layout)
         self.chunks = [clients[i : i + chunk] for i in range(0, len(clients), chunk)]
         size = len(self.chunks[0])  # the last chunk repeats its last client: one shape for all
         self.padded = [np.concatenate([c, np.repeat(c[-1:], size - len(c))]) for c in self.chunks]
-        self.capacity = [chunk_capacity(s.counts, self.padded) for s in (self.train, other)]
+        self.capacity = [chunk_capacity(s.counts, self.padded, self.place.n_blocks) for s in (self.train, other)]
         self._evaluate = jax.jit(evaluate_splits)
 
     def view(self, data: FederatedData) -> FederatedData:
@@ -166,8 +195,9 @@ class HostEvaluation:
         """``(train_stats, other_stats)``: dicts of ``[E]`` host arrays, in ``clients`` order."""
         parts = []
         for chunk, idx in zip(self.chunks, self.padded, strict=True):
-            train = jax.device_put(self.train.gather(idx, self.capacity[0]))
-            other = jax.device_put(self.other.gather(idx, self.capacity[1]))
-            stats = jax.device_get(self._evaluate(take_clients(state, idx), train, (train, other)))
+            n_blocks = self.place.n_blocks
+            train = self.place.split(self.train.gather(idx, self.capacity[0], n_blocks))
+            other = self.place.split(self.other.gather(idx, self.capacity[1], n_blocks))
+            stats = jax.device_get(self._evaluate(self.place.clients(state, idx), train, (train, other)))
             parts.append(jax.tree.map(lambda a, n=len(chunk): np.asarray(a)[:n], stats))
         return jax.tree.map(lambda *a: np.concatenate(a), *parts)

@@ -61,8 +61,12 @@ def validate_method(cfg) -> None:
         "--cohort needs --sampling fixed (a cohort has a fixed size K)",
     )
     check(
-        not cfg.training.cohort or (cfg.layout.n_devices <= 1 and not cfg.layout.distributed),
-        "--cohort runs on one device for now: add --n_devices 1",
+        not cfg.training.cohort or cfg.layout.n_devices <= 1 or cfg.training.federation == "host",
+        "--cohort runs on one device (or on several with --federation host): add --n_devices 1",
+    )
+    check(
+        not cfg.training.cohort or not cfg.layout.distributed,
+        "--cohort runs in one process for now (--distributed is not supported)",
     )
     check(
         caps.multi_process or not cfg.layout.distributed,

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import optax
 
-from fedem_jax.algorithms.base import Algorithm, Context, n_sampled_clients, state_specs
+from fedem_jax.algorithms.base import Algorithm, Context, n_sampled_clients, place_state, state_specs
 from fedem_jax.core.client_update import ClientUpdate
 from fedem_jax.core.optim import lr_schedule, make_direction
 from fedem_jax.data import FederatedData
@@ -270,8 +270,8 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1, model=None, runs
         update = update_for_model(cfg, data.task, model, layout, stateful=stateful, batch_size=batch)
     ctx = make_context(cfg, data, model, update, model_name)
     if cfg.training.cohort:  # the round is given its cohort: the draw is made before (with ctx)
-        if n_devices > 1:
-            raise ConfigError("--cohort runs on one device for now: add --n_devices 1")
+        if n_devices > 1 and cfg.training.federation == "device":
+            raise ConfigError("--cohort runs on one device (or on several with --federation host): add --n_devices 1")
         raw = cfg.method_info.factory(dataclasses.replace(ctx, presampled=True), cfg.hyperparams)
         if cfg.training.federation == "device":  # host: the session gathers the cohorts
             raw = on_cohorts(raw, ctx, data)
@@ -293,15 +293,3 @@ def on_cohorts(algorithm: Algorithm, ctx: Context, data: FederatedData) -> Algor
     """``algorithm`` whose rounds compute only the round's ``K`` sampled clients (``--cohort``)."""
     k = n_sampled_clients(ctx.n_clients, ctx.sampling_rate)
     return cohort_rounds(algorithm, ctx, k, cohort_capacity(np.asarray(data.train.counts), k))
-
-
-def place_state(state, layout: Layout):
-    """Lay ``state`` out on the layout's mesh: client fields sharded, the rest replicated."""
-    if layout.mesh is None:
-        return state
-    specs = state_specs(state)
-    fields = {
-        f.name: place(getattr(state, f.name), layout.mesh, getattr(specs, f.name))
-        for f in dataclasses.fields(state)
-    }
-    return type(state)(**fields)

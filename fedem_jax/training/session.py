@@ -41,7 +41,6 @@ from fedem_jax.training.evaluation import (
     to_host_runs,
 )
 from fedem_jax.algorithms.base import n_sampled_clients
-from fedem_jax.execution.cohort import cohort_capacity
 from fedem_jax.training.experiment import Experiment, build, place_state, resolve_devices
 from fedem_jax.training.sweep import build_sweep, summarize_runs
 
@@ -145,12 +144,11 @@ class Session:
     def _build_host(self) -> None:
         """``--federation host``: the cohort rounds and the chunked evaluation over the host data."""
         cfg, data, experiment = self.cfg, self.data, self.experiment
-        k = n_sampled_clients(data.n_clients, cfg.training.sampling_rate)
-        capacity = cohort_capacity(data.train.counts, k)
-        self._host_rounds = HostRounds(experiment.raw, experiment.ctx, data.train, k, capacity, cfg.training.n_rounds)
+        k, layout = n_sampled_clients(data.n_clients, cfg.training.sampling_rate), experiment.layout
+        self._host_rounds = HostRounds(experiment.algorithm, experiment.ctx, data.train, k, cfg.training.n_rounds, layout)
         clients = eval_clients(data.n_clients, cfg.output.eval_clients, cfg.training.seed)
         other = eval_split(cfg, data)[1]
-        self._host_eval = HostEvaluation(experiment.evaluate_splits, data, other, clients, k)
+        self._host_eval = HostEvaluation(experiment.evaluate_splits, data, other, clients, k, layout)
         self._host_eval_data = self._host_eval.view(data)
         subset = f"{len(clients):,} of {data.n_clients:,} clients (fixed at random)"
         self.log(f"federation on the host: {k} clients a round; evaluation on {subset if len(clients) < data.n_clients else 'every client'}")
