@@ -41,7 +41,9 @@ def write_femnist_shaped(folder: str, n_writers: int, seed: int = 0) -> str:
         "train": (int((sizes - n_test).sum()), (28, 28, 1), np.float32, np.int32),
         "test": (int(n_test.sum()), (28, 28, 1), np.float32, np.int32),
     }
-    writer = StoreWriter(folder, "femnist_shaped", Task(num_classes=CLASSES), n_writers, samples, "femnist_cnn")
+    writer = StoreWriter(
+        folder, "femnist_shaped", Task(num_classes=CLASSES), n_writers, samples, "femnist_cnn"
+    )
     for size, tests in zip(sizes, n_test, strict=True):
         labels = rng.integers(0, CLASSES, size).astype(np.int32)
         images = templates[labels] + rng.normal(0.0, 1.0, (size, 28, 28, 1)).astype(np.float32)
@@ -78,7 +80,9 @@ def main():
         if code == 0:
             with open(os.path.join(workdir, "summary.json")) as f:
                 summary = json.load(f)
-            entry.update(seconds_per_round=summary["seconds_per_round"], compile_seconds=summary["compile_seconds"])
+            entry.update(
+                seconds_per_round=summary["seconds_per_round"], compile_seconds=summary["compile_seconds"]
+            )
         results[name] = entry
         print(name, entry, flush=True)
     print(f"wrote {write_result('femnist_shaped', {'settings': vars(args), 'results': results})}")

@@ -133,16 +133,22 @@ def main():
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--k", type=int, default=100, help="clients a round")
     parser.add_argument("--rounds", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each setting (the median is reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each setting (the median is reported)"
+    )
     parser.add_argument("--eval_clients", type=int, default=1000)
     parser.add_argument("--n_test_per_client", type=int, default=50)
     parser.add_argument("--client_momentum", default="fresh")
-    parser.add_argument("--device_limit", type=int, default=10000, help="largest federation run on the device")
+    parser.add_argument(
+        "--device_limit", type=int, default=10000, help="largest federation run on the device"
+    )
     parser.add_argument("--stores", default="/tmp/fedem_jax_scale", help="where stores and runs are written")
     args = parser.parse_args()
     os.makedirs(args.stores, exist_ok=True)
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    results = {str(n): {"store_seconds": build_store(store(args, n), n, args.n_test_per_client)} for n in sizes}
+    results = {
+        str(n): {"store_seconds": build_store(store(args, n), n, args.n_test_per_client)} for n in sizes
+    }
     for repeat in range(args.repeats):  # repeats outermost: drifts of a shared machine hit every mode alike
         for n_clients in sizes:
             for mode in MODES:

@@ -37,14 +37,17 @@ def main():
     build_store(folder, args.clients, 50)
     command = [
         sys.executable, "-m", "fedem_jax.main", "--dataset", "store", "--data_path", folder, "--lr", "0.1",
-        "--federation", "host", "--cohort", "--sampling_rate", str(100 / args.clients), "--eval_clients", "500",
+        "--federation", "host", "--cohort", "--sampling_rate", str(100 / args.clients),
+        "--eval_clients", "500",
         "--n_rounds", str(args.rounds), "--log_freq", "5", "--checkpoint_every", "5", "--quiet",
         "--plots", "false", "--tensorboard", "false", "--overwrite",
     ]  # fmt: skip
     straight, killed = (os.path.join(args.stores, name) for name in ("resume_straight", "resume_killed"))
     subprocess.run([*command, "--workdir", straight], check=True, capture_output=True)
     subprocess.run(["rm", "-rf", killed], check=True)
-    child = subprocess.Popen([*command, "--workdir", killed], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        [*command, "--workdir", killed], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     checkpoint = os.path.join(killed, "checkpoints", str(args.kill_after))
     while not os.path.exists(checkpoint) and child.poll() is None:
         time.sleep(0.05)
@@ -57,7 +60,9 @@ def main():
     same_rows = rows(killed) == rows(straight)
     with open(os.path.join(killed, "clients.csv")) as a, open(os.path.join(straight, "clients.csv")) as b:
         same_clients = a.read() == b.read()
-    print(f"resumed: {len(rows(killed))} rows, identical rows {same_rows}, identical clients.csv {same_clients}")
+    print(
+        f"resumed: {len(rows(killed))} rows, identical rows {same_rows}, identical clients.csv {same_clients}"
+    )
     sys.exit(0 if same_rows and same_clients else 1)
 
 

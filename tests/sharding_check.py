@@ -9,8 +9,9 @@ import numpy as np
 from helpers import TinyBatchNormModel, tiny_binary_data, tiny_config
 
 from fedem_jax.algorithms import registry
+from fedem_jax.algorithms.base import place_state
 from fedem_jax.data.sharding import real_clients, shard_data
-from fedem_jax.training.experiment import build, place_state
+from fedem_jax.training.experiment import build
 from fedem_jax.training.session import Session
 
 N_CLIENTS = 13

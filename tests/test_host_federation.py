@@ -12,12 +12,19 @@ from helpers import tiny_binary_data, tiny_config
 
 import fedem_jax
 from fedem_jax.algorithms import registry
-from fedem_jax.data.store import HostSplit, host_split, on_host, open_store, write_store, write_synthetic_store
+from fedem_jax.algorithms.base import Context
+from fedem_jax.data.federated import ClientSplit
+from fedem_jax.data.store import (
+    HostSplit,
+    host_split,
+    on_host,
+    open_store,
+    write_store,
+    write_synthetic_store,
+)
 from fedem_jax.data.synthetic import generate_synthetic
 from fedem_jax.errors import ConfigError, DataError
 from fedem_jax.execution.cohort import gather_split
-from fedem_jax.algorithms.base import Context
-from fedem_jax.data.federated import ClientSplit
 from fedem_jax.execution.host_rounds import CohortDraw, eval_clients
 
 COHORT_METHODS = [
@@ -36,7 +43,9 @@ def test_a_written_store_reads_back_the_federation_exactly(tmp_path):
         assert isinstance(mine, HostSplit)
         whole = mine.gather(np.arange(3), mine.n_samples)
         for field in ("x", "y", "client_id", "offsets", "counts", "global_ids"):
-            np.testing.assert_array_equal(getattr(whole, field), np.asarray(getattr(theirs, field)), err_msg=field)
+            np.testing.assert_array_equal(
+                getattr(whole, field), np.asarray(getattr(theirs, field)), err_msg=field
+            )
     assert not os.path.exists(str(tmp_path / "tiny") + ".partial")
     with pytest.raises(DataError, match="exists"):
         write_store(data, str(tmp_path / "tiny"))
@@ -74,7 +83,10 @@ def test_a_cohort_gathered_on_the_host_is_the_device_cohort():
     "damage, message",
     [
         (lambda f: os.remove(os.path.join(f, "federation.json")), "not a fedem_jax store"),
-        (lambda f: np.save(os.path.join(f, "train_counts.npy"), np.array([1, 2, 3], np.int32)), "inconsistent"),
+        (
+            lambda f: np.save(os.path.join(f, "train_counts.npy"), np.array([1, 2, 3], np.int32)),
+            "inconsistent",
+        ),
         (lambda f: open(os.path.join(f, "test_y.npy"), "wb").close(), "cannot read the test split"),
         (lambda f: _edit_meta(f, format="other/1"), "not a fedem_jax.store/1 store"),
         (lambda f: _edit_meta(f, model="resnet999"), "unknown model 'resnet999'"),
@@ -103,7 +115,9 @@ def test_the_host_draw_is_the_masked_rounds_draw(n_clients, k):
     ctx = Context(None, None, None, 1, n_clients, k / n_clients, seed=3, data_seed=0, eval_chunk=8)
     draw = CohortDraw(ctx, k)
     assert draw.on_host  # this JAX: the fast path is the one checked here
-    split = ClientSplit(None, None, None, None, np.zeros(n_clients, np.int32), np.arange(n_clients, dtype=np.int32))
+    split = ClientSplit(
+        None, None, None, None, np.zeros(n_clients, np.int32), np.arange(n_clients, dtype=np.int32)
+    )
     for r in (0, 5, 17):
         expected = np.flatnonzero(np.asarray(ctx.participants(ctx.round_key(r), split)))
         np.testing.assert_array_equal(draw(r), expected)
@@ -114,7 +128,9 @@ def test_eval_clients_are_a_fixed_subset():
     assert np.array_equal(eval_clients(10, 10, 1), np.arange(10))
     subset = eval_clients(1000, 50, 1)
     assert len(np.unique(subset)) == 50 and np.all(np.diff(subset) > 0)
-    assert np.array_equal(subset, eval_clients(1000, 50, 1)) and not np.array_equal(subset, eval_clients(1000, 50, 2))
+    assert np.array_equal(subset, eval_clients(1000, 50, 1)) and not np.array_equal(
+        subset, eval_clients(1000, 50, 2)
+    )
 
 
 # ------------------------------------------------------------------------------ host rounds
@@ -136,7 +152,11 @@ def test_host_rounds_equal_device_cohort_rounds(tmp_path, method):
     data = tiny_binary_data(sizes=(9, 14, 6, 11, 3, 8, 12), dim=5)
     device = _session(tmp_path, method, data)
     host = _session(tmp_path, method, data, federation="host")
-    assert all(isinstance(a, np.ndarray) for name in host.state.CLIENT_FIELDS for a in jax.tree.leaves(getattr(host.state, name)))
+    assert all(
+        isinstance(a, np.ndarray)
+        for name in host.state.CLIENT_FIELDS
+        for a in jax.tree.leaves(getattr(host.state, name))
+    )
     chex.assert_trees_all_equal(jax.device_get(device.state), jax.device_get(host.state))
     drop = ("seconds_per_round", "eval_seconds")
     assert {k: v for k, v in device.evaluate().items() if k not in drop} == {
@@ -162,11 +182,13 @@ def _clients(workdir):
 
 
 def test_a_store_run_writes_what_the_generated_dataset_writes(tmp_path):
-    """``--dataset store --federation host`` == ``--dataset synthetic`` (device cohort): rows and clients.csv."""
+    """``--dataset store --federation host`` == ``--dataset synthetic`` (device cohort): rows, clients.csv."""
     folder = write_synthetic_store(str(tmp_path / "store"), n_clients=30, dim=8, n_test_per_client=10,
                                    log=lambda *_: None)  # fmt: skip
     fedem_jax.run(fedem_jax.config("synthetic", workdir=str(tmp_path / "device"), **SMALL), log=None)
-    cfg = fedem_jax.config("store", data_path=folder, federation="host", workdir=str(tmp_path / "host"), **SMALL)
+    cfg = fedem_jax.config(
+        "store", data_path=folder, federation="host", workdir=str(tmp_path / "host"), **SMALL
+    )
     fedem_jax.run(cfg, log=None)
     assert _rows(tmp_path / "host") == _rows(tmp_path / "device")
     assert _clients(tmp_path / "host") == _clients(tmp_path / "device")
@@ -185,7 +207,9 @@ def test_eval_clients_reports_the_subset_with_their_own_figures(tmp_path):
     assert subset == [full[int(row["client"])] for row in subset]
     ids = [int(row["client"]) for row in subset]
     assert ids == eval_clients(30, 7, every.training.seed).tolist()
-    accuracy = sum(float(r["test_accuracy"]) * int(r["n_test"]) for r in subset) / sum(int(r["n_test"]) for r in subset)
+    accuracy = sum(float(r["test_accuracy"]) * int(r["n_test"]) for r in subset) / sum(
+        int(r["n_test"]) for r in subset
+    )
     assert rows[-1]["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
 
 
@@ -197,8 +221,10 @@ def test_a_host_run_ended_early_resumes_to_the_straight_runs_rows(tmp_path):
             if metrics["round"] == 1:
                 session.end_early()
 
-    cfg = fedem_jax.config("synthetic", federation="host", workdir=str(tmp_path / "early"), checkpoint_every=10,
-                           client_momentum="persistent", **SMALL)  # fmt: skip
+    cfg = fedem_jax.config(
+        "synthetic", federation="host", workdir=str(tmp_path / "early"), checkpoint_every=10,
+        client_momentum="persistent", **SMALL,
+    )  # fmt: skip
     fedem_jax.run(cfg, callbacks=fedem_jax.default_callbacks(cfg) + [EndAfterRound()], log=None)
     assert os.listdir(tmp_path / "early" / "checkpoints") == ["1"]
     fedem_jax.run(cfg, log=None)
@@ -213,7 +239,10 @@ def test_a_host_run_ended_early_resumes_to_the_straight_runs_rows(tmp_path):
         (dict(federation="host"), "--federation host needs --cohort"),
         (dict(eval_clients=5), "--eval_clients needs --federation host"),
         (dict(federation="host", cohort=True, sampling_rate=0.5, seeds=[1, 2]), "one setting at a time"),
-        (dict(federation="host", cohort=True, sampling_rate=0.5, val_frac=0.25), "--val_frac and --test_clients_frac"),
+        (
+            dict(federation="host", cohort=True, sampling_rate=0.5, val_frac=0.25),
+            "--val_frac and --test_clients_frac",
+        ),
         (dict(federation="disk"), "--federation: unknown value 'disk'"),
     ],
 )

@@ -38,7 +38,9 @@ def test_eight_devices_match_one(tmp_path, methods):
     for method in methods:  # issue 25: the cohort on the mesh, the federation on the host
         caps = registry.get(method).capabilities
         if caps.cohort and not caps.full_participation:
-            assert f"{method}: host cohorts on 8 devices match the masked rounds" in result.stdout, result.stdout
+            assert f"{method}: host cohorts on 8 devices match the masked rounds" in result.stdout, (
+                result.stdout
+            )
     assert sorted(sum(GROUPS, [])) == sorted(registry.methods())  # every method, once
 
 

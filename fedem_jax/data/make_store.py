@@ -11,7 +11,9 @@ from fedem_jax.errors import DataError
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Write the paper's synthetic federation as an on-disk store.")
+    parser = argparse.ArgumentParser(
+        description="Write the paper's synthetic federation as an on-disk store."
+    )
     parser.add_argument("folder", help="the store's folder (must not exist)")
     parser.add_argument("--n_clients", type=int, default=300)
     parser.add_argument("--dim", type=int, default=150)

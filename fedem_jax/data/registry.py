@@ -16,7 +16,6 @@ from fedem_jax.core.tasks import Task
 from fedem_jax.data.federated import FederatedData, assemble, train_test_split
 from fedem_jax.data.leaf_source import load_femnist, load_shakespeare
 from fedem_jax.data.npz_source import load_npz
-from fedem_jax.data.store import load_store
 from fedem_jax.data.partition import (
     classes_per_client,
     dirichlet_per_label,
@@ -25,6 +24,7 @@ from fedem_jax.data.partition import (
     pachinko,
     pathological_shards,
 )
+from fedem_jax.data.store import load_store
 from fedem_jax.data.synthetic import generate_synthetic
 from fedem_jax.data.tfds_source import (
     CIFAR10_MEAN,

@@ -107,8 +107,12 @@ class HostSplit:
                 raise ValueError(f"{int(block_counts.sum())} samples do not fit in a capacity of {capacity}")
             first, base = block * slots, block * capacity
             starts = np.cumsum(block_counts, dtype=np.int64) - block_counts
-            counts[first : first + slots] = np.concatenate([block_counts, np.zeros(slots - len(members), np.int32)])
-            offsets[first : first + slots] = np.concatenate([starts, np.full(slots - len(members), block_counts.sum())])
+            counts[first : first + slots] = np.concatenate(
+                [block_counts, np.zeros(slots - len(members), np.int32)]
+            )
+            offsets[first : first + slots] = np.concatenate(
+                [starts, np.full(slots - len(members), block_counts.sum())]
+            )
             global_ids[first : first + len(members)] = self.global_ids[members]
             for position, client in enumerate(members):
                 begin, n = base + int(starts[position]), int(block_counts[position])
@@ -204,7 +208,9 @@ class StoreWriter:
             if self.filled[split] != y_out.shape[0] or len(self.counts[split]) != self.meta["n_clients"]:
                 raise DataError(f"{split}: {self.filled[split]} of {y_out.shape[0]} samples written")
             x_out.close(), y_out.close()
-            np.save(os.path.join(self.partial, f"{split}_counts.npy"), np.asarray(self.counts[split], np.int32))
+            np.save(
+                os.path.join(self.partial, f"{split}_counts.npy"), np.asarray(self.counts[split], np.int32)
+            )
         if true_pi is not None:
             np.save(os.path.join(self.partial, "true_pi.npy"), np.asarray(true_pi, np.float64))
         with open(os.path.join(self.partial, "federation.json"), "w") as f:
@@ -226,7 +232,9 @@ class _NpyAppender:
     def append(self, block: np.ndarray) -> None:
         block = np.ascontiguousarray(block, self.dtype)
         if block.shape[1:] != self.row:
-            raise DataError(f"{self.file.name}: a block of shape {block.shape[1:]} where {self.row} is expected")
+            raise DataError(
+                f"{self.file.name}: a block of shape {block.shape[1:]} where {self.row} is expected"
+            )
         self.file.write(block.tobytes())
 
     def close(self) -> None:
@@ -238,13 +246,18 @@ def _check_disk(folder: str, samples: dict) -> None:
                  for n, shape, xd, yd in samples.values())  # fmt: skip
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise DataError(f"the store needs {needed / 2**30:.1f} GiB but {folder} has {free / 2**30:.1f} GiB free")
+        raise DataError(
+            f"the store needs {needed / 2**30:.1f} GiB but {folder} has {free / 2**30:.1f} GiB free"
+        )
 
 
 def write_store(data: FederatedData, folder: str, model: str = "") -> str:
     """Write the train and test splits of ``data`` (any loaded federation) as a store."""
     train, test = (host_split(s) if isinstance(s, ClientSplit) else s for s in (data.train, data.test))
-    samples = {name: (s.n_samples, s.x.shape[1:], s.x.dtype, s.y.dtype) for name, s in zip(SPLITS, (train, test))}
+    samples = {
+        name: (s.n_samples, s.x.shape[1:], s.x.dtype, s.y.dtype)
+        for name, s in zip(SPLITS, (train, test), strict=True)
+    }
     writer = StoreWriter(folder, data.name, data.task, train.n_clients, samples, model or data.model)
     for name, split in zip(SPLITS, (train, test), strict=True):
         for c in range(split.n_clients):
@@ -268,7 +281,9 @@ def write_synthetic_store(folder: str, n_clients: int, dim=150, n_components=3, 
     }
     writer = StoreWriter(folder, "synthetic", BINARY, n_clients, samples, model="linear")
     every = max(1, n_clients // 10)
-    for t, ((x, y, _), (tx, ty)) in enumerate(synthetic_clients(rng, sizes, pis, thetas, noise_std, n_test_per_client)):
+    for t, ((x, y, _), (tx, ty)) in enumerate(
+        synthetic_clients(rng, sizes, pis, thetas, noise_std, n_test_per_client)
+    ):
         writer.add("train", x, y)
         writer.add("test", tx, ty)
         if (t + 1) % every == 0:
@@ -322,7 +337,8 @@ def _open_split(folder: str, name: str, n_clients: int) -> HostSplit:
     if counts.shape != (n_clients,) or (counts < 0).any() or counts.sum() != len(y) or len(x) != len(y):
         raise DataError(
             f"{folder}: the {name} split is inconsistent ({len(x)} inputs, {len(y)} labels, "
-            f"{counts.sum()} counted over {counts.shape[0] if counts.ndim else 0} clients, {n_clients} expected)"
+            f"{counts.sum()} counted over {counts.shape[0] if counts.ndim else 0} clients, "
+            f"{n_clients} expected)"
         )
     return HostSplit(x=x, y=y, counts=counts, path=x_path)
 

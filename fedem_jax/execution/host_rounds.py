@@ -24,8 +24,8 @@ import numpy as np
 
 from fedem_jax.algorithms.base import client_order, place_state
 from fedem_jax.data.federated import ClientSplit, FederatedData
-from fedem_jax.data.store import HostSplit
 from fedem_jax.data.sharding import place
+from fedem_jax.data.store import HostSplit
 from fedem_jax.execution.cohort import client_fields
 from fedem_jax.execution.layout import CLIENT_SPEC, Layout
 
@@ -39,7 +39,11 @@ def chunk_capacity(counts: np.ndarray, chunks: list[np.ndarray], n_blocks: int =
     """Samples the largest block of the largest of ``chunks`` (client index arrays) holds, each
     dealt to ``n_blocks`` blocks (see :meth:`~fedem_jax.data.store.HostSplit.gather`)."""
     slots = [-(-len(chunk) // n_blocks) for chunk in chunks]
-    return max(int(counts[chunk[b : b + s]].sum()) for chunk, s in zip(chunks, slots) for b in range(0, len(chunk), s))
+    return max(
+        int(counts[chunk[b : b + s]].sum())
+        for chunk, s in zip(chunks, slots, strict=True)
+        for b in range(0, len(chunk), s)
+    )
 
 
 class Placement:
@@ -81,7 +85,11 @@ class CohortDraw:
 
     def __init__(self, ctx, k: int):
         n = ctx.n_clients
-        self.n, self.k, self.n_sorts = n, k, int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))
+        self.n, self.k, self.n_sorts = (
+            n,
+            k,
+            int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max))),
+        )
 
         def sort_bits(r):
             key, bits = jax.random.fold_in(ctx.round_key(r), 0), []
@@ -93,7 +101,8 @@ class CohortDraw:
         self._bits = jax.jit(sort_bits)
         self._jax = jax.jit(lambda r: client_order(ctx.round_key(r), n)[:k])
         self.on_host = all(
-            np.array_equal(self._host_first(r), np.asarray(self._jax(np.int32(r)))) for r in range(self.CHECKED_ROUNDS)
+            np.array_equal(self._host_first(r), np.asarray(self._jax(np.int32(r))))
+            for r in range(self.CHECKED_ROUNDS)
         )
 
     def _host_first(self, round_index: int) -> np.ndarray:
@@ -103,7 +112,9 @@ class CohortDraw:
         return order[: self.k]
 
     def __call__(self, round_index: int) -> np.ndarray:
-        first = self._host_first(round_index) if self.on_host else np.asarray(self._jax(np.int32(round_index)))
+        first = (
+            self._host_first(round_index) if self.on_host else np.asarray(self._jax(np.int32(round_index)))
+        )
         return np.sort(first)
 
 
@@ -148,7 +159,9 @@ class HostRounds:
         new, metrics = self._round(self.place.clients(state, idx), split)
         for name in state.CLIENT_FIELDS:  # the cohort's rows come first; empty slots are dropped
             updated = jax.device_get(getattr(new, name))
-            jax.tree.map(lambda store, value: store.__setitem__(idx, value[: len(idx)]), getattr(state, name), updated)
+            jax.tree.map(
+                lambda store, value: store.__setitem__(idx, value[: len(idx)]), getattr(state, name), updated
+            )
         return new.replace(**{name: getattr(state, name) for name in state.CLIENT_FIELDS}), metrics
 
 
@@ -165,14 +178,22 @@ class HostEvaluation:
     a time (each chunk gathered from the host; one compiled evaluation for all chunks)."""
 
     def __init__(
-        self, evaluate_splits, data: FederatedData, other: HostSplit, clients: np.ndarray, chunk: int, layout: Layout
+        self,
+        evaluate_splits,
+        data: FederatedData,
+        other: HostSplit,
+        clients: np.ndarray,
+        chunk: int,
+        layout: Layout,
     ):
         self.train, self.other, self.clients = data.train, other, clients
         self.place = Placement(layout)
         self.chunks = [clients[i : i + chunk] for i in range(0, len(clients), chunk)]
         size = len(self.chunks[0])  # the last chunk repeats its last client: one shape for all
         self.padded = [np.concatenate([c, np.repeat(c[-1:], size - len(c))]) for c in self.chunks]
-        self.capacity = [chunk_capacity(s.counts, self.padded, self.place.n_blocks) for s in (self.train, other)]
+        self.capacity = [
+            chunk_capacity(s.counts, self.padded, self.place.n_blocks) for s in (self.train, other)
+        ]
         self._evaluate = jax.jit(evaluate_splits)
 
     def view(self, data: FederatedData) -> FederatedData:
@@ -199,5 +220,6 @@ class HostEvaluation:
             train = self.place.split(self.train.gather(idx, self.capacity[0], n_blocks))
             other = self.place.split(self.other.gather(idx, self.capacity[1], n_blocks))
             stats = jax.device_get(self._evaluate(self.place.clients(state, idx), train, (train, other)))
-            parts.append(jax.tree.map(lambda a, n=len(chunk): np.asarray(a)[:n], stats))
+            n_real = len(chunk)
+            parts.append(jax.tree.map(lambda a, n=n_real: np.asarray(a)[:n], stats))
         return jax.tree.map(lambda *a: np.concatenate(a), *parts)

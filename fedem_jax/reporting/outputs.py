@@ -151,7 +151,9 @@ def write_json(workdir: str, name: str, payload: dict) -> None:
         json.dump(payload, f, indent=2)
 
 
-def write_clients_csv(workdir: str, stats: list, pis: list, runs: list[dict] | None = None, clients=None) -> None:
+def write_clients_csv(
+    workdir: str, stats: list, pis: list, runs: list[dict] | None = None, clients=None
+) -> None:
     """One row per client (per run of a sweep, with a ``run`` column first): counts, train/test
     accuracy and its mixture weights ``pi``. ``stats``: per run ``(train, test)`` per-client stats;
     ``clients``: the evaluated clients' indices in the federation (default: all, in order)."""

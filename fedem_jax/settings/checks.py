@@ -190,7 +190,10 @@ def _validate_training(t) -> None:
     _one_of("sampling", t.sampling, SAMPLINGS)
     _one_of("client_momentum", t.client_momentum, CLIENT_MOMENTUM)
     _one_of("federation", t.federation, FEDERATIONS)
-    check(t.federation == "device" or t.cohort, "--federation host needs --cohort (rounds move only their cohort)")
+    check(
+        t.federation == "device" or t.cohort,
+        "--federation host needs --cohort (rounds move only their cohort)",
+    )
 
 
 def _validate_privacy(p, t) -> None:

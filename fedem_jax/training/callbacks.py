@@ -165,7 +165,9 @@ class RunRecord(Callback):
 
     def on_end(self, session, summary) -> None:
         path = session.cfg.output.workdir
-        outputs.write_clients_csv(path, session.final_stats, session.final_pis, session.runs, session.evaluated_clients)
+        outputs.write_clients_csv(
+            path, session.final_stats, session.final_pis, session.runs, session.evaluated_clients
+        )
         outputs.write_json(path, "summary.json", summary)
 
 

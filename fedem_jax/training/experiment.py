@@ -13,12 +13,12 @@ import jax
 import numpy as np
 import optax
 
-from fedem_jax.algorithms.base import Algorithm, Context, n_sampled_clients, place_state, state_specs
+from fedem_jax.algorithms.base import Algorithm, Context, n_sampled_clients, state_specs
 from fedem_jax.core.client_update import ClientUpdate
 from fedem_jax.core.optim import lr_schedule, make_direction
 from fedem_jax.data import FederatedData
 from fedem_jax.data.registry import DATASETS
-from fedem_jax.data.sharding import client_mesh, place
+from fedem_jax.data.sharding import client_mesh
 from fedem_jax.errors import ConfigError
 from fedem_jax.execution import memory
 from fedem_jax.execution.cohort import cohort_capacity, cohort_rounds
@@ -271,7 +271,9 @@ def build(cfg: Config, data: FederatedData, n_devices: int = 1, model=None, runs
     ctx = make_context(cfg, data, model, update, model_name)
     if cfg.training.cohort:  # the round is given its cohort: the draw is made before (with ctx)
         if n_devices > 1 and cfg.training.federation == "device":
-            raise ConfigError("--cohort runs on one device (or on several with --federation host): add --n_devices 1")
+            raise ConfigError(
+                "--cohort runs on one device (or on several with --federation host): add --n_devices 1"
+            )
         raw = cfg.method_info.factory(dataclasses.replace(ctx, presampled=True), cfg.hyperparams)
         if cfg.training.federation == "device":  # host: the session gathers the cohorts
             raw = on_cohorts(raw, ctx, data)

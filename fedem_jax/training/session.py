@@ -20,6 +20,7 @@ import time
 import jax
 import numpy as np
 
+from fedem_jax.algorithms.base import n_sampled_clients, place_state
 from fedem_jax.data import FederatedData, load_dataset
 from fedem_jax.data.sharding import real_clients, shard_data
 from fedem_jax.data.store import HostSplit, on_device, on_host
@@ -40,8 +41,7 @@ from fedem_jax.training.evaluation import (
     take_run,
     to_host_runs,
 )
-from fedem_jax.algorithms.base import n_sampled_clients
-from fedem_jax.training.experiment import Experiment, build, place_state, resolve_devices
+from fedem_jax.training.experiment import Experiment, build, resolve_devices
 from fedem_jax.training.sweep import build_sweep, summarize_runs
 
 
@@ -129,8 +129,6 @@ class Session:
         self.federation = on_host(self.federation) if host else on_device(self.federation)
         experiment, self.data, self._state = build_experiment(self.cfg, self.federation, self.model)
         self.experiment = experiment
-        if host:
-            self._build_host()
         self.privacy = accounting.plan(self.cfg, self.federation.train.counts)
         self.timings["data_seconds"] = time.perf_counter() - self.timings["start"]
         # One jit returning only statistics (a jitted identity on the state would copy it whole).
@@ -139,19 +137,25 @@ class Session:
         unseen = experiment.algorithm.evaluate_unseen
         self._unseen_fn = jax.jit(unseen, static_argnums=3) if unseen is not None else None
         self._describe()
+        if host:
+            self._build_host()
         return self
 
     def _build_host(self) -> None:
         """``--federation host``: the cohort rounds and the chunked evaluation over the host data."""
         cfg, data, experiment = self.cfg, self.data, self.experiment
         k, layout = n_sampled_clients(data.n_clients, cfg.training.sampling_rate), experiment.layout
-        self._host_rounds = HostRounds(experiment.algorithm, experiment.ctx, data.train, k, cfg.training.n_rounds, layout)
+        self._host_rounds = HostRounds(
+            experiment.algorithm, experiment.ctx, data.train, k, cfg.training.n_rounds, layout
+        )
         clients = eval_clients(data.n_clients, cfg.output.eval_clients, cfg.training.seed)
         other = eval_split(cfg, data)[1]
         self._host_eval = HostEvaluation(experiment.evaluate_splits, data, other, clients, k, layout)
         self._host_eval_data = self._host_eval.view(data)
-        subset = f"{len(clients):,} of {data.n_clients:,} clients (fixed at random)"
-        self.log(f"federation on the host: {k} clients a round; evaluation on {subset if len(clients) < data.n_clients else 'every client'}")
+        evaluated = "every client"
+        if len(clients) < data.n_clients:
+            evaluated = f"{len(clients):,} of {data.n_clients:,} clients (fixed at random)"
+        self.log(f"federation on the host: {k} clients a round; evaluation on {evaluated}")
 
     @property
     def evaluated_clients(self) -> np.ndarray | None:
