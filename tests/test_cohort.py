@@ -4,7 +4,7 @@ import chex
 import jax
 import numpy as np
 import pytest
-from helpers import tiny_binary_data, tiny_config
+from helpers import TinyBatchNormModel, tiny_binary_data, tiny_config
 
 import fedem_jax
 from fedem_jax.algorithms import registry
@@ -20,6 +20,8 @@ COHORT_METHODS = [
 
 def _config(tmp_path, method, **changes):
     caps = registry.get(method).capabilities
+    if method in ("FedPer", "FedRep"):  # the linear model's one layer: split inside it
+        changes.setdefault("head", "Dense_0/bias")
     return tiny_config(
         tmp_path, method=method, n_learners=2 if caps.components else 1, momentum=0.9, batch_size=4,
         sampling_rate=0.4, **changes,
@@ -27,7 +29,7 @@ def _config(tmp_path, method, **changes):
 
 
 def _run(cfg, data, n=3):
-    experiment = build(cfg, data)
+    experiment = build(cfg, data, model=TinyBatchNormModel() if cfg.method == "FedBN" else None)
     state, round_fn = experiment.algorithm.init(data), jax.jit(experiment.algorithm.round)
     chosen = []
     for _ in range(n):

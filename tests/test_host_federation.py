@@ -8,7 +8,7 @@ import chex
 import jax
 import numpy as np
 import pytest
-from helpers import tiny_binary_data, tiny_config
+from helpers import TinyBatchNormModel, tiny_binary_data, tiny_config
 
 import fedem_jax
 from fedem_jax.algorithms import registry
@@ -136,11 +136,13 @@ def test_eval_clients_are_a_fixed_subset():
 # ------------------------------------------------------------------------------ host rounds
 def _session(tmp_path, method, data, **changes):
     caps = registry.get(method).capabilities
+    if method in ("FedPer", "FedRep"):  # the linear model's one layer: split inside it
+        changes.setdefault("head", "Dense_0/bias")
     cfg = tiny_config(
         tmp_path, method=method, n_learners=2 if caps.components else 1, momentum=0.9, batch_size=4,
         sampling_rate=0.4, cohort=True, client_chunk=1, **changes,
     )  # fmt: skip
-    session = fedem_jax.Session(cfg, data)
+    session = fedem_jax.Session(cfg, data, model=TinyBatchNormModel() if method == "FedBN" else None)
     for _ in range(3):
         session.step()
     return session

@@ -223,6 +223,16 @@ def client_order(round_key, n_clients: int) -> jax.Array:
     return jax.random.permutation(jax.random.fold_in(round_key, 0), n_clients)
 
 
+def for_participants(participates, new, old):
+    """``new`` for the clients taking part, ``old`` for the others (leaves ``[C, ...]``): an
+    unsampled client's stored state stays as it was, as in a cohort round, which never sees it."""
+
+    def pick(n, o):
+        return jnp.where(participates.reshape(participates.shape + (1,) * (n.ndim - 1)), n, o)
+
+    return jax.tree.map(pick, new, old)
+
+
 def broadcast_to_clients(tree, n_clients: int):
     """A copy of ``tree`` for every client: leaves ``[C, ...]``. Run eagerly it materialises the
     result once; an eager ``jnp.repeat`` holds two copies at its peak (3.2 GB extra for the

@@ -28,6 +28,7 @@ from fedem_jax.algorithms.base import (
     PersonalGlobalState,
     all_finite,
     broadcast_to_clients,
+    for_participants,
     round_metrics,
 )  # fmt: skip
 from fedem_jax.algorithms.common import evaluate_personal, init_with_global
@@ -128,6 +129,7 @@ def make_split_method(ctx: Context, local_mask, representation=False, head_epoch
         key = ctx.round_key(state.round)
         participates = ctx.participants(key, train)
         params, clients = local_training(state, train, jax.random.fold_in(key, 1), participates, mask)
+        params = for_participants(participates, params, state.params)  # the unsampled: as they were
         weights = jnp.where(participates, ctx.aggregation_weights(train), 0.0)
         delta = ctx.layout.client_sum(
             aggregation.weighted_delta_sum(state.global_model, sent(state, params, mask), weights)
@@ -163,7 +165,7 @@ def make_fedrep(ctx: Context, hp: SplitHyperparams) -> Algorithm:
     return make_split_method(ctx, lambda params: head_mask(params, hp.head), True, hp.head_epochs)
 
 
-_CAPS = Capabilities(personal=True, batch_norm=False, dp=True)
+_CAPS = Capabilities(personal=True, batch_norm=False, dp=True, cohort=True)
 METHODS = (
     Method("FedPer", make_fedper, "shared body, personal head trained together (Arivazhagan et al., 2019)",
            SplitHyperparams, _CAPS),
