@@ -17,7 +17,6 @@ from fedem_jax.data.federated import ClientSplit
 from fedem_jax.data.store import (
     HostSplit,
     host_split,
-    on_host,
     open_store,
     write_store,
     write_synthetic_store,
@@ -241,10 +240,6 @@ def test_a_host_run_ended_early_resumes_to_the_straight_runs_rows(tmp_path):
         (dict(federation="host"), "--federation host needs --cohort"),
         (dict(eval_clients=5), "--eval_clients needs --federation host"),
         (dict(federation="host", cohort=True, sampling_rate=0.5, seeds=[1, 2]), "one setting at a time"),
-        (
-            dict(federation="host", cohort=True, sampling_rate=0.5, val_frac=0.25),
-            "--val_frac and --test_clients_frac",
-        ),
         (dict(federation="disk"), "--federation: unknown value 'disk'"),
     ],
 )
@@ -253,7 +248,28 @@ def test_host_settings_it_cannot_run_are_one_line_errors(settings, message):
         fedem_jax.config(**settings)
 
 
-def test_on_host_refuses_what_it_cannot_hold():
-    data, _ = generate_synthetic(n_clients=6, dim=3, n_test_per_client=4, unseen_frac=0.5)
-    with pytest.raises(DataError, match="unseen clients"):
-        on_host(data)
+def test_validation_and_unseen_clients_on_the_host_give_the_device_rows(tmp_path):
+    """``--val_frac --validation --test_clients_frac``: the same rows (val and unseen_test metrics),
+    the data held in memory and written to a store, evaluated a chunk at a time."""
+    settings = dict(SMALL, val_frac=0.25, validation=True, test_clients_frac=0.2, unseen_em_iters=20)
+    device = fedem_jax.config("synthetic", workdir=str(tmp_path / "device"), **settings)
+    fedem_jax.run(device, log=None)
+    host = device.replace(federation="host", workdir=str(tmp_path / "host"))
+    fedem_jax.run(host, log=None)
+    rows = _rows(tmp_path / "device")
+    assert "val_accuracy" in rows[-1] and "unseen_test_accuracy" in rows[-1]
+    assert _rows(tmp_path / "host") == rows
+    data = fedem_jax.load_dataset(device)
+    store = open_store(write_store(data, str(tmp_path / "store")))
+    assert store.n_unseen == data.n_unseen == 6 and store.val.n_samples == data.val.n_samples
+    np.testing.assert_array_equal(store.unseen_test.y, np.asarray(data.unseen_test.y))
+    from_store = host.replace(dataset="store", data_path=str(tmp_path / "store"), workdir=str(tmp_path / "s"))
+    fedem_jax.run(from_store, log=None)
+    assert _rows(tmp_path / "s") == rows
+
+
+def test_a_store_without_the_asked_split_is_refused(tmp_path):
+    folder = write_store(tiny_binary_data(), str(tmp_path / "s"))
+    cfg = fedem_jax.config("store", data_path=folder, val_frac=0.25, workdir=str(tmp_path / "run"))
+    with pytest.raises(DataError, match="splits were fixed when written"):
+        fedem_jax.load_dataset(cfg)

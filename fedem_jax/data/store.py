@@ -6,13 +6,14 @@ in a file: the same flat samples sorted by client, ``counts`` locating each clie
 an evaluation) in the layout the device's cohort rounds use (:mod:`fedem_jax.execution.cohort`).
 
 **On-disk format** (``fedem_jax.store/1``): a folder, written once (``python -m
-fedem_jax.data.store``, or :func:`write_store`), read with ``--dataset store --data_path FOLDER``:
+fedem_jax.data.make_store``, or :func:`write_store`), read with ``--dataset store --data_path FOLDER``:
 
-- ``federation.json``: ``{"format": "fedem_jax.store/1", "name", "n_clients",
-  "task": {"num_classes", "binary", "sequence"}, "splits": ["train", "test"], "model"}``
+- ``federation.json``: ``{"format": "fedem_jax.store/1", "name", "n_clients", "n_unseen",
+  "task": {"num_classes", "binary", "sequence"}, "splits": ["train", "test", ...], "model"}``
   (``model``: the default ``--model``, may be empty);
-- for each split ``S``: ``S_x.npy`` (``[N, ...]``), ``S_y.npy`` (``[N]``), ``S_counts.npy``
-  (``[C]``): plain NumPy ``.npy`` files, samples flat and sorted by client;
+- for each split ``S`` (``train`` and ``test``; ``val``, ``unseen_train``, ``unseen_test`` if
+  written): ``S_x.npy`` (``[N, ...]``), ``S_y.npy`` (``[N]``), ``S_counts.npy`` (``[C]``, the
+  unseen clients' for ``unseen_*``): plain NumPy ``.npy`` files, samples flat and sorted by client;
 - ``true_pi.npy`` (``[C, K]``), optional: the clients' true mixture weights (synthetic data).
 
 Inputs are read with positioned reads (``os.preadv``), not mapped: the process's memory holds
@@ -34,7 +35,8 @@ from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.errors import DataError
 
 FORMAT = "fedem_jax.store/1"
-SPLITS = ("train", "test")
+SPLITS = ("train", "test")  # every store has them
+OPTIONAL_SPLITS = ("val", "unseen_train", "unseen_test")  # a validation split, clients held out
 
 
 @dataclasses.dataclass(eq=False)
@@ -151,19 +153,18 @@ def device_split(split: HostSplit) -> ClientSplit:
 
 
 def on_host(data: FederatedData) -> FederatedData:
-    """``data`` with its train and test splits on the host (``--federation host``)."""
-    if data.val is not None or data.n_unseen:
-        raise DataError("--federation host: validation splits and unseen clients are not supported yet")
-    if isinstance(data.train, HostSplit):
-        return data
-    return dataclasses.replace(data, train=host_split(data.train), test=host_split(data.test))
+    """``data`` with every split on the host (``--federation host``)."""
+    return _every_split(data, lambda s: host_split(s) if isinstance(s, ClientSplit) else s)
 
 
 def on_device(data: FederatedData) -> FederatedData:
     """``data`` with every split a device :class:`ClientSplit` (a store read whole)."""
-    if not isinstance(data.train, HostSplit):
-        return data
-    return dataclasses.replace(data, train=device_split(data.train), test=device_split(data.test))
+    return _every_split(data, lambda s: device_split(s) if isinstance(s, HostSplit) else s)
+
+
+def _every_split(data: FederatedData, convert) -> FederatedData:
+    names = SPLITS + OPTIONAL_SPLITS
+    return dataclasses.replace(data, **{n: convert(getattr(data, n)) for n in names if getattr(data, n) is not None})
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -173,7 +174,9 @@ class StoreWriter:
     ``samples``: per split, ``(n_samples, x_shape_of_one_sample, x_dtype, y_dtype)``; ``model``:
     the model to train on it when ``--model`` is not given (default: by the inputs' shape)."""
 
-    def __init__(self, folder: str, name: str, task: Task, n_clients: int, samples: dict, model: str = ""):
+    def __init__(
+        self, folder: str, name: str, task: Task, n_clients: int, samples: dict, model: str = "", n_unseen: int = 0
+    ):
         self.folder, self.partial = os.path.abspath(folder), os.path.abspath(folder) + ".partial"
         if os.path.exists(self.folder):
             raise DataError(f"{self.folder} exists: remove it or choose another folder")
@@ -182,6 +185,7 @@ class StoreWriter:
         _check_disk(self.partial, samples)
         self.meta = {
             "format": FORMAT, "name": name, "n_clients": n_clients, "splits": list(samples), "model": model,
+            "n_unseen": n_unseen,
             "task": {"num_classes": task.num_classes, "binary": task.binary, "sequence": task.sequence},
         }  # fmt: skip
         self.arrays, self.counts, self.filled = {}, {}, {}
@@ -205,7 +209,8 @@ class StoreWriter:
 
     def finish(self, true_pi: np.ndarray | None = None) -> str:
         for split, (x_out, y_out) in self.arrays.items():
-            if self.filled[split] != y_out.shape[0] or len(self.counts[split]) != self.meta["n_clients"]:
+            clients = self.meta["n_unseen" if split.startswith("unseen") else "n_clients"]
+            if self.filled[split] != y_out.shape[0] or len(self.counts[split]) != clients:
                 raise DataError(f"{split}: {self.filled[split]} of {y_out.shape[0]} samples written")
             x_out.close(), y_out.close()
             np.save(
@@ -252,14 +257,13 @@ def _check_disk(folder: str, samples: dict) -> None:
 
 
 def write_store(data: FederatedData, folder: str, model: str = "") -> str:
-    """Write the train and test splits of ``data`` (any loaded federation) as a store."""
-    train, test = (host_split(s) if isinstance(s, ClientSplit) else s for s in (data.train, data.test))
-    samples = {
-        name: (s.n_samples, s.x.shape[1:], s.x.dtype, s.y.dtype)
-        for name, s in zip(SPLITS, (train, test), strict=True)
-    }
-    writer = StoreWriter(folder, data.name, data.task, train.n_clients, samples, model or data.model)
-    for name, split in zip(SPLITS, (train, test), strict=True):
+    """Write every split of ``data`` (any loaded federation: train, test, and its validation split
+    and unseen clients if it has them) as a store."""
+    splits = {n: getattr(on_host(data), n) for n in SPLITS + OPTIONAL_SPLITS if getattr(data, n) is not None}
+    samples = {n: (s.n_samples, s.x.shape[1:], s.x.dtype, s.y.dtype) for n, s in splits.items()}
+    n_clients = splits["train"].n_clients
+    writer = StoreWriter(folder, data.name, data.task, n_clients, samples, model or data.model, data.n_unseen)
+    for name, split in splits.items():
         for c in range(split.n_clients):
             block = slice(int(split.offsets[c]), int(split.offsets[c] + split.counts[c]))
             writer.add(name, split.x[block], split.y[block])
@@ -307,7 +311,11 @@ def open_store(folder: str) -> FederatedData:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DataError(f"{meta_path}: not a {FORMAT} store")
     try:
-        splits = {name: _open_split(folder, name, meta["n_clients"]) for name in SPLITS}
+        names = list(meta["splits"])
+        if not set(SPLITS) <= set(names) or not set(names) <= set(SPLITS + OPTIONAL_SPLITS):
+            raise DataError(f"{meta_path}: splits {names}: train and test needed, only {SPLITS + OPTIONAL_SPLITS}")
+        clients = {n: meta.get("n_unseen", 0) if n.startswith("unseen") else meta["n_clients"] for n in names}
+        splits = {name: _open_split(folder, name, clients[name]) for name in names}
         task = Task(**meta["task"])
     except (KeyError, TypeError) as err:
         raise DataError(f"{meta_path}: missing or malformed entry {err}") from None
@@ -321,6 +329,7 @@ def open_store(folder: str) -> FederatedData:
     true_pi = np.load(pi_path) if os.path.exists(pi_path) else None
     return FederatedData(
         name=str(meta.get("name", "store")), train=splits["train"], test=splits["test"], task=task,
+        val=splits.get("val"), unseen_train=splits.get("unseen_train"), unseen_test=splits.get("unseen_test"),
         true_pi=true_pi, source=f"store {os.path.abspath(folder)} (read a cohort at a time)",
         model=model,
     )  # fmt: skip
@@ -344,5 +353,11 @@ def _open_split(folder: str, name: str, n_clients: int) -> HostSplit:
 
 
 def load_store(cfg) -> FederatedData:
-    """``--dataset store``: the store at ``--data_path``."""
-    return open_store(cfg.data_path)
+    """``--dataset store``: the store at ``--data_path`` (its splits were fixed when written)."""
+    data = open_store(cfg.data_path)
+    if cfg.val_frac and data.val is None or cfg.test_clients_frac and not data.n_unseen:
+        raise DataError(
+            "--dataset store: its splits were fixed when written; --val_frac and --test_clients_frac take "
+            "effect when writing (fedem_jax.data.store.write_store of data loaded with them)"
+        )
+    return data

@@ -206,11 +206,35 @@ class HostEvaluation:
                                global_ids=np.arange(len(counts), dtype=np.int32))  # fmt: skip
 
         true_pi = None if data.true_pi is None else np.asarray(data.true_pi)[self.clients]
-        return FederatedData(data.name, index(self.train), index(self.other), data.task, true_pi=true_pi)
+        return FederatedData(
+            data.name, index(self.train), index(self.other), data.task, true_pi=true_pi,
+            val=None if data.val is None else index(self.other),  # the evaluated split, test or val
+            unseen_train=data.unseen_train, unseen_test=data.unseen_test,
+        )  # fmt: skip
 
     def state_view(self, state):
         """The evaluated clients' fields of a host state (for their ``pi``)."""
         return client_fields(state, lambda a: a[self.clients])
+
+    def unseen(self, evaluate_unseen, state, train: HostSplit, test: HostSplit, max_iters: int):
+        """``(stats, None)``: clients held out of training (:attr:`Algorithm.evaluate_unseen`:
+        ``pi`` fitted on their train split, evaluated on test), all of them, a chunk at a time on
+        one device; only the shared models of ``state`` are read."""
+        clients = np.arange(train.n_clients)
+        chunk = len(self.chunks[0])
+        chunks = [clients[i : i + chunk] for i in range(0, len(clients), chunk)]
+        padded = [np.concatenate([c, np.repeat(c[-1:], chunk - len(c))]) for c in chunks]
+        capacity = [chunk_capacity(s.counts, padded) for s in (train, test)]
+        shared = client_fields(state, lambda a: jnp.asarray(a[:1]))  # the client fields: not read
+        parts = []
+        for real, idx in zip(chunks, padded, strict=True):
+            stats, _ = evaluate_unseen(
+                shared, jax.device_put(train.gather(idx, capacity[0])),
+                jax.device_put(test.gather(idx, capacity[1])), max_iters,
+            )  # fmt: skip
+            n_real = len(real)
+            parts.append(jax.tree.map(lambda a, n=n_real: np.asarray(a)[:n], stats))
+        return jax.tree.map(lambda *a: np.concatenate(a), *parts), None
 
     def __call__(self, state, _splits=None):
         """``(train_stats, other_stats)``: dicts of ``[E]`` host arrays, in ``clients`` order."""

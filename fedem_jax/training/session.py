@@ -13,6 +13,7 @@ session driven by hand gives exactly the rows ``run`` writes.
 
 from __future__ import annotations
 
+import functools
 import math
 import signal
 import time
@@ -152,6 +153,8 @@ class Session:
         other = eval_split(cfg, data)[1]
         self._host_eval = HostEvaluation(experiment.evaluate_splits, data, other, clients, k, layout)
         self._host_eval_data = self._host_eval.view(data)
+        if self._unseen_fn is not None:  # held-out clients: in chunks too
+            self._unseen_fn = functools.partial(self._host_eval.unseen, self._unseen_fn)
         evaluated = "every client"
         if len(clients) < data.n_clients:
             evaluated = f"{len(clients):,} of {data.n_clients:,} clients (fixed at random)"
