@@ -164,7 +164,9 @@ def on_device(data: FederatedData) -> FederatedData:
 
 def _every_split(data: FederatedData, convert) -> FederatedData:
     names = SPLITS + OPTIONAL_SPLITS
-    return dataclasses.replace(data, **{n: convert(getattr(data, n)) for n in names if getattr(data, n) is not None})
+    return dataclasses.replace(
+        data, **{n: convert(getattr(data, n)) for n in names if getattr(data, n) is not None}
+    )
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -175,7 +177,14 @@ class StoreWriter:
     the model to train on it when ``--model`` is not given (default: by the inputs' shape)."""
 
     def __init__(
-        self, folder: str, name: str, task: Task, n_clients: int, samples: dict, model: str = "", n_unseen: int = 0
+        self,
+        folder: str,
+        name: str,
+        task: Task,
+        n_clients: int,
+        samples: dict,
+        model: str = "",
+        n_unseen: int = 0,
     ):
         self.folder, self.partial = os.path.abspath(folder), os.path.abspath(folder) + ".partial"
         if os.path.exists(self.folder):
@@ -313,7 +322,9 @@ def open_store(folder: str) -> FederatedData:
     try:
         names = list(meta["splits"])
         if not set(SPLITS) <= set(names) or not set(names) <= set(SPLITS + OPTIONAL_SPLITS):
-            raise DataError(f"{meta_path}: splits {names}: train and test needed, only {SPLITS + OPTIONAL_SPLITS}")
+            raise DataError(
+                f"{meta_path}: splits {names}: train and test needed, only {SPLITS + OPTIONAL_SPLITS}"
+            )
         clients = {n: meta.get("n_unseen", 0) if n.startswith("unseen") else meta["n_clients"] for n in names}
         splits = {name: _open_split(folder, name, clients[name]) for name in names}
         task = Task(**meta["task"])
