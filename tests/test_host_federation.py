@@ -24,7 +24,7 @@ from fedem_jax.data.store import (
 from fedem_jax.data.synthetic import generate_synthetic
 from fedem_jax.errors import ConfigError, DataError
 from fedem_jax.execution.cohort import gather_split
-from fedem_jax.execution.host_rounds import CohortDraw, eval_clients
+from fedem_jax.execution.host_rounds import CohortDraw, eval_clients, first_after_sorts
 
 COHORT_METHODS = [
     m
@@ -120,6 +120,16 @@ def test_the_host_draw_is_the_masked_rounds_draw(n_clients, k):
     for r in (0, 5, 17):
         expected = np.flatnonzero(np.asarray(ctx.participants(ctx.round_key(r), split)))
         np.testing.assert_array_equal(draw(r), expected)
+
+
+def test_the_partial_last_sort_breaks_ties_as_a_stable_sort():
+    rng = np.random.default_rng(0)
+    rounds = rng.integers(0, 6, (2, 500)).astype(np.uint32)  # many equal keys
+    order = np.arange(500)
+    for bits in rounds:
+        order = order[np.argsort(bits, kind="stable")]
+    for k in (1, 37, 499, 500):
+        np.testing.assert_array_equal(first_after_sorts(rounds, 500, k), order[:k])
 
 
 def test_eval_clients_are_a_fixed_subset():

@@ -17,6 +17,8 @@ from fedem_jax.reporting.outputs import TIMING_KEYS
 KILLABLE = [
     "--n_test_per_client",
     "50",
+    "--n_clients",
+    "100",
     "--n_rounds",
     "40",
     "--log_freq",

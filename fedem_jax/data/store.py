@@ -24,9 +24,11 @@ only the clients being read, whatever the federation's size. A folder is written
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -102,6 +104,7 @@ class HostSplit:
         counts = np.zeros(n_blocks * slots, np.int32)
         offsets = np.zeros(n_blocks * slots, np.int32)
         global_ids = np.full(n_blocks * slots, self.n_clients, np.int32)
+        reads = []  # (first sample, where it goes): done at once below
         for block in range(n_blocks):
             members = idx[block * slots : (block + 1) * slots]
             block_counts = self.counts[members]
@@ -118,9 +121,14 @@ class HostSplit:
             global_ids[first : first + len(members)] = self.global_ids[members]
             for position, client in enumerate(members):
                 begin, n = base + int(starts[position]), int(block_counts[position])
-                self.read_x(int(self.offsets[client]), x[begin : begin + n])
+                reads.append((int(self.offsets[client]), x[begin : begin + n]))
                 y[begin : begin + n] = self.y[self.offsets[client] : self.offsets[client] + n]
                 client_id[begin : begin + n] = position
+        if self._fd is not None and len(reads) > 1:  # from a file: several reads in flight (disk queues)
+            list(_readers().map(lambda read: self.read_x(*read), reads))
+        else:
+            for start, out in reads:
+                self.read_x(start, out)
         return ClientSplit(
             x=x, y=y, client_id=client_id, offsets=offsets, counts=counts, global_ids=global_ids,
             max_count=self.max_count,
@@ -130,6 +138,13 @@ class HostSplit:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+@functools.lru_cache(maxsize=1)
+def _readers() -> ThreadPoolExecutor:
+    """Threads for positioned reads: a cohort's clients are read at once (a 100-client cohort of a
+    17 GiB store, not in the page cache: 45 ms one after another, 25 ms eight at a time)."""
+    return ThreadPoolExecutor(8, thread_name_prefix="fedem-store-read")
 
 
 def aligned_zeros(shape: tuple, dtype, alignment: int = 64) -> np.ndarray:

@@ -72,6 +72,20 @@ class Placement:
         return place(split, self.layout.mesh, CLIENT_SPEC)
 
 
+def first_after_sorts(rounds: np.ndarray, n: int, k: int) -> np.ndarray:
+    """The first ``k`` of ``arange(n)`` after stable sorts by each row of ``rounds`` (``[S, n]``
+    keys, by position, as ``lax.sort_key_val`` reads them) in turn. The last sort is needed only
+    for its first ``k``: the ``k`` smallest (key, position) pairs, found by a partition."""
+    order = np.arange(n)
+    for bits in rounds[:-1]:
+        order = order[np.argsort(bits, kind="stable")]
+    if not len(rounds):
+        return order[:k]
+    key = (rounds[-1].astype(np.uint64) << np.uint64(32)) | np.arange(n, dtype=np.uint64)  # ties: by position
+    first = np.argpartition(key, k - 1)[:k] if k < n else np.arange(n)
+    return order[first[np.argsort(key[first])]]
+
+
 class CohortDraw:
     """``round -> the K clients (ascending)`` that fixed-size sampling takes, the first ``K`` of
     :func:`~fedem_jax.algorithms.base.client_order`, computed on the host.
@@ -106,10 +120,7 @@ class CohortDraw:
         )
 
     def _host_first(self, round_index: int) -> np.ndarray:
-        order = np.arange(self.n)
-        for bits in np.asarray(self._bits(np.int32(round_index))):  # bits by position, as lax.sort_key_val
-            order = order[np.argsort(bits, kind="stable")]
-        return order[: self.k]
+        return first_after_sorts(np.asarray(self._bits(np.int32(round_index))), self.n, self.k)
 
     def __call__(self, round_index: int) -> np.ndarray:
         first = (
@@ -121,7 +132,11 @@ class CohortDraw:
 class HostRounds:
     """``(state, _) -> (state, metrics)``: one cohort round of ``algorithm`` over a host federation.
 
-    ``state``'s client fields are host arrays (:func:`host_state`), updated in place."""
+    ``state``'s client fields are host arrays (:func:`host_state`), updated in place. The next
+    ``PREFETCH`` rounds' cohorts are drawn and read on threads meanwhile (their clients do not
+    depend on the state), so reads from a slow disk overlap each other and the computation."""
+
+    PREFETCH = 2
 
     def __init__(self, algorithm, ctx, train: HostSplit, k: int, n_rounds: int, layout: Layout):
         self.algorithm, self.train, self.k, self.n_rounds = algorithm, train, k, n_rounds
@@ -130,8 +145,8 @@ class HostRounds:
         self.capacity = int(np.sort(train.counts)[::-1][:slots].sum())
         self.draw = CohortDraw(ctx, k)
         self._round = jax.jit(algorithm.round, donate_argnums=0)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fedem-prefetch")
-        self._next: tuple[int, object] | None = None  # (round, future of its cohort's split)
+        self._pool = ThreadPoolExecutor(self.PREFETCH, thread_name_prefix="fedem-prefetch")
+        self._ahead: dict[int, object] = {}  # round -> future of its (clients, split)
 
     def cohort(self, round_index: int) -> np.ndarray:
         """The ``K`` clients (ascending) sampled in round ``round_index``."""
@@ -150,12 +165,12 @@ class HostRounds:
 
     def __call__(self, state, _train=None):
         r = int(np.asarray(state.round))
-        if self._next is not None and self._next[0] == r:
-            idx, split = self._next[1].result()
-        else:  # the first round, or after a restore
-            idx, split = self._draw(r)
-        if r + 1 < self.n_rounds:  # read while this round computes
-            self._next = (r + 1, self._pool.submit(self._draw, r + 1))
+        future = self._ahead.pop(r, None)
+        idx, split = future.result() if future is not None else self._draw(r)  # else: first, or restored
+        self._ahead = {a: f for a, f in self._ahead.items() if a > r}
+        for ahead in range(r + 1, min(r + 1 + self.PREFETCH, self.n_rounds)):  # read while rounds compute
+            if ahead not in self._ahead:
+                self._ahead[ahead] = self._pool.submit(self._draw, ahead)
         new, metrics = self._round(self.place.clients(state, idx), split)
         for name in state.CLIENT_FIELDS:  # the cohort's rows come first; empty slots are dropped
             updated = jax.device_get(getattr(new, name))

@@ -95,6 +95,18 @@ def check_state(init, data, n_devices: int = 1, free: int | None = None) -> None
         _refuse("the method's state (models, per-client copies and optimiser slots)", needed, free)
 
 
+def round_bytes(compiled) -> int | None:
+    """Device bytes one compiled round holds at once: its arguments (state and data), temporary
+    buffers and new outputs, less what the outputs reuse; ``None`` where XLA does not say."""
+    analysis = compiled.memory_analysis() if hasattr(compiled, "memory_analysis") else None
+    if analysis is None:
+        return None
+    return int(
+        analysis.argument_size_in_bytes + analysis.temp_size_in_bytes + analysis.output_size_in_bytes
+        - analysis.alias_size_in_bytes
+    )  # fmt: skip
+
+
 def check_compiled(compiled, free: int | None = None) -> None:
     """Refuse a compiled round whose temporary buffers and new outputs cannot fit beside what is
     already allocated (its arguments, the state and data, are in memory already)."""

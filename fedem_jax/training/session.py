@@ -188,6 +188,8 @@ class Session:
             self.timings["compile_seconds"] = time.perf_counter() - t0
             self.log(f"compiled the round in {self.timings['compile_seconds']:.1f}s")
             memory.check_compiled(compiled)  # before the round's buffers are allocated
+            if (device_bytes := memory.round_bytes(compiled)) is not None:
+                self.experiment.info["round_device_bytes"] = device_bytes  # summary.json's layout
         return self
 
     def _describe(self) -> None:
