@@ -99,12 +99,12 @@ def round_bytes(compiled) -> int | None:
     """Device bytes one compiled round holds at once: its arguments (state and data), temporary
     buffers and new outputs, less what the outputs reuse; ``None`` where XLA does not say."""
     analysis = compiled.memory_analysis() if hasattr(compiled, "memory_analysis") else None
-    if analysis is None:
+    fields = ("argument_size_in_bytes", "temp_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes")
+    sizes = [getattr(analysis, field, None) for field in fields]
+    if analysis is None or None in sizes:
         return None
-    return int(
-        analysis.argument_size_in_bytes + analysis.temp_size_in_bytes + analysis.output_size_in_bytes
-        - analysis.alias_size_in_bytes
-    )  # fmt: skip
+    arguments, temp, output, alias = sizes
+    return int(arguments + temp + output - alias)
 
 
 def check_compiled(compiled, free: int | None = None) -> None:

@@ -140,7 +140,12 @@ class CompiledRound:
         analyses = [self.programs[size].memory_analysis() for size in self.groups.sizes]
         if any(a is None for a in analyses):
             return None
-        fields = ("temp_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes")
+        fields = (
+            "argument_size_in_bytes",
+            "temp_size_in_bytes",
+            "output_size_in_bytes",
+            "alias_size_in_bytes",
+        )
         return types.SimpleNamespace(**{f: sum(getattr(a, f) for a in analyses) for f in fields})
 
 
