@@ -1,4 +1,5 @@
-"""Cohort rounds (issue 25, part 1): computing only the sampled clients gives the masked round."""
+"""Cohort rounds (issue 25): computing only the sampled clients gives the masked round, with the
+cohort gathered on the device (``--cohort``) or from the host (``--federation host``)."""
 
 import chex
 import jax
@@ -56,6 +57,24 @@ def test_cohort_rounds_equal_masked_rounds(tmp_path, method, client_chunk):
     tolerance = dict(rtol=0, atol=0) if client_chunk == 1 else dict(rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(masked[0], cohort[0], **tolerance)
     chex.assert_trees_all_close(masked[2], cohort[2], **tolerance)
+    if client_chunk == 1:  # the federation on the host (--federation host): the same, bit for bit
+        host = _host_run(_config(tmp_path, method, client_chunk=1, cohort=True, federation="host"), data)
+        assert all(isinstance(a, np.ndarray) for a in jax.tree.leaves(client_fields_of(host[0])))
+        chex.assert_trees_all_equal(jax.device_get(cohort[0]), jax.device_get(host[0]))
+        chex.assert_trees_all_equal(jax.device_get(cohort[2]), host[1])
+
+
+def client_fields_of(state):
+    return [getattr(state, name) for name in state.CLIENT_FIELDS]
+
+
+def _host_run(cfg, data, n=3):
+    """``(state, test stats)`` of ``n`` rounds with ``--federation host`` (client fields on the host)."""
+    session = fedem_jax.Session(cfg, data, model=TinyBatchNormModel() if cfg.method == "FedBN" else None)
+    for _ in range(n):
+        session.step()
+    session.evaluate()
+    return session.state, session.final_stats[0][1]
 
 
 def _rows(workdir):

@@ -4,11 +4,10 @@ import csv
 import json
 import os
 
-import chex
 import jax
 import numpy as np
 import pytest
-from helpers import TinyBatchNormModel, tiny_binary_data, tiny_config
+from helpers import tiny_binary_data
 
 import fedem_jax
 from fedem_jax.algorithms import registry
@@ -143,38 +142,7 @@ def test_eval_clients_are_a_fixed_subset():
 
 
 # ------------------------------------------------------------------------------ host rounds
-def _session(tmp_path, method, data, **changes):
-    caps = registry.get(method).capabilities
-    if method in ("FedPer", "FedRep"):  # the linear model's one layer: split inside it
-        changes.setdefault("head", "Dense_0/bias")
-    cfg = tiny_config(
-        tmp_path, method=method, n_learners=2 if caps.components else 1, momentum=0.9, batch_size=4,
-        sampling_rate=0.4, cohort=True, client_chunk=1, **changes,
-    )  # fmt: skip
-    session = fedem_jax.Session(cfg, data, model=TinyBatchNormModel() if method == "FedBN" else None)
-    for _ in range(3):
-        session.step()
-    return session
-
-
-@pytest.mark.parametrize("method", COHORT_METHODS)
-def test_host_rounds_equal_device_cohort_rounds(tmp_path, method):
-    """The same 3 rounds bit for bit: the state (client fields from the host) and the evaluation."""
-    data = tiny_binary_data(sizes=(9, 14, 6, 11, 3, 8, 12), dim=5)
-    device = _session(tmp_path, method, data)
-    host = _session(tmp_path, method, data, federation="host")
-    assert all(
-        isinstance(a, np.ndarray)
-        for name in host.state.CLIENT_FIELDS
-        for a in jax.tree.leaves(getattr(host.state, name))
-    )
-    chex.assert_trees_all_equal(jax.device_get(device.state), jax.device_get(host.state))
-    drop = ("seconds_per_round", "eval_seconds")
-    assert {k: v for k, v in device.evaluate().items() if k not in drop} == {
-        k: v for k, v in host.evaluate().items() if k not in drop
-    }
-
-
+# (host rounds == device cohort rounds, every method: tests/test_cohort.py)
 SMALL = dict(
     n_clients=30, dim=8, n_test_per_client=10, n_rounds=4, log_freq=2, sampling_rate=0.2, cohort=True,
     plots=False, quiet=True, tensorboard=False, lr=0.1,

@@ -112,13 +112,17 @@ def test_memory_of_groups_at_once_is_their_sum():
     def analysed(temp):
         return types.SimpleNamespace(
             memory_analysis=lambda: types.SimpleNamespace(
-                temp_size_in_bytes=temp, output_size_in_bytes=10, alias_size_in_bytes=1
+                argument_size_in_bytes=5,
+                temp_size_in_bytes=temp,
+                output_size_in_bytes=10,
+                alias_size_in_bytes=1,
             )
         )
 
     compiled.programs = {1: analysed(100), 2: analysed(1000)}  # groups of 1 and 2 runs
     total = compiled.memory_analysis()
     assert (total.temp_size_in_bytes, total.output_size_in_bytes, total.alias_size_in_bytes) == (1100, 20, 2)
+    assert total.argument_size_in_bytes == 10
 
 
 def test_groups_at_once_share_the_memory_for_runs_per_chunk():
