@@ -5,10 +5,10 @@ and the state's client fields (``pi``, epoch clocks, momentum when kept, control
 personal models) stay in host NumPy arrays. Each round :class:`HostRounds` draws the cohort
 (the same draw as :func:`~fedem_jax.algorithms.base.sample_participants`, fixed-size), gathers its ``K``
 clients' data and state, runs the method's round on them on the device, and writes their new
-state back in place. The next round's data are gathered on a thread while the device computes.
+state back in place. The next two rounds' data are read on threads while the device computes.
 Device memory and compute follow ``K``; host memory follows the state, not the data.
 Results equal the device cohort rounds' (:mod:`fedem_jax.execution.cohort`) bit for bit with
-sequential clients (``tests/test_host_federation.py``).
+sequential clients (``tests/test_cohort.py``).
 
 :class:`HostEvaluation` evaluates all clients (or ``--eval_clients`` of them, a fixed random
 subset) in chunks of clients, so evaluation never holds the federation on the device either.
