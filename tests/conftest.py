@@ -43,6 +43,7 @@ SLOW_FIRST = (
     "test_sharding.py::",
     "test_run_product.py::test_sigkill",
     "test_multiprocess.py::test_distributed_checkpoints_resume",
+    "test_multiprocess.py::test_host_cohorts",
     "test_multiprocess.py::test_two_processes",
     "test_sweep.py::test_training_settings_sweep",
     "test_mobilenet.py::",

@@ -77,6 +77,19 @@ def test_a_cohort_gathered_on_the_host_is_the_device_cohort():
     assert not mine.x[~valid].any()  # padding is zeros
 
 
+def test_a_process_reads_only_the_blocks_it_is_given(tmp_path):
+    """``--distributed``: ``read=`` blocks filled from the file as a full gather fills them, the
+    other blocks' inputs left zero (their labels, ids and counts laid out all the same)."""
+    folder = write_store(tiny_binary_data(sizes=(9, 14, 6, 11, 3, 8, 12), dim=5), str(tmp_path / "s"))
+    train = open_store(folder).train
+    idx, capacity = np.array([0, 2, 3, 5, 6]), 30
+    whole, mine = train.gather(idx, capacity, 3), train.gather(idx, capacity, 3, read={1})
+    np.testing.assert_array_equal(mine.x[capacity : 2 * capacity], whole.x[capacity : 2 * capacity])
+    assert whole.x[:capacity].any() and not mine.x[:capacity].any() and not mine.x[2 * capacity :].any()
+    for field in ("y", "client_id", "offsets", "counts", "global_ids"):
+        np.testing.assert_array_equal(getattr(mine, field), getattr(whole, field), err_msg=field)
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [
@@ -219,6 +232,7 @@ def test_a_host_run_ended_early_resumes_to_the_straight_runs_rows(tmp_path):
         (dict(eval_clients=5), "--eval_clients needs --federation host"),
         (dict(federation="host", cohort=True, sampling_rate=0.5, seeds=[1, 2]), "one setting at a time"),
         (dict(federation="disk"), "--federation: unknown value 'disk'"),
+        (dict(cohort=True, sampling_rate=0.5, distributed=True), "needs --federation host"),
     ],
 )
 def test_host_settings_it_cannot_run_are_one_line_errors(settings, message):

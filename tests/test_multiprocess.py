@@ -1,5 +1,6 @@
 """Two processes on one machine (CPU collectives over localhost), 2 devices each: the same
-federation as one process, only process 0 writes, and a resumed distributed run continues."""
+federation as one process, only process 0 writes, and a resumed distributed run continues; the
+same with the federation on the host (each process reading its blocks of the cohort)."""
 
 import json
 import os
@@ -92,6 +93,20 @@ def test_distributed_checkpoints_resume(tmp_path):
     ]
     assert main(flags) == 0
     _assert_same_rows(_rows(shared), _rows(tmp_path / "one"))
+
+
+def test_host_cohorts_over_two_processes_resume_to_one_process_rows(tmp_path):
+    """``--federation host``: each process reads only its devices' blocks of the cohort; the rows
+    of a distributed run checkpointed after round 2 and resumed to 3 equal one process's."""
+    shared = tmp_path / "shared"
+    host = ["--federation", "host", "--cohort", "--sampling_rate", "0.5", "--lr_scheduler", "constant"]
+    _launch([shared, shared], [*host, "--checkpoint_every", "1"])
+    _launch([shared, shared], [*host, "--checkpoint_every", "1", "--n_rounds", "3"])
+    one = tmp_path / "one"
+    assert main([*FLAGS, *host, "--n_rounds", "3", "--checkpoint_every", "0", "--workdir", str(one)]) == 0
+    _assert_same_rows(_rows(shared), _rows(one))
+    table = [np.loadtxt(w / "clients.csv", delimiter=",", skiprows=1) for w in (shared, one)]
+    np.testing.assert_allclose(table[0], table[1], atol=2e-6)  # ids, counts, accuracies, pi
 
 
 @pytest.mark.parametrize(

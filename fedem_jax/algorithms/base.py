@@ -91,13 +91,16 @@ def state_specs(state: State):
     return type(state)(**specs)
 
 
-def place_state(state, layout: Layout):
-    """Lay ``state`` out on the layout's mesh: client fields sharded, the rest replicated."""
+def place_state(state, layout: Layout, keep: tuple[str, ...] = ()):
+    """Lay ``state`` out on the layout's mesh: client fields sharded, the rest replicated (the
+    fields named in ``keep`` are left as they are)."""
     if layout.mesh is None:
         return state
     specs = state_specs(state)
     fields = {
-        f.name: place(getattr(state, f.name), layout.mesh, getattr(specs, f.name))
+        f.name: getattr(state, f.name)
+        if f.name in keep
+        else place(getattr(state, f.name), layout.mesh, getattr(specs, f.name))
         for f in dataclasses.fields(state)
     }
     return type(state)(**fields)

@@ -87,14 +87,17 @@ class HostSplit:
                 raise DataError(f"{self.path}: the file ends before sample {start + len(out)}")
             done += got
 
-    def gather(self, idx: np.ndarray, capacity: int, n_blocks: int = 1) -> ClientSplit:
+    def gather(self, idx: np.ndarray, capacity: int, n_blocks: int = 1, read=None) -> ClientSplit:
         """The clients ``idx`` (ascending) as a flat NumPy split of ``capacity`` samples, laid out as
         :func:`fedem_jax.execution.cohort.gather_split` lays a cohort out (padding last, zeros,
         ``client_id = K`` there; global ids and the federation's ``max_count`` kept).
 
         ``n_blocks > 1``: dealt to that many blocks of ``ceil(K / n_blocks)`` client slots and
         ``capacity`` samples each, as :func:`fedem_jax.data.sharding.block_split` lays a federation
-        out for a mesh (an empty slot: 0 samples, the global id ``C``, so it never takes part)."""
+        out for a mesh (an empty slot: 0 samples, the global id ``C``, so it never takes part).
+
+        ``read``: the blocks whose inputs are read (default all); the others' stay zero. Several
+        processes each read only their own devices' blocks of a cohort."""
         idx = np.asarray(idx)
         slots = -(-len(idx) // n_blocks) if n_blocks > 1 else len(idx)
         x = aligned_zeros((n_blocks * capacity, *self.x.shape[1:]), self.x.dtype)
@@ -121,7 +124,8 @@ class HostSplit:
             global_ids[first : first + len(members)] = self.global_ids[members]
             for position, client in enumerate(members):
                 begin, n = base + int(starts[position]), int(block_counts[position])
-                reads.append((int(self.offsets[client]), x[begin : begin + n]))
+                if read is None or block in read:
+                    reads.append((int(self.offsets[client]), x[begin : begin + n]))
                 y[begin : begin + n] = self.y[self.offsets[client] : self.offsets[client] + n]
                 client_id[begin : begin + n] = position
         if self._fd is not None and len(reads) > 1:  # from a file: several reads in flight (disk queues)

@@ -27,6 +27,7 @@ from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.data.sharding import place
 from fedem_jax.data.store import HostSplit
 from fedem_jax.execution.cohort import client_fields, cohort_capacity
+from fedem_jax.execution.distributed import to_host
 from fedem_jax.execution.layout import CLIENT_SPEC, Layout
 
 
@@ -48,10 +49,19 @@ def chunk_capacity(counts: np.ndarray, chunks: list[np.ndarray], n_blocks: int =
 
 class Placement:
     """Where a cohort goes: the device, or a mesh's devices (clients in blocks, one per device,
-    as :mod:`fedem_jax.data.sharding` deals a federation; the rest of the state replicated)."""
+    as :mod:`fedem_jax.data.sharding` deals a federation; the rest of the state replicated).
+    With several processes (``--distributed``) each reads and transfers only its devices' blocks."""
 
     def __init__(self, layout: Layout):
         self.layout, self.n_blocks = layout, layout.n_devices
+        self.local_blocks = None  # blocks whose inputs this process reads (None: all)
+        if layout.mesh is not None and jax.process_count() > 1:
+            devices = layout.mesh.devices.flat
+            self.local_blocks = {b for b, d in enumerate(devices) if d.process_index == jax.process_index()}
+
+    def gather(self, split: HostSplit, idx: np.ndarray, capacity: int):
+        """The clients ``idx`` of ``split``, laid out for the device(s) and placed there."""
+        return self.split(split.gather(idx, capacity, self.n_blocks, read=self.local_blocks))
 
     def slots(self, k: int) -> int:
         """Client rows of ``k`` clients once dealt (``k`` on one device)."""
@@ -155,7 +165,7 @@ class HostRounds:
     def _draw(self, round_index: int):
         """``(clients, their split on the device)`` of round ``round_index``."""
         idx = self.cohort(round_index)
-        return idx, self.place.split(self.train.gather(idx, self.capacity, self.place.n_blocks))
+        return idx, self.place.gather(self.train, idx, self.capacity)
 
     def compile(self, state):
         """Compile the round for the cohort's shapes and layout (once); returns the compiled round."""
@@ -173,7 +183,7 @@ class HostRounds:
                 self._ahead[ahead] = self._pool.submit(self._draw, ahead)
         new, metrics = self._round(self.place.clients(state, idx), split)
         for name in state.CLIENT_FIELDS:  # the cohort's rows come first; empty slots are dropped
-            updated = jax.device_get(getattr(new, name))
+            updated = jax.tree.map(to_host, getattr(new, name))  # from every process, if several
             jax.tree.map(
                 lambda store, value: store.__setitem__(idx, value[: len(idx)]), getattr(state, name), updated
             )
@@ -255,10 +265,9 @@ class HostEvaluation:
         """``(train_stats, other_stats)``: dicts of ``[E]`` host arrays, in ``clients`` order."""
         parts = []
         for chunk, idx in zip(self.chunks, self.padded, strict=True):
-            n_blocks = self.place.n_blocks
-            train = self.place.split(self.train.gather(idx, self.capacity[0], n_blocks))
-            other = self.place.split(self.other.gather(idx, self.capacity[1], n_blocks))
-            stats = jax.device_get(self._evaluate(self.place.clients(state, idx), train, (train, other)))
-            n_real = len(chunk)
-            parts.append(jax.tree.map(lambda a, n=n_real: np.asarray(a)[:n], stats))
+            train = self.place.gather(self.train, idx, self.capacity[0])
+            other = self.place.gather(self.other, idx, self.capacity[1])
+            stats = self._evaluate(self.place.clients(state, idx), train, (train, other))
+            n_real = len(chunk)  # from every process, if several
+            parts.append(jax.tree.map(lambda a, n=n_real: to_host(a)[:n], stats))
         return jax.tree.map(lambda *a: np.concatenate(a), *parts)

@@ -65,8 +65,8 @@ def validate_method(cfg) -> None:
         "--cohort runs on one device (or on several with --federation host): add --n_devices 1",
     )
     check(
-        not cfg.training.cohort or not cfg.layout.distributed,
-        "--cohort runs in one process for now (--distributed is not supported)",
+        not cfg.training.cohort or not cfg.layout.distributed or cfg.training.federation == "host",
+        "--cohort over several processes (--distributed) needs --federation host",
     )
     check(
         caps.multi_process or not cfg.layout.distributed,

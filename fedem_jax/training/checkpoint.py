@@ -80,6 +80,8 @@ class Checkpointer:
             doomed = f"{path}.removing"
             try:
                 os.rename(path, doomed)  # atomic: never a half-removed checkpoint under a step's name
+            except FileNotFoundError:  # --distributed: another process removed it
+                continue
             except OSError as err:
                 if step not in self._kept_warned:
                     self._kept_warned.add(step)

@@ -59,7 +59,8 @@ def build_experiment(cfg: Config, data: FederatedData, model=None):
     experiment.info["n_params"] = count_params(shapes["params"])  # one component, BatchNorm stats excluded
     if isinstance(data.train, HostSplit):  # the client fields live on the host
         memory.check_state(experiment.algorithm.init, data, free=memory.host_free_bytes())
-        return experiment, data, host_state(experiment.algorithm.init(data))
+        state = host_state(experiment.algorithm.init(data))  # the shared fields on the mesh, if any
+        return experiment, data, place_state(state, experiment.layout, keep=state.CLIENT_FIELDS)
     memory.check_state(experiment.algorithm.init, data, experiment.info.get("devices", 1))
     if experiment.layout.mesh is not None:
         data = shard_data(data, experiment.layout.mesh)
