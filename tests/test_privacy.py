@@ -328,3 +328,87 @@ def test_a_private_run_ended_early_resumes_to_the_same_rows_and_epsilon(tmp_path
     rows = [{k: v for k, v in r.items() if k not in timing} for r in _written_rows(tmp_path / "early")]
     want = [{k: v for k, v in r.items() if k not in timing} for r in _written_rows(tmp_path / "straight")]
     assert rows == want
+
+
+# ------------------------------------------------------------------------------ adaptive clipping
+def test_the_clip_moves_geometrically_toward_the_quantile():
+    """``C exp(-eta ((count + sigma_b N(0, 1)) / m - gamma))``, the normal drawn from ``key``."""
+    mechanism = _mechanism(quantile=0.6, clip_lr=0.3, count_noise=2.0, expected_cohort=25.0)
+    key = jax.random.PRNGKey(11)
+    normal = float(jax.random.normal(key, ()))
+    want = 0.8 * math.exp(-0.3 * ((17 + 2.0 * normal) / 25.0 - 0.6))
+    assert float(mechanism.next_clip(jnp.float32(0.8), jnp.float32(17), key)) == pytest.approx(want, rel=1e-6)
+
+
+def test_the_update_pays_for_the_count_with_more_noise():
+    """Andrew et al. (2021), Theorem 1: ``z_Delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)``, and the
+    noise added to the sum has that multiplier times this round's clip."""
+    mechanism = _mechanism(noise_multiplier=1.7, sensitivity_weight=0.05, rate=0.25, quantile=0.5,
+                           count_noise=3.0)  # fmt: skip
+    z_update = (1.7**-2 - 6.0**-2) ** -0.5
+    assert mechanism.update_noise_multiplier == pytest.approx(z_update)
+    assert _mechanism(noise_multiplier=1.7).update_noise_multiplier == 1.7  # a fixed clip: z itself
+    zeros = {"a": jnp.zeros((200, 100)), "b": jnp.zeros((5000,))}
+    noisy = mechanism.privatize(zeros, jax.random.PRNGKey(3), jnp.float32(0.4))
+    values = np.concatenate([np.asarray(v).ravel() for v in jax.tree.leaves(noisy)])
+    assert values.std() == pytest.approx(z_update * 0.4 * 0.05 / 0.25, rel=0.03)
+
+
+def _adaptive_round(tmp_path, name, clip):
+    """One FedEM round with the count exact (no noise: z = 0, sigma_b ~ 0): ``(state, metrics)``."""
+    cfg = _synthetic(tmp_path, name, dp_clip=clip, noise_multiplier=0.0, dp_clip_quantile=0.25,
+                     dp_clip_lr=0.5, dp_clip_count_noise=1e-9)  # fmt: skip
+    session = fedem_jax.Session(cfg)
+    metrics = session.step()
+    return session.state, metrics
+
+
+def test_the_round_counts_the_updates_within_the_clip(tmp_path):
+    """All 12 clients' updates within a huge clip: ``b = 1``; none within a tiny one: ``b = 0``.
+    Each round reports the clip it used."""
+    big, metrics = _adaptive_round(tmp_path, "big", 1e6)
+    assert float(big.dp_clip) == pytest.approx(1e6 * math.exp(-0.5 * (1 - 0.25)), rel=1e-5)
+    tiny, _ = _adaptive_round(tmp_path, "tiny", 1e-6)
+    assert float(tiny.dp_clip) == pytest.approx(1e-6 * math.exp(0.5 * 0.25), rel=1e-5)
+    assert metrics["dp_clip"] == pytest.approx(1e6)  # the clip this round used
+
+
+def test_an_adaptive_run_resumes_with_its_clip(tmp_path):
+    """The clip is part of the checkpointed state: resumed rows (clip included) are the straight run's."""
+    from test_api import EndAfterRound, _written_rows
+
+    settings = dict(
+        n_clients=12, dim=10, n_test_per_client=10, n_rounds=3, log_freq=1, plots=False, quiet=True,
+        dp_clip=0.2, noise_multiplier=0.5, sampling="poisson", sampling_rate=0.5, dp_clip_quantile=0.5,
+        dp_clip_count_noise=1.0,
+    )  # fmt: skip
+    cfg = fedem_jax.config("synthetic", workdir=str(tmp_path / "early"), **settings)
+    fedem_jax.run(cfg, callbacks=fedem_jax.default_callbacks(cfg) + [EndAfterRound(1)], log=None)
+    fedem_jax.run(cfg, log=None)
+    fedem_jax.run(cfg.replace(workdir=str(tmp_path / "straight")), log=None)
+    timing = ("seconds_per_round", "eval_seconds")
+    rows = [{k: v for k, v in r.items() if k not in timing} for r in _written_rows(tmp_path / "early")]
+    want = [{k: v for k, v in r.items() if k not in timing} for r in _written_rows(tmp_path / "straight")]
+    assert rows == want and len({r["dp_clip"] for r in rows[1:]}) == 3  # it moved every round
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(dp_clip_quantile=0.5), "DP is off"),
+        (dict(dp_clip=1.0, noise_multiplier=1.0, dp_clip_quantile=1.0), "--dp_clip_quantile must be in"),
+        (dict(dp_clip=1.0, noise_multiplier=1.0, dp_clip_quantile=0.5, dp_per_component=True), "jointly"),
+        (dict(dp_clip=1.0, noise_multiplier=1.0, dp_clip_quantile=0.5, method="FedPer"), "fixed clip"),
+        (dict(dp_clip=1.0, noise_multiplier=1.0, dp_clip_count_noise=0.0), "--dp_clip_count_noise must be"),
+    ],
+)
+def test_bad_adaptive_clipping_settings_are_one_line_errors(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        fedem_jax.config(**settings)
+
+
+def test_a_count_noise_too_small_for_the_noise_multiplier_is_refused(tmp_path):
+    cfg = _synthetic(tmp_path, "small", dp_clip=1.0, noise_multiplier=3.0, dp_clip_quantile=0.5,
+                     sampling="poisson", sampling_rate=0.5, dp_clip_count_noise=1.0)  # fmt: skip
+    with pytest.raises(ConfigError, match="must exceed half the noise multiplier"):
+        accounting.plan(cfg, np.ones(12))

@@ -18,6 +18,7 @@ number of devices. All learners of a client see the same batches.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import ClassVar
 
 import jax
@@ -40,6 +41,22 @@ class ServerOptState(GlobalState):
     server_opt: Params
 
     CLIENT_FIELDS: ClassVar[tuple[str, ...]] = ("clients",)
+
+
+class ClipState(GlobalState):
+    """FedEM state with adaptive DP clipping (``--dp_clip_quantile``): the next round's clip."""
+
+    dp_clip: jax.Array  # scalar float32
+
+
+class ServerOptClipState(ServerOptState):
+    """An adaptive server optimizer and adaptive DP clipping."""
+
+    dp_clip: jax.Array
+
+
+STATES = {(False, False): GlobalState, (True, False): ServerOptState,
+          (False, True): ClipState, (True, True): ServerOptClipState}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,10 +156,17 @@ def make_fedem(ctx: Context, hp: ServerHyperparams) -> Algorithm:
     if adaptive:
         server = server_direction(hp.server_optimizer, hp.server_beta1, hp.server_beta2, hp.server_tau)
 
+    dp = ctx.privacy
+    adaptive_clip = dp is not None and dp.adaptive
+
     def init(data: FederatedData) -> GlobalState:
         params = ctx.init_components(data)
         fields = dict(params=params, clients=ctx.init_clients(data, params), round=jnp.zeros((), jnp.int32))
-        return ServerOptState(**fields, server_opt=server.init(params)) if adaptive else GlobalState(**fields)
+        if adaptive:
+            fields["server_opt"] = server.init(params)
+        if adaptive_clip:
+            fields["dp_clip"] = jnp.asarray(dp.clip, jnp.float32)
+        return STATES[adaptive, adaptive_clip](**fields)
 
     def server_step(state, delta_sum):
         """``theta + lr * Delta`` (avg: FedAvg at lr 1, exactly), or ``+ lr * m / (sqrt(v) + tau)``."""
@@ -151,27 +175,32 @@ def make_fedem(ctx: Context, hp: ServerHyperparams) -> Algorithm:
         step, opt = server.update(delta_sum, state.server_opt)
         return jax.tree.map(lambda p, s: p + hp.lr * s, state.params, step), {"server_opt": opt}
 
-    dp = ctx.privacy
-
     def round_fn(state: GlobalState, train: ClientSplit):
         key = ctx.round_key(state.round)
         participates = ctx.participants(key, train)
         q, pi, nll_sum, n_samples = e_step(ctx, state.params, state.clients.pi, train)
+        clip = state.dp_clip if adaptive_clip else None  # None: the mechanism's fixed clip
         result = ctx.update.train(
             state.clients, train, jax.random.fold_in(key, 1), participates,
             start=state.params, weights=q, agg_weights=ctx.aggregation_weights(train),
-            clip=None if dp is None else dp.clip_update,
+            clip=None if dp is None else functools.partial(dp.clip_update, clip=clip),
         )  # fmt: skip
         delta = ctx.layout.client_sum(result.delta_sum)
         if dp is not None:  # noise from the round's key: the same on every device
-            delta = dp.privatize(delta, jax.random.fold_in(key, 2))
+            delta = dp.privatize(delta, jax.random.fold_in(key, 2), clip)
         params, server_fields = server_step(state, delta)
+        extra = {}
+        if adaptive_clip:  # the noised share of updates within the clip moves it (Andrew et al., 2021)
+            within = participates & (result.delta_sq_norm <= jnp.square(clip))
+            unclipped = ctx.layout.client_sum(jnp.sum(within.astype(jnp.float32)))
+            server_fields["dp_clip"] = dp.next_clip(clip, unclipped, jax.random.fold_in(key, 3))
+            extra["dp_clip"] = clip
         clients = result.client_state(
             state.clients, pi=jnp.where(participates[:, None], pi, state.clients.pi)
         )
         new_state = state.replace(params=params, clients=clients, round=state.round + 1, **server_fields)
         metrics = round_metrics(
-            ctx, participates, finite=all_finite(params), nll_sum=nll_sum, n_samples=n_samples
+            ctx, participates, finite=all_finite(params), nll_sum=nll_sum, n_samples=n_samples, **extra
         )
         return new_state, metrics
 
@@ -202,7 +231,7 @@ def _preset_server(kind: str):
     return factory
 
 
-_SHARED = dict(unseen=True, multi_process=True, dp=True, cohort=True)
+_SHARED = dict(unseen=True, multi_process=True, dp=True, dp_adaptive=True, cohort=True)
 METHODS = (
     Method("FedEM", make_fedem, "mixture of M shared components (Marfoq et al., 2021)", ServerHyperparams,
            Capabilities(components=True, **_SHARED)),

@@ -38,6 +38,8 @@ class Capabilities:
     # User-level DP (--dp_clip) and Poisson sampling: the round sends the server only a clipped,
     # noised weighted sum of client updates (fedem_jax/core/privacy.py). Else, why not (one line).
     dp: bool = False
+    # Adaptive clipping (--dp_clip_quantile): the round keeps the clip in its state and moves it.
+    dp_adaptive: bool = False
     # --cohort: the round only reads and writes the sampled clients' state, and the federation
     # only through n_t / n (execution/cohort.py gathers the sampled clients for it).
     cohort: bool = False

@@ -14,6 +14,15 @@ by at most ``C max_t w_t`` (its sensitivity), so with Poisson sampling each roun
 Gaussian mechanism the accountant composes (:mod:`fedem_jax.training.accounting`). Dividing by
 ``q`` makes the estimator unbiased for the average over all clients. Only what leaves a client is
 protected: FedEM's ``pi`` and E-step stay on the client (Marfoq et al., 2021, section 3.2).
+
+**Adaptive clipping** (Andrew et al., "Differentially Private Learning with Adaptive Clipping",
+NeurIPS 2021, Algorithm 1 with geometric updates): the clip ``C_t`` follows the ``gamma``
+quantile of the clients' update norms. Each sampled client also sends ``b_t = 1[||Delta_t|| <=
+C_t]``; the server forms ``b = (sum b_t + N(0, sigma_b^2)) / m`` (``m`` the expected cohort
+size) and sets ``C_{t+1} = C_t exp(-eta (b - gamma))``. The two releases together are one
+Gaussian mechanism of noise multiplier ``z`` when the update's is ``z_Delta = (z^-2 - (2
+sigma_b)^-2)^(-1/2)`` (their Theorem 1; the count's sensitivity is 1/2 once centred), so the
+accountant is unchanged and the update pays for the count with a little more noise.
 """
 
 from __future__ import annotations
@@ -38,23 +47,47 @@ class Mechanism:
     rate: float  # q: Poisson sampling probability of a client in a round
     per_component: bool = False  # clip each component to C / sqrt(M) instead of all jointly
     weighting: str = "uniform"
+    quantile: float = 0.0  # gamma: adaptive clipping's target quantile of update norms (0: C fixed)
+    clip_lr: float = 0.2  # eta: the clip's geometric step per round
+    count_noise: float = 0.0  # sigma_b: noise on the count of unclipped clients
+    expected_cohort: float = 1.0  # m: clients expected in a round (q N), the count's denominator
 
     @property
-    def noise_std(self) -> float:
-        """Standard deviation of the noise added to the weighted sum: ``z C max_t w_t``."""
-        return self.noise_multiplier * self.clip * self.sensitivity_weight
+    def adaptive(self) -> bool:
+        return self.quantile > 0
 
-    def clip_update(self, start, params):
+    @property
+    def update_noise_multiplier(self) -> float:
+        """``z_Delta``: ``z`` itself with a fixed clip; with adaptive clipping, what is left of
+        ``z`` once the count's noise is paid for (Andrew et al., 2021, Theorem 1)."""
+        if not self.adaptive or self.noise_multiplier == 0:
+            return self.noise_multiplier
+        return (self.noise_multiplier**-2 - (2 * self.count_noise) ** -2) ** -0.5
+
+    def noise_std(self, clip=None):
+        """Standard deviation of the noise added to the weighted sum: ``z_Delta C max_t w_t``
+        (``clip``: this round's ``C``, default the fixed one)."""
+        return self.update_noise_multiplier * (self.clip if clip is None else clip) * self.sensitivity_weight
+
+    def next_clip(self, clip, unclipped, key):
+        """``C_{t+1} = C_t exp(-eta (b - gamma))``, ``b`` the noised fraction of the round's
+        clients whose update was within ``C_t`` (``unclipped``: their number, summed over blocks)."""
+        fraction = (unclipped + self.count_noise * jax.random.normal(key, ())) / self.expected_cohort
+        return clip * jnp.exp(-self.clip_lr * (fraction - self.quantile))
+
+    def clip_update(self, start, params, clip=None):
         """``params`` whose update from ``start`` (leaves ``[M, ...]``) is clipped to norm ``C``
-        (per component to ``C / sqrt(M)``: the joint norm is then at most ``C`` too). An update
-        within the bound is returned as it is, bit for bit."""
+        (``clip``: this round's, default the fixed one; per component to ``C / sqrt(M)``: the
+        joint norm is then at most ``C`` too). An update within the bound is returned as it is,
+        bit for bit."""
+        clip = self.clip if clip is None else clip
         deltas = jax.tree.map(jnp.subtract, params, start)
         squares = [jnp.sum(jnp.square(d).reshape(d.shape[0], -1), axis=1) for d in jax.tree.leaves(deltas)]
         per_component = sum(squares)  # [M]
         if self.per_component:
-            norm, bound = jnp.sqrt(per_component), self.clip / math.sqrt(per_component.shape[0])
+            norm, bound = jnp.sqrt(per_component), clip / math.sqrt(per_component.shape[0])
         else:
-            norm, bound = jnp.sqrt(per_component.sum()), self.clip
+            norm, bound = jnp.sqrt(per_component.sum()), clip
         over = norm > bound
         scale = jnp.where(over, bound / jnp.where(over, norm, 1.0), 1.0)
 
@@ -64,13 +97,14 @@ class Mechanism:
 
         return jax.tree.map(leaf, start, deltas, params)
 
-    def privatize(self, delta_sum, key):
+    def privatize(self, delta_sum, key, clip=None):
         """The estimator above from the clipped weighted sum: Gaussian noise from ``key`` (the
         same on every device: the sum is already all-reduced), then ``/ q``."""
         leaves, treedef = jax.tree.flatten(delta_sum)
         keys = jax.random.split(key, len(leaves))
+        std = self.noise_std(clip)
         noisy = [
-            (d + self.noise_std * jax.random.normal(k, d.shape, d.dtype)) / self.rate
+            (d + std * jax.random.normal(k, d.shape, d.dtype)) / self.rate
             for d, k in zip(leaves, keys, strict=True)
         ]
         return jax.tree.unflatten(treedef, noisy)

@@ -45,6 +45,11 @@ def validate_method(cfg) -> None:
         f"--sampling_rate: {name} needs every client in every round (1.0), got {cfg.training.sampling_rate}",
     )
     check(
+        caps.dp_adaptive or cfg.privacy.dp_clip_quantile == 0,
+        f"--dp_clip_quantile: adaptive clipping is built for FedEM, FedAvg, FedProx, FedAdam and "
+        f"FedYogi; {name} keeps a fixed clip (drop --dp_clip_quantile)",
+    )
+    check(
         caps.dp or cfg.privacy.dp_clip == 0,
         f"--dp_clip: {name} does not support user-level DP: {caps.no_dp_why}",
     )
@@ -194,8 +199,18 @@ def _validate_privacy(p, t) -> None:
     _at_least("dp_clip", p.dp_clip, 0)
     _one_of("dp_weighting", p.dp_weighting, WEIGHTINGS)
     _one_of("dp_accountant", p.dp_accountant, ACCOUNTANTS)
+    _in_range("dp_clip_quantile", p.dp_clip_quantile, 0, 1, True, False)
+    _in_range("dp_clip_lr", p.dp_clip_lr, 0, 10, False, True)
+    check(
+        p.dp_clip_count_noise > 0 or p.dp_clip_count_noise == -1,
+        f"--dp_clip_count_noise must be > 0 (or -1: expected cohort / 20), got {p.dp_clip_count_noise}",
+    )
+    check(
+        p.dp_clip_quantile == 0 or not p.dp_per_component,
+        "--dp_clip_quantile: adaptive clipping bounds all components jointly; drop --dp_per_component",
+    )
     if p.dp_clip == 0:
-        unused = [f"--{n}" for n in ("dp_epsilon", "dp_delta") if getattr(p, n) != 0]
+        unused = [f"--{n}" for n in ("dp_epsilon", "dp_delta", "dp_clip_quantile") if getattr(p, n) != 0]
         unused += ["--noise_multiplier"] if p.noise_multiplier != -1 else []
         check(not unused, f"{', '.join(unused)}: DP is off; give --dp_clip C (> 0) to turn it on")
         return

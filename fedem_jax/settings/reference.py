@@ -114,6 +114,7 @@ _CAPABILITY_WORDS = {
     "plain_sgd": "plain (prox-)SGD locally unless --momentum is given",
     "multi_process": "tested over several processes",
     "dp": "user-level DP (`--dp_clip`) and Poisson sampling",
+    "dp_adaptive": "adaptive DP clipping (`--dp_clip_quantile`)",
     "cohort": "cohort rounds (`--cohort`)",
 }
 

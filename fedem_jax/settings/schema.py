@@ -147,6 +147,13 @@ class PrivacyConfig:
         "uniform", "DP: client weights of the average: uniform (1/N) or samples (n_t/n, sizes public)"
     )
     dp_accountant: str = setting("rdp", "DP: accountant of dp-accounting: rdp or pld")
+    dp_clip_quantile: float = setting(
+        0.0, "DP: adaptive clipping to this quantile of the update norms, e.g. 0.5 (0: --dp_clip fixed)"
+    )
+    dp_clip_lr: float = setting(0.2, "DP adaptive clipping: the clip's geometric step per round (eta)")
+    dp_clip_count_noise: float = setting(
+        -1.0, "DP adaptive clipping: noise std on the count of unclipped clients (-1: expected cohort / 20)"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

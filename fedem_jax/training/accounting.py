@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from fedem_jax.algorithms.base import n_sampled_clients
 from fedem_jax.core.privacy import Mechanism
 from fedem_jax.errors import ConfigError
 
@@ -91,6 +92,12 @@ class PrivacyPlan:
         m = self.mechanism
         how = f"calibrated to epsilon {self.target_epsilon:g}" if self.target_epsilon else "given"
         clip = "per component" if m.per_component else "all components jointly"
+        if m.adaptive:
+            clip += (
+                f"; adaptive from there to the {m.quantile:g} quantile of update norms, step "
+                f"{m.clip_lr:g}, count noise {m.count_noise:.4g}, update noise multiplier "
+                f"{m.update_noise_multiplier:.4g}"
+            )
         return (
             f"DP: clip {m.clip:g} ({clip}), {m.weighting} weights, noise multiplier "
             f"{m.noise_multiplier:.4g} ({how}), Poisson rate {m.rate:g}, delta {self.delta:.3g}, "
@@ -106,6 +113,8 @@ class PrivacyPlan:
         return {
             "dp_noise_multiplier": m.noise_multiplier, "dp_delta": self.delta, "dp_clip": m.clip,
             "dp_rate": m.rate, "dp_accountant": self.accountant, "dp_weighting": m.weighting,
+            **({"dp_clip_quantile": m.quantile, "dp_clip_count_noise": m.count_noise,
+                "dp_update_noise_multiplier": m.update_noise_multiplier} if m.adaptive else {}),
         }  # fmt: skip
 
 
@@ -133,8 +142,18 @@ def plan(cfg, counts) -> PrivacyPlan | None:
     else:
         z = p.noise_multiplier
     weight = 1.0 / n_clients if p.dp_weighting == "uniform" else float(counts.max() / counts.sum())
+    fixed = cfg.training.sampling == "fixed"
+    cohort = n_sampled_clients(n_clients, rate) if fixed else rate * n_clients  # the count's denominator
+    count_noise = cohort / 20 if p.dp_clip_count_noise == -1 else p.dp_clip_count_noise
     mechanism = Mechanism(
         clip=p.dp_clip, noise_multiplier=z, sensitivity_weight=weight, rate=rate,
-        per_component=p.dp_per_component, weighting=p.dp_weighting,
+        per_component=p.dp_per_component, weighting=p.dp_weighting, quantile=p.dp_clip_quantile,
+        clip_lr=p.dp_clip_lr, count_noise=count_noise, expected_cohort=cohort,
     )  # fmt: skip
+    if mechanism.adaptive and 0 < z and 2 * count_noise <= z:
+        raise ConfigError(
+            f"--dp_clip_quantile: the count's noise {count_noise:.4g} must exceed half the noise "
+            f"multiplier ({z:.4g} / 2) to leave noise for the update (Andrew et al., 2021); raise "
+            "--dp_clip_count_noise or the clients per round"
+        )
     return PrivacyPlan(mechanism, delta, p.dp_accountant, p.dp_epsilon)
