@@ -14,6 +14,7 @@ multiplier and the epsilon spent.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -55,7 +56,21 @@ def cell(args, method: str, epsilon: str) -> dict:
         "epsilon_spent": summary.get("epsilon_spent"),
         "noise_multiplier": privacy.get("dp_noise_multiplier"), "delta": privacy.get("dp_delta"),
         "seconds": time.perf_counter() - t0, "runs": summary.get("n_runs", 1),
+        **adaptive_clip(privacy, workdir),
     }  # fmt: skip
+
+
+def adaptive_clip(privacy: dict, workdir: str) -> dict:
+    """With ``--dp_clip_quantile``: the update's noise multiplier and the clip of the last round
+    (mean over the runs), from the last metrics rows."""
+    if "dp_update_noise_multiplier" not in privacy:
+        return {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    last = max(row["round"] for row in rows)
+    clips = [row["dp_clip"] for row in rows if row["round"] == last and "dp_clip" in row]
+    return {"update_noise_multiplier": privacy["dp_update_noise_multiplier"],
+            "final_clip": sum(clips) / len(clips) if clips else None}  # fmt: skip
 
 
 def table(cells: list[dict], epsilons: list[str]) -> list[str]:
@@ -67,6 +82,7 @@ def table(cells: list[dict], epsilons: list[str]) -> list[str]:
         values = [
             f"{100 * row[e]['test_accuracy']:.1f} ± {100 * row[e]['test_accuracy_std']:.1f}"
             + (f" (z {row[e]['noise_multiplier']:.3g})" if row[e]["noise_multiplier"] else "")
+            + (f", C {row[e]['final_clip']:.3g} at the end" if row[e].get("final_clip") else "")
             for e in epsilons
         ]
         lines.append(f"| {method} | " + " | ".join(values) + " |")
