@@ -77,6 +77,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
 def test_extending_a_finished_run_equals_a_longer_run(tmp_path):
     flags = ["--n_test_per_client", "20", "--n_clients", "20", "--lr_scheduler", "constant", "--quiet"]
+    flags += ["--plots", "false", "--tensorboard", "false"]
     short, longer = str(tmp_path / "short"), str(tmp_path / "long")
     assert (
         main([*flags, "--n_rounds", "4", "--checkpoint_every", "2", "--log_freq", "2", "--workdir", short])
@@ -95,6 +96,7 @@ def test_extending_a_finished_run_equals_a_longer_run(tmp_path):
 
 def test_resume_with_a_different_experiment_is_refused(tmp_path, capsys):
     flags = ["--n_test_per_client", "20", "--n_clients", "10", "--n_rounds", "2", "--quiet"]
+    flags += ["--plots", "false"]
     workdir = str(tmp_path / "w")
     assert main([*flags, "--workdir", workdir]) == 0
     capsys.readouterr()

@@ -50,6 +50,7 @@ def test_cli_on_eight_devices(tmp_path):
         workdir = tmp_path / devices
         flags = ["--n_clients", "21", "--dim", "10", "--n_test_per_client", "50", "--n_rounds", "4"]
         flags += ["--log_freq", "2", "--quiet", "--n_devices", devices, "--workdir", str(workdir)]
+        flags += ["--plots", "false", "--tensorboard", "false", "--checkpoint_every", "0"]
         result = subprocess.run(
             [sys.executable, "-m", "fedem_jax.main", *flags],
             env=_env(),
