@@ -354,21 +354,23 @@ def test_the_update_pays_for_the_count_with_more_noise():
     assert values.std() == pytest.approx(z_update * 0.4 * 0.05 / 0.25, rel=0.03)
 
 
-def _adaptive_round(tmp_path, name, clip):
-    """One FedEM round with the count exact (no noise: z = 0, sigma_b ~ 0): ``(state, metrics)``."""
-    cfg = _synthetic(tmp_path, name, dp_clip=clip, noise_multiplier=0.0, dp_clip_quantile=0.25,
-                     dp_clip_lr=0.5, dp_clip_count_noise=1e-9)  # fmt: skip
+def _adaptive_round(tmp_path, name, clip, method):
+    """One round with the count exact (no noise: z = 0, sigma_b ~ 0): ``(state, metrics)``."""
+    adaptive = dict(dp_clip_quantile=0.25, dp_clip_lr=0.5, dp_clip_count_noise=1e-9)
+    cfg = _synthetic(tmp_path, name, dp_clip=clip, noise_multiplier=0.0, method=method, **adaptive,
+                     **SPLIT.get(method, {}))  # fmt: skip
     session = fedem_jax.Session(cfg)
     metrics = session.step()
     return session.state, metrics
 
 
-def test_the_round_counts_the_updates_within_the_clip(tmp_path):
-    """All 12 clients' updates within a huge clip: ``b = 1``; none within a tiny one: ``b = 0``.
-    Each round reports the clip it used."""
-    big, metrics = _adaptive_round(tmp_path, "big", 1e6)
+@pytest.mark.parametrize("method", ["FedEM", "FedRep"])
+def test_the_round_counts_the_updates_within_the_clip(tmp_path, method):
+    """All 12 clients' updates within a huge clip: ``b = 1``; none within a tiny one: ``b = 0``
+    (FedRep: the body's updates). Each round reports the clip it used."""
+    big, metrics = _adaptive_round(tmp_path, "big", 1e6, method)
     assert float(big.dp_clip) == pytest.approx(1e6 * math.exp(-0.5 * (1 - 0.25)), rel=1e-5)
-    tiny, _ = _adaptive_round(tmp_path, "tiny", 1e-6)
+    tiny, _ = _adaptive_round(tmp_path, "tiny", 1e-6, method)
     assert float(tiny.dp_clip) == pytest.approx(1e-6 * math.exp(0.5 * 0.25), rel=1e-5)
     assert metrics["dp_clip"] == pytest.approx(1e6)  # the clip this round used
 
@@ -398,13 +400,27 @@ def test_an_adaptive_run_resumes_with_its_clip(tmp_path):
         (dict(dp_clip_quantile=0.5), "DP is off"),
         (dict(dp_clip=1.0, noise_multiplier=1.0, dp_clip_quantile=1.0), "--dp_clip_quantile must be in"),
         (dict(dp_clip=1.0, noise_multiplier=1.0, dp_clip_quantile=0.5, dp_per_component=True), "jointly"),
-        (dict(dp_clip=1.0, noise_multiplier=1.0, dp_clip_quantile=0.5, method="FedPer"), "fixed clip"),
         (dict(dp_clip=1.0, noise_multiplier=1.0, dp_clip_count_noise=0.0), "--dp_clip_count_noise must be"),
     ],
 )
 def test_bad_adaptive_clipping_settings_are_one_line_errors(settings, message):
     with pytest.raises(ConfigError, match=message):
         fedem_jax.config(**settings)
+
+
+def test_a_method_without_adaptive_clipping_refuses_it_in_one_line():
+    """A method of one's own declaring ``dp`` but not ``dp_adaptive`` keeps a fixed clip."""
+    fedavg = registry.get("FedAvg")
+    fixed = fedem_jax.Method("FixedClipAvg", fedavg.factory, "FedAvg, fixed clip", fedavg.hyperparams,
+                             registry.Capabilities(dp=True))  # fmt: skip
+    fedem_jax.register(fixed)
+    try:
+        with pytest.raises(ConfigError, match="FixedClipAvg keeps a fixed clip"):
+            fedem_jax.config(method="FixedClipAvg", dp_clip=1.0, noise_multiplier=1.0, dp_clip_quantile=0.5)
+        with pytest.raises(ConfigError, match="SCAFFOLD does not support"):  # DP itself first
+            fedem_jax.config(method="SCAFFOLD", dp_clip=1.0, noise_multiplier=1.0, dp_clip_quantile=0.5)
+    finally:
+        fedem_jax.unregister("FixedClipAvg")
 
 
 def test_a_count_noise_too_small_for_the_noise_multiplier_is_refused(tmp_path):

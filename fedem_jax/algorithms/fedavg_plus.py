@@ -40,5 +40,5 @@ def make_fedavg_plus(ctx: Context, hp: FedAvgPlusHyperparams) -> Algorithm:
 
 METHODS = (
     Method("FedAvg+", make_fedavg_plus, "FedAvg, fine-tuned on each client before evaluation",
-           FedAvgPlusHyperparams, Capabilities(personal=True, dp=True, cohort=True)),
+           FedAvgPlusHyperparams, Capabilities(personal=True, dp=True, dp_adaptive=True, cohort=True)),
 )  # fmt: skip

@@ -37,5 +37,5 @@ def make_fedbn(ctx: Context, hp: NoHyperparams) -> Algorithm:
 
 METHODS = (
     Method("FedBN", make_fedbn, "FedAvg with every BatchNorm layer kept local (Li et al., 2021)",
-           NoHyperparams, Capabilities(personal=True, dp=True, cohort=True)),
+           NoHyperparams, Capabilities(personal=True, dp=True, dp_adaptive=True, cohort=True)),
 )  # fmt: skip

@@ -34,8 +34,15 @@ from fedem_jax.algorithms.base import (
 from fedem_jax.algorithms.common import evaluate_personal, init_with_global
 from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
 from fedem_jax.core import aggregation
+from fedem_jax.core.client_update import tree_sq_distance
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.errors import ConfigError, check
+
+
+class SplitClipState(PersonalGlobalState):
+    """A split method's state with adaptive DP clipping (``--dp_clip_quantile``): the next clip."""
+
+    dp_clip: jax.Array  # scalar float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,10 +101,16 @@ def make_split_method(ctx: Context, local_mask, representation=False, head_epoch
             ctx, mask, False, ctx.update.local_epochs
         )
 
+    dp = ctx.privacy
+    adaptive_clip = dp is not None and dp.adaptive
+
     def init(data: FederatedData) -> PersonalGlobalState:
         """Per-client models ``params [C, 1, ...]`` (their head leaves are the clients' own) and the
         global model ``global_model [1, ...]`` (its body leaves are the shared body)."""
         state = init_with_global(ctx, data)
+        if adaptive_clip:
+            fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+            state = SplitClipState(**fields, dp_clip=jnp.asarray(dp.clip, jnp.float32))
         mask = local_mask(state.global_model)  # a bad --head fails here, before compiling
         if representation and not ctx.update.fresh_opt:
             head, body = parts(mask)
@@ -131,23 +144,34 @@ def make_split_method(ctx: Context, local_mask, representation=False, head_epoch
         params, clients = local_training(state, train, jax.random.fold_in(key, 1), participates, mask)
         params = for_participants(participates, params, state.params)  # the unsampled: as they were
         weights = jnp.where(participates, ctx.aggregation_weights(train), 0.0)
-        delta = ctx.layout.client_sum(
-            aggregation.weighted_delta_sum(state.global_model, sent(state, params, mask), weights)
-        )
-        if ctx.privacy is not None:  # noise from the round's key: the same on every device
-            delta = ctx.privacy.privatize(delta, jax.random.fold_in(key, 2))
+        clip = state.dp_clip if adaptive_clip else None  # None: the mechanism's fixed clip
+        bodies, norms_sq = sent(state, params, mask, clip)
+        delta = ctx.layout.client_sum(aggregation.weighted_delta_sum(state.global_model, bodies, weights))
+        if dp is not None:  # noise from the round's key: the same on every device
+            delta = dp.privatize(delta, jax.random.fold_in(key, 2), clip)
         delta = jax.tree.map(lambda d, m: jnp.zeros_like(d) if m else d, delta, mask)  # bodies only
         server = aggregation.apply_delta(state.global_model, delta)
-        new_state = state.replace(params=params, clients=clients, round=state.round + 1, global_model=server)
-        return new_state, round_metrics(ctx, participates, finite=all_finite((server, params)))
+        fields, extra = dict(params=params, clients=clients, round=state.round + 1, global_model=server), {}
+        if adaptive_clip:  # the noised share of body updates within the clip moves it
+            within = participates & (norms_sq <= jnp.square(clip))
+            unclipped = ctx.layout.client_sum(jnp.sum(within.astype(jnp.float32)))
+            fields["dp_clip"] = dp.next_clip(clip, unclipped, jax.random.fold_in(key, 3))
+            extra["dp_clip"] = clip
+        metrics = round_metrics(ctx, participates, finite=all_finite((server, params)), **extra)
+        return state.replace(**fields), metrics
 
-    def sent(state: PersonalGlobalState, params, mask):
-        """What each client sends: its body (under DP, its body's update clipped; the head, kept
-        at the global one's, counts for nothing)."""
-        if ctx.privacy is None:
-            return params
+    def sent(state: PersonalGlobalState, params, mask, clip):
+        """What each client sends: its body (under DP, its body's update clipped to ``clip``; the
+        head, kept at the global one's, counts for nothing), and the squared norms of the body
+        updates before clipping (``None`` without adaptive clipping)."""
+        if dp is None:
+            return params, None
         bodies = merge(params, broadcast_to_clients(state.global_model, params_count(params)), mask)
-        return jax.vmap(ctx.privacy.clip_update, in_axes=(None, 0))(state.global_model, bodies)
+        norms_sq = None
+        if adaptive_clip:
+            norms_sq = jax.vmap(tree_sq_distance, in_axes=(0, None))(bodies, state.global_model)
+        clipped = jax.vmap(lambda b: dp.clip_update(state.global_model, b, clip))(bodies)
+        return clipped, norms_sq
 
     def evaluate(state: PersonalGlobalState, split: ClientSplit):
         mask = local_mask(state.global_model)
@@ -165,7 +189,7 @@ def make_fedrep(ctx: Context, hp: SplitHyperparams) -> Algorithm:
     return make_split_method(ctx, lambda params: head_mask(params, hp.head), True, hp.head_epochs)
 
 
-_CAPS = Capabilities(personal=True, batch_norm=False, dp=True, cohort=True)
+_CAPS = Capabilities(personal=True, batch_norm=False, dp=True, dp_adaptive=True, cohort=True)
 METHODS = (
     Method("FedPer", make_fedper, "shared body, personal head trained together (Arivazhagan et al., 2019)",
            SplitHyperparams, _CAPS),

@@ -45,13 +45,13 @@ def validate_method(cfg) -> None:
         f"--sampling_rate: {name} needs every client in every round (1.0), got {cfg.training.sampling_rate}",
     )
     check(
-        caps.dp_adaptive or cfg.privacy.dp_clip_quantile == 0,
-        f"--dp_clip_quantile: adaptive clipping is built for FedEM, FedAvg, FedProx, FedAdam and "
-        f"FedYogi; {name} keeps a fixed clip (drop --dp_clip_quantile)",
-    )
-    check(
         caps.dp or cfg.privacy.dp_clip == 0,
         f"--dp_clip: {name} does not support user-level DP: {caps.no_dp_why}",
+    )
+    check(
+        caps.dp_adaptive or cfg.privacy.dp_clip_quantile == 0,
+        f"--dp_clip_quantile: {name} keeps a fixed clip (its capabilities lack dp_adaptive); "
+        "drop --dp_clip_quantile",
     )
     check(
         caps.dp or cfg.training.sampling == "fixed",
