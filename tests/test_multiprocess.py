@@ -96,10 +96,17 @@ def test_distributed_checkpoints_resume(tmp_path):
 
 
 def test_host_cohorts_over_two_processes_resume_to_one_process_rows(tmp_path):
-    """``--federation host``: each process reads only its devices' blocks of the cohort; the rows
-    of a distributed run checkpointed after round 2 and resumed to 3 equal one process's."""
+    """``--federation host`` from a store: each process reads only its devices' blocks of the
+    cohort; the rows of a distributed run checkpointed after round 2 and resumed to 3 equal one
+    process's."""
+    import fedem_jax
+    from fedem_jax.data.store import write_store
+
+    data = fedem_jax.load_dataset(fedem_jax.config("synthetic", n_clients=12, n_test_per_client=40))
+    store = write_store(data, str(tmp_path / "store"))
     shared = tmp_path / "shared"
     host = ["--federation", "host", "--cohort", "--sampling_rate", "0.5", "--lr_scheduler", "constant"]
+    host += ["--dataset", "store", "--data_path", store]
     _launch([shared, shared], [*host, "--checkpoint_every", "1"])
     _launch([shared, shared], [*host, "--checkpoint_every", "1", "--n_rounds", "3"])
     one = tmp_path / "one"
