@@ -82,6 +82,26 @@ class PersonalGlobalState(PersonalState):
     global_model: Params
 
 
+class PersonalGlobalClipState(PersonalGlobalState):
+    """A personal-and-global state with adaptive DP clipping (``--dp_clip_quantile``)."""
+
+    dp_clip: jax.Array  # scalar float32: the next round's clip
+
+
+def with_dp_clip(state, clip: float, cls):
+    """``state`` as ``cls`` (its fields and ``dp_clip``): the clip adaptive clipping starts from."""
+    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    return cls(**fields, dp_clip=jnp.asarray(clip, jnp.float32))
+
+
+def next_dp_clip(ctx: Context, clip, participates, norms_sq, key):
+    """Adaptive clipping's step (:meth:`fedem_jax.core.privacy.Mechanism.next_clip`): the clip
+    after a round that used ``clip``, from the sampled clients whose update's squared norm
+    ``norms_sq`` (``[C]``, this block) was within it, counted over every block."""
+    within = participates & (norms_sq <= jnp.square(clip))
+    return ctx.privacy.next_clip(clip, ctx.layout.client_sum(jnp.sum(within.astype(jnp.float32))), key)
+
+
 def state_specs(state: State):
     """The ``PartitionSpec`` prefix tree of ``state``: client fields sharded, the rest replicated."""
     specs = {

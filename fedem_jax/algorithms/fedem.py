@@ -24,7 +24,15 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from fedem_jax.algorithms.base import Algorithm, Context, GlobalState, Params, all_finite, round_metrics
+from fedem_jax.algorithms.base import (
+    Algorithm,
+    Context,
+    GlobalState,
+    Params,
+    all_finite,
+    next_dp_clip,
+    round_metrics,
+)
 from fedem_jax.algorithms.common import shared_sample_losses
 from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
 from fedem_jax.core import mixture
@@ -191,9 +199,8 @@ def make_fedem(ctx: Context, hp: ServerHyperparams) -> Algorithm:
         params, server_fields = server_step(state, delta)
         extra = {}
         if adaptive_clip:  # the noised share of updates within the clip moves it (Andrew et al., 2021)
-            within = participates & (result.delta_sq_norm <= jnp.square(clip))
-            unclipped = ctx.layout.client_sum(jnp.sum(within.astype(jnp.float32)))
-            server_fields["dp_clip"] = dp.next_clip(clip, unclipped, jax.random.fold_in(key, 3))
+            key_clip = jax.random.fold_in(key, 3)
+            server_fields["dp_clip"] = next_dp_clip(ctx, clip, participates, result.delta_sq_norm, key_clip)
             extra["dp_clip"] = clip
         clients = result.client_state(
             state.clients, pi=jnp.where(participates[:, None], pi, state.clients.pi)

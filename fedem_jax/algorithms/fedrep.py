@@ -25,11 +25,14 @@ from flax import traverse_util
 from fedem_jax.algorithms.base import (
     Algorithm,
     Context,
+    PersonalGlobalClipState,
     PersonalGlobalState,
     all_finite,
     broadcast_to_clients,
     for_participants,
+    next_dp_clip,
     round_metrics,
+    with_dp_clip,
 )  # fmt: skip
 from fedem_jax.algorithms.common import evaluate_personal, init_with_global
 from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
@@ -37,12 +40,6 @@ from fedem_jax.core import aggregation
 from fedem_jax.core.client_update import tree_sq_distance
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.errors import ConfigError, check
-
-
-class SplitClipState(PersonalGlobalState):
-    """A split method's state with adaptive DP clipping (``--dp_clip_quantile``): the next clip."""
-
-    dp_clip: jax.Array  # scalar float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +106,7 @@ def make_split_method(ctx: Context, local_mask, representation=False, head_epoch
         global model ``global_model [1, ...]`` (its body leaves are the shared body)."""
         state = init_with_global(ctx, data)
         if adaptive_clip:
-            fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
-            state = SplitClipState(**fields, dp_clip=jnp.asarray(dp.clip, jnp.float32))
+            state = with_dp_clip(state, dp.clip, PersonalGlobalClipState)
         mask = local_mask(state.global_model)  # a bad --head fails here, before compiling
         if representation and not ctx.update.fresh_opt:
             head, body = parts(mask)
@@ -153,9 +149,7 @@ def make_split_method(ctx: Context, local_mask, representation=False, head_epoch
         server = aggregation.apply_delta(state.global_model, delta)
         fields, extra = dict(params=params, clients=clients, round=state.round + 1, global_model=server), {}
         if adaptive_clip:  # the noised share of body updates within the clip moves it
-            within = participates & (norms_sq <= jnp.square(clip))
-            unclipped = ctx.layout.client_sum(jnp.sum(within.astype(jnp.float32)))
-            fields["dp_clip"] = dp.next_clip(clip, unclipped, jax.random.fold_in(key, 3))
+            fields["dp_clip"] = next_dp_clip(ctx, clip, participates, norms_sq, jax.random.fold_in(key, 3))
             extra["dp_clip"] = clip
         metrics = round_metrics(ctx, participates, finite=all_finite((server, params)), **extra)
         return state.replace(**fields), metrics
