@@ -127,6 +127,16 @@ class EndAfterRound(fedem_jax.Callback):
             session.end_early()
 
 
+def ended_early_and_straight(tmp_path, settings: dict, last: int):
+    """A synthetic run ended after round ``last`` and started again (it resumes), and the same run
+    straight: their written rows (timings dropped) and their two summaries."""
+    cfg = fedem_jax.config("synthetic", workdir=str(tmp_path / "early"), **settings)
+    fedem_jax.run(cfg, callbacks=fedem_jax.default_callbacks(cfg) + [EndAfterRound(last)], log=None)
+    resumed = fedem_jax.run(cfg, log=None)
+    straight = fedem_jax.run(cfg.replace(workdir=str(tmp_path / "straight")), log=None)
+    return _written_rows(tmp_path / "early"), _written_rows(tmp_path / "straight"), resumed, straight
+
+
 def test_a_callback_ends_the_run_early_and_the_same_run_resumes_exactly(tmp_path):
     """Ended after round 3 (between evaluations): round 3 is evaluated, summarised and
     checkpointed; run again, it resumes there and ends exactly as a run that never stopped."""

@@ -69,17 +69,11 @@ def test_fresh_differs_from_persistent_after_the_first_round(tmp_path):
 
 
 def test_a_fresh_run_checkpoints_and_resumes_exactly(tmp_path):
-    from test_api import EndAfterRound, _written_rows
+    from test_api import ended_early_and_straight
 
     settings = dict(n_clients=12, dim=10, n_test_per_client=10, n_rounds=4, log_freq=1, plots=False,
                     quiet=True, client_momentum="fresh")  # fmt: skip
-    cfg = fedem_jax.config("synthetic", workdir=str(tmp_path / "early"), **settings)
-    fedem_jax.run(cfg, callbacks=fedem_jax.default_callbacks(cfg) + [EndAfterRound(2)], log=None)
-    fedem_jax.run(cfg, log=None)
-    fedem_jax.run(cfg.replace(workdir=str(tmp_path / "straight")), log=None)
-    timing = ("seconds_per_round", "eval_seconds")
-    rows = [{k: v for k, v in r.items() if k not in timing} for r in _written_rows(tmp_path / "early")]
-    want = [{k: v for k, v in r.items() if k not in timing} for r in _written_rows(tmp_path / "straight")]
+    rows, want, _, _ = ended_early_and_straight(tmp_path, settings, 2)
     assert rows == want and rows[-1]["round"] == 4
 
 

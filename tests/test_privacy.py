@@ -330,20 +330,14 @@ def test_federation_data_is_unchanged_by_dp(tmp_path):
 def test_a_private_run_ended_early_resumes_to_the_same_rows_and_epsilon(tmp_path):
     """The noise and the cohorts come from the round's key: a run resumed from its checkpoint
     draws what an uninterrupted one draws, and reports the same epsilon."""
-    from test_api import EndAfterRound, _written_rows
+    from test_api import ended_early_and_straight
 
     settings = dict(
         n_clients=12, dim=10, n_test_per_client=10, n_rounds=3, log_freq=1, plots=False, quiet=True,
         dp_clip=0.2, dp_epsilon=4.0, sampling="poisson", sampling_rate=0.5,
     )  # fmt: skip
-    cfg = fedem_jax.config("synthetic", workdir=str(tmp_path / "early"), **settings)
-    fedem_jax.run(cfg, callbacks=fedem_jax.default_callbacks(cfg) + [EndAfterRound(1)], log=None)
-    resumed = fedem_jax.run(cfg, log=None)
-    straight = fedem_jax.run(cfg.replace(workdir=str(tmp_path / "straight")), log=None)
+    rows, want, resumed, straight = ended_early_and_straight(tmp_path, settings, 1)
     assert resumed["epsilon_spent"] == straight["epsilon_spent"] <= 4.0
-    timing = ("seconds_per_round", "eval_seconds")
-    rows = [{k: v for k, v in r.items() if k not in timing} for r in _written_rows(tmp_path / "early")]
-    want = [{k: v for k, v in r.items() if k not in timing} for r in _written_rows(tmp_path / "straight")]
     assert rows == want
 
 
@@ -394,20 +388,14 @@ def test_the_round_counts_the_updates_within_the_clip(tmp_path, method):
 
 def test_an_adaptive_run_resumes_with_its_clip(tmp_path):
     """The clip is part of the checkpointed state: resumed rows (clip included) are the straight run's."""
-    from test_api import EndAfterRound, _written_rows
+    from test_api import ended_early_and_straight
 
     settings = dict(
         n_clients=12, dim=10, n_test_per_client=10, n_rounds=3, log_freq=1, plots=False, quiet=True,
         dp_clip=0.2, noise_multiplier=0.5, sampling="poisson", sampling_rate=0.5, dp_clip_quantile=0.5,
         dp_clip_count_noise=1.0,
     )  # fmt: skip
-    cfg = fedem_jax.config("synthetic", workdir=str(tmp_path / "early"), **settings)
-    fedem_jax.run(cfg, callbacks=fedem_jax.default_callbacks(cfg) + [EndAfterRound(1)], log=None)
-    fedem_jax.run(cfg, log=None)
-    fedem_jax.run(cfg.replace(workdir=str(tmp_path / "straight")), log=None)
-    timing = ("seconds_per_round", "eval_seconds")
-    rows = [{k: v for k, v in r.items() if k not in timing} for r in _written_rows(tmp_path / "early")]
-    want = [{k: v for k, v in r.items() if k not in timing} for r in _written_rows(tmp_path / "straight")]
+    rows, want, _, _ = ended_early_and_straight(tmp_path, settings, 1)
     assert rows == want and len({r["dp_clip"] for r in rows[1:]}) == 3  # it moved every round
 
 
