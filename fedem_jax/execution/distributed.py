@@ -95,3 +95,12 @@ def to_host(value) -> np.ndarray:
 
         return np.asarray(multihost_utils.process_allgather(value, tiled=True))
     return np.asarray(value)
+
+
+def tree_to_host(tree):
+    """:func:`to_host` of every leaf: one batched ``jax.device_get`` when this process holds them
+    all (its transfers overlap), else gathered leaf by leaf from every process."""
+    leaves = jax.tree.leaves(tree)
+    if all(not isinstance(a, jax.Array) or a.is_fully_addressable for a in leaves):
+        return jax.device_get(tree)
+    return jax.tree.map(to_host, tree)

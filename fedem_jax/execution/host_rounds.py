@@ -27,7 +27,7 @@ from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.data.sharding import place
 from fedem_jax.data.store import HostSplit
 from fedem_jax.execution.cohort import client_fields, cohort_capacity
-from fedem_jax.execution.distributed import to_host
+from fedem_jax.execution.distributed import tree_to_host
 from fedem_jax.execution.layout import CLIENT_SPEC, Layout
 
 
@@ -183,7 +183,7 @@ class HostRounds:
                 self._ahead[ahead] = self._pool.submit(self._draw, ahead)
         new, metrics = self._round(self.place.clients(state, idx), split)
         for name in state.CLIENT_FIELDS:  # the cohort's rows come first; empty slots are dropped
-            updated = jax.tree.map(to_host, getattr(new, name))  # from every process, if several
+            updated = tree_to_host(getattr(new, name))  # from every process, if several
             jax.tree.map(
                 lambda store, value: store.__setitem__(idx, value[: len(idx)]), getattr(state, name), updated
             )
@@ -267,7 +267,7 @@ class HostEvaluation:
         for chunk, idx in zip(self.chunks, self.padded, strict=True):
             train = self.place.gather(self.train, idx, self.capacity[0])
             other = self.place.gather(self.other, idx, self.capacity[1])
-            stats = self._evaluate(self.place.clients(state, idx), train, (train, other))
-            n_real = len(chunk)  # from every process, if several
-            parts.append(jax.tree.map(lambda a, n=n_real: to_host(a)[:n], stats))
+            stats = tree_to_host(self._evaluate(self.place.clients(state, idx), train, (train, other)))
+            n_real = len(chunk)
+            parts.append(jax.tree.map(lambda a, n=n_real: np.asarray(a)[:n], stats))
         return jax.tree.map(lambda *a: np.concatenate(a), *parts)
