@@ -86,8 +86,8 @@ def make_ditto(ctx: Context, hp: DittoHyperparams) -> Algorithm:
         result = update.train(state.clients, train, jax.random.fold_in(key, 1), participates, own=own)
         weights = jnp.where(participates, ctx.aggregation_weights(train), 0.0)
         sent, clip = result.params["w"], state.dp_clip if adaptive_clip else None
-        if dp is not None:
-            sent = jax.vmap(lambda w: dp.clip_update(state.global_model, w, clip))(result.params["w"])
+        if dp is not None:  # each global update clipped; its norm before clipping kept
+            sent, norms_sq = jax.vmap(lambda w: dp.clip_and_norm(state.global_model, w, clip))(sent)
         delta = ctx.layout.client_sum(aggregation.weighted_delta_sum(state.global_model, sent, weights))
         if dp is not None:  # noise from the round's key: the same on every device
             delta = dp.privatize(delta, jax.random.fold_in(key, 2), clip)
@@ -97,7 +97,6 @@ def make_ditto(ctx: Context, hp: DittoHyperparams) -> Algorithm:
                       global_model=server)  # fmt: skip
         extra = {}
         if adaptive_clip:  # the noised share of global updates within the clip moves it
-            norms_sq = jax.vmap(tree_sq_distance, in_axes=(0, None))(result.params["w"], state.global_model)
             fields["dp_clip"] = next_dp_clip(ctx, clip, participates, norms_sq, jax.random.fold_in(key, 3))
             extra["dp_clip"] = clip
         metrics = round_metrics(ctx, participates, finite=all_finite((server, personal)), **extra)

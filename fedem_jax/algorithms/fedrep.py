@@ -37,7 +37,6 @@ from fedem_jax.algorithms.base import (
 from fedem_jax.algorithms.common import evaluate_personal, init_with_global
 from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
 from fedem_jax.core import aggregation
-from fedem_jax.core.client_update import tree_sq_distance
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.errors import ConfigError, check
 
@@ -157,15 +156,11 @@ def make_split_method(ctx: Context, local_mask, representation=False, head_epoch
     def sent(state: PersonalGlobalState, params, mask, clip):
         """What each client sends: its body (under DP, its body's update clipped to ``clip``; the
         head, kept at the global one's, counts for nothing), and the squared norms of the body
-        updates before clipping (``None`` without adaptive clipping)."""
+        updates before clipping (``None`` without DP)."""
         if dp is None:
             return params, None
         bodies = merge(params, broadcast_to_clients(state.global_model, params_count(params)), mask)
-        norms_sq = None
-        if adaptive_clip:
-            norms_sq = jax.vmap(tree_sq_distance, in_axes=(0, None))(bodies, state.global_model)
-        clipped = jax.vmap(lambda b: dp.clip_update(state.global_model, b, clip))(bodies)
-        return clipped, norms_sq
+        return jax.vmap(lambda b: dp.clip_and_norm(state.global_model, b, clip))(bodies)
 
     def evaluate(state: PersonalGlobalState, split: ClientSplit):
         mask = local_mask(state.global_model)

@@ -80,6 +80,11 @@ class Mechanism:
         (``clip``: this round's, default the fixed one; per component to ``C / sqrt(M)``: the
         joint norm is then at most ``C`` too). An update within the bound is returned as it is,
         bit for bit."""
+        return self.clip_and_norm(start, params, clip)[0]
+
+    def clip_and_norm(self, start, params, clip=None):
+        """``(clip_update(start, params, clip), ||params - start||^2)``: the update clipped, and
+        its squared norm before clipping (all components), from one pass over the update."""
         clip = self.clip if clip is None else clip
         deltas = jax.tree.map(jnp.subtract, params, start)
         squares = [jnp.sum(jnp.square(d).reshape(d.shape[0], -1), axis=1) for d in jax.tree.leaves(deltas)]
@@ -95,7 +100,7 @@ class Mechanism:
             factor = jnp.reshape(scale, scale.shape + (1,) * (d.ndim - scale.ndim)).astype(d.dtype)
             return jnp.where(jnp.reshape(over, factor.shape), s + factor * d, p)
 
-        return jax.tree.map(leaf, start, deltas, params)
+        return jax.tree.map(leaf, start, deltas, params), per_component.sum()
 
     def privatize(self, delta_sum, key, clip=None):
         """The estimator above from the clipped weighted sum: Gaussian noise from ``key`` (the
