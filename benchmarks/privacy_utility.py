@@ -43,7 +43,7 @@ def cell(args, method: str, epsilon: str) -> dict:
             settings["dp_epsilon"] = float(epsilon)
         if args.delta:
             settings["dp_delta"] = args.delta
-    for item in args.extra:
+    for item in args.extra + (args.dp_extra if epsilon != "inf" else []):
         flag, _, value = item.partition("=")
         settings[flag.lstrip("-")] = number_or_text(value)
     cfg = fedem_jax.config(**settings)
@@ -103,6 +103,7 @@ def main():
     parser.add_argument("--workdir", default="/tmp/fedem_jax_privacy")
     parser.add_argument("--tag", default="")
     parser.add_argument("--extra", nargs="*", default=[], help="more settings as flag=value")
+    parser.add_argument("--dp_extra", nargs="*", default=[], help="as --extra, for the DP cells only")
     args = parser.parse_args()
     epsilons = args.epsilons.split(",")
     cells = []

@@ -136,7 +136,7 @@ def test_noise_in_a_round_is_added_to_the_sum_and_divided_by_q(tmp_path):
 SPLIT = {"FedPer": {"head": "Dense_0/bias"}, "FedRep": {"head": "Dense_0/bias"}}
 
 
-@pytest.mark.parametrize("method", ["FedEM", "FedPer", "FedRep", "Ditto"])
+@pytest.mark.parametrize("method", ["FedEM", "FedPer", "FedRep", "Ditto", "APFL"])
 def test_without_noise_and_clipping_the_run_is_the_non_private_one(tmp_path, method):
     """Noise 0, a bound no update reaches, the paper's weights and everyone every round: the same
     rows, bit for bit, as without --dp_clip (and epsilon reported as infinite)."""
@@ -181,11 +181,13 @@ def test_split_methods_clip_and_noise_the_body_only(tmp_path, method):
     assert np.array_equal(np.asarray(noisy.state.global_model["Dense_0"]["bias"]), start["Dense_0"]["bias"])
 
 
-def test_ditto_clips_the_global_model_and_keeps_the_personal_ones(tmp_path):
-    """Only Ditto's global model leaves a client: its move is an average of updates clipped to
-    ``C``; the personal models are trained exactly as without DP (they never leave)."""
+@pytest.mark.parametrize("method", ["Ditto", "APFL", "pFedMe-true"])
+def test_the_global_model_is_clipped_and_the_personal_ones_kept(tmp_path, method):
+    """Only the global model leaves a client (Ditto's, APFL's and pFedMe-true's ``w``): its move is
+    an average of updates clipped to ``C``; the personal models (``v``; APFL's ``alpha``;
+    pFedMe-true's ``theta``) are trained exactly as without DP (they never leave)."""
     data = tiny_binary_data(sizes=(9, 14, 6, 11), dim=5)
-    cfg = tiny_config(tmp_path, n_rounds=1, method="Ditto", n_learners=1)
+    cfg = tiny_config(tmp_path, n_rounds=1, method=method, n_learners=1)
     plain = fedem_jax.Session(cfg, data)
     plain.step()
     private = fedem_jax.Session(cfg.replace(dp_clip=1e-3, noise_multiplier=0.0), data)
@@ -288,7 +290,7 @@ def test_a_sweep_of_seeds_with_dp_gives_each_run_its_single_run(tmp_path):
 def test_methods_declare_dp_and_the_others_refuse_it_in_one_line():
     supported = [m for m in registry.methods() if registry.get(m).capabilities.dp]
     shared = {"FedEM", "FedAvg", "FedProx", "FedAdam", "FedYogi", "FedAvg+"}
-    assert set(supported) == shared | {"FedPer", "FedRep", "FedBN", "Ditto"}
+    assert set(supported) == shared | {"FedPer", "FedRep", "FedBN", "Ditto", "APFL", "pFedMe-true"}
     for name in registry.methods():
         if name in supported:
             fedem_jax.config(method=name, dp_clip=1.0, noise_multiplier=1.0)
@@ -308,7 +310,7 @@ def test_methods_declare_dp_and_the_others_refuse_it_in_one_line():
         (dict(dp_clip=1.0, noise_multiplier=1.0, dp_delta=1.0), "--dp_delta must be in"),
         (dict(dp_clip=-1.0), "--dp_clip must be >= 0"),
         (dict(dp_clip=1.0, noise_multiplier=1.0, dp_weighting="size"), "--dp_weighting: unknown value"),
-        (dict(method="APFL", sampling="poisson"), "fixed-size sampling only"),
+        (dict(method="SCAFFOLD", sampling="poisson"), "fixed-size sampling only"),
     ],
 )
 def test_bad_dp_settings_are_one_line_errors(settings, message):
@@ -375,10 +377,10 @@ def _adaptive_round(tmp_path, name, clip, method):
     return session.state, metrics
 
 
-@pytest.mark.parametrize("method", ["FedEM", "FedRep", "Ditto"])
+@pytest.mark.parametrize("method", ["FedEM", "FedRep", "Ditto", "APFL", "pFedMe-true"])
 def test_the_round_counts_the_updates_within_the_clip(tmp_path, method):
     """All 12 clients' updates within a huge clip: ``b = 1``; none within a tiny one: ``b = 0``
-    (FedRep: the body's updates; Ditto: the global model's). Each round reports the clip it used."""
+    (FedRep: the body's updates; Ditto, APFL and pFedMe-true: the global model's). Each round reports the clip it used."""
     big, metrics = _adaptive_round(tmp_path, "big", 1e6, method)
     assert float(big.dp_clip) == pytest.approx(1e6 * math.exp(-0.5 * (1 - 0.25)), rel=1e-5)
     tiny, _ = _adaptive_round(tmp_path, "tiny", 1e-6, method)

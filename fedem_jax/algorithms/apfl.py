@@ -29,9 +29,13 @@ from fedem_jax.algorithms.base import (
     broadcast_to_clients,
     round_metrics,
 )  # fmt: skip
-from fedem_jax.algorithms.common import evaluate_personal, init_with_global
+from fedem_jax.algorithms.common import (
+    evaluate_personal,
+    global_model_step,
+    init_with_global,
+    with_adaptive_clip,
+)  # fmt: skip
 from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
-from fedem_jax.core import aggregation
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.errors import check
 
@@ -77,6 +81,8 @@ def apfl_update(ctx: Context, learn_alpha: bool):
 
 
 def make_apfl(ctx: Context, hp: APFLHyperparams) -> Algorithm:
+    """Under ``--dp_clip`` only ``w``'s update leaves a client: it is clipped, and the server's sum
+    noised (:func:`fedem_jax.algorithms.common.global_model_step`); ``v`` and ``alpha`` stay local."""
     update = apfl_update(ctx, hp.learn_alpha)
 
     def init(data: FederatedData) -> PersonalGlobalState:
@@ -84,16 +90,14 @@ def make_apfl(ctx: Context, hp: APFLHyperparams) -> Algorithm:
         alpha = jnp.asarray(hp.apfl_alpha, jnp.float32)
         state = init_with_global(ctx, data, lambda w: update.direction.init({"w": w, "v": w, "alpha": alpha}))
         personal = {"v": state.params, "alpha": jnp.full((data.n_clients,), hp.apfl_alpha, jnp.float32)}
-        return state.replace(params=personal)
+        return with_adaptive_clip(ctx, state.replace(params=personal))
 
     def round_fn(state: PersonalGlobalState, train: ClientSplit):
         key = ctx.round_key(state.round)
         participates = ctx.participants(key, train)
         own = {"w": broadcast_to_clients(state.global_model, participates.shape[0]), **state.params}
         result = update.train(state.clients, train, jax.random.fold_in(key, 1), participates, own=own)
-        weights = jnp.where(participates, ctx.client_weights(train), 0.0)
-        delta = aggregation.weighted_delta_sum(state.global_model, result.params["w"], weights)
-        server = aggregation.apply_delta(state.global_model, ctx.layout.client_sum(delta))
+        server, fields, extra = global_model_step(ctx, state, result.params["w"], participates, train, key)
         personal = {"v": result.params["v"], "alpha": result.params["alpha"]}
         real = ctx.real(train)
         mean_alpha = ctx.layout.client_sum(jnp.where(real, personal["alpha"], 0.0).sum()) / ctx.n_clients
@@ -102,9 +106,10 @@ def make_apfl(ctx: Context, hp: APFLHyperparams) -> Algorithm:
             clients=result.client_state(state.clients),
             round=state.round + 1,
             global_model=server,
+            **fields,
         )
         finite = all_finite((server, personal))
-        return new_state, round_metrics(ctx, participates, finite=finite, mean_alpha=mean_alpha)
+        return new_state, round_metrics(ctx, participates, finite=finite, mean_alpha=mean_alpha, **extra)
 
     def evaluate(state: PersonalGlobalState, split: ClientSplit):
         n_clients = state.params["alpha"].shape[0]
@@ -118,5 +123,5 @@ def make_apfl(ctx: Context, hp: APFLHyperparams) -> Algorithm:
 
 METHODS = (
     Method("APFL", make_apfl, "adaptive personalized FL (Deng et al., 2020)", APFLHyperparams,
-           Capabilities(personal=True, batch_norm=False, cohort=True)),
+           Capabilities(personal=True, batch_norm=False, dp=True, dp_adaptive=True, cohort=True)),
 )  # fmt: skip

@@ -7,12 +7,15 @@ import jax.numpy as jnp
 
 from fedem_jax.algorithms.base import (
     Context,
+    PersonalGlobalClipState,
     PersonalGlobalState,
     PersonalState,
     broadcast_to_clients,
+    next_dp_clip,
     take_first,
+    with_dp_clip,
 )
-from fedem_jax.core import mixture
+from fedem_jax.core import aggregation, mixture
 from fedem_jax.core.client_update import ClientUpdate
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.execution.sample_map import map_samples
@@ -105,6 +108,40 @@ def init_with_global(ctx: Context, data: FederatedData, one_client_opt=None) -> 
     if one_client_opt is not None and not ctx.update.fresh_opt:
         clients = clients.replace(opt_state=broadcast_to_clients(one_client_opt(start), data.n_clients))
     return PersonalGlobalState(params=state.params, clients=clients, round=state.round, global_model=start)
+
+
+def with_adaptive_clip(ctx: Context, state: PersonalGlobalState) -> PersonalGlobalState:
+    """``state`` with the clip adaptive clipping starts from, when ``--dp_clip_quantile`` is on."""
+    dp = ctx.privacy
+    return with_dp_clip(state, dp.clip, PersonalGlobalClipState) if dp is not None and dp.adaptive else state
+
+
+def global_model_step(
+    ctx: Context, state: PersonalGlobalState, sent, participates, train: ClientSplit, key, server_lr=1.0
+):
+    """The server's step on the global model of a method with personal models too (Ditto, APFL,
+    pFedMe-true): the participants' new global models ``sent`` ``[C, 1, ...]`` averaged as updates
+    with ``ctx.aggregation_weights``, the sum scaled by ``server_lr``. Under ``--dp_clip`` (McMahan
+    et al., ICLR 2018) each update is clipped, the sum noised from ``fold_in(key, 2)``, and with
+    ``--dp_clip_quantile`` the clip moved (Andrew et al., NeurIPS 2021) from ``fold_in(key, 3)``.
+    Returns the new global model, the state's other changed fields (``dp_clip``) and the round's
+    extra metrics."""
+    dp = ctx.privacy
+    clip = state.dp_clip if isinstance(state, PersonalGlobalClipState) else None
+    weights = jnp.where(participates, ctx.aggregation_weights(train), 0.0)
+    if dp is not None:  # each global update clipped; its norm before clipping kept
+        sent, norms_sq = jax.vmap(lambda w: dp.clip_and_norm(state.global_model, w, clip))(sent)
+    delta = ctx.layout.client_sum(aggregation.weighted_delta_sum(state.global_model, sent, weights))
+    if dp is not None:  # noise from the round's key: the same on every device
+        delta = dp.privatize(delta, jax.random.fold_in(key, 2), clip)
+    if server_lr != 1.0:
+        delta = jax.tree.map(lambda d: server_lr * d, delta)
+    server = aggregation.apply_delta(state.global_model, delta)
+    if clip is None:
+        return server, {}, {}
+    # adaptive clipping: the noised share of global updates within the clip moves it
+    new_clip = next_dp_clip(ctx, clip, participates, norms_sq, jax.random.fold_in(key, 3))
+    return server, {"dp_clip": new_clip}, {"dp_clip": clip}
 
 
 def init_personal(ctx: Context, data: FederatedData) -> PersonalState:

@@ -16,23 +16,23 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from fedem_jax.algorithms.base import (
     Algorithm,
     Context,
-    PersonalGlobalClipState,
     PersonalGlobalState,
     all_finite,
     broadcast_to_clients,
-    next_dp_clip,
     round_metrics,
-    with_dp_clip,
 )  # fmt: skip
-from fedem_jax.algorithms.common import evaluate_own_models, init_with_global
+from fedem_jax.algorithms.common import (
+    evaluate_own_models,
+    global_model_step,
+    init_with_global,
+    with_adaptive_clip,
+)  # fmt: skip
 from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
-from fedem_jax.core import aggregation
 from fedem_jax.core.client_update import tree_sq_distance
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.errors import check
@@ -68,15 +68,14 @@ def ditto_update(ctx: Context, lam: float):
 
 def make_ditto(ctx: Context, hp: DittoHyperparams) -> Algorithm:
     """Under ``--dp_clip`` only the global model's update leaves a client: it is clipped, and the
-    server's sum noised (:mod:`fedem_jax.core.privacy`); the personal models stay local."""
+    server's sum noised (:func:`fedem_jax.algorithms.common.global_model_step`); the personal
+    models stay local."""
     update = ditto_update(ctx, hp.ditto_lambda)
-    dp = ctx.privacy
-    adaptive_clip = dp is not None and dp.adaptive
 
     def init(data: FederatedData) -> PersonalGlobalState:
         """Personal models ``params = v [C, 1, ...]``, the global model ``global_model = w [1, ...]``."""
         state = init_with_global(ctx, data, lambda w: update.direction.init({"w": w, "v": w, "anchor": w}))
-        return with_dp_clip(state, dp.clip, PersonalGlobalClipState) if adaptive_clip else state
+        return with_adaptive_clip(ctx, state)
 
     def round_fn(state: PersonalGlobalState, train: ClientSplit):
         key = ctx.round_key(state.round)
@@ -84,23 +83,11 @@ def make_ditto(ctx: Context, hp: DittoHyperparams) -> Algorithm:
         global_copies = broadcast_to_clients(state.global_model, participates.shape[0])
         own = {"w": global_copies, "v": state.params, "anchor": global_copies}
         result = update.train(state.clients, train, jax.random.fold_in(key, 1), participates, own=own)
-        weights = jnp.where(participates, ctx.aggregation_weights(train), 0.0)
-        sent, clip = result.params["w"], state.dp_clip if adaptive_clip else None
-        if dp is not None:  # each global update clipped; its norm before clipping kept
-            sent, norms_sq = jax.vmap(lambda w: dp.clip_and_norm(state.global_model, w, clip))(sent)
-        delta = ctx.layout.client_sum(aggregation.weighted_delta_sum(state.global_model, sent, weights))
-        if dp is not None:  # noise from the round's key: the same on every device
-            delta = dp.privatize(delta, jax.random.fold_in(key, 2), clip)
-        server = aggregation.apply_delta(state.global_model, delta)
+        server, fields, extra = global_model_step(ctx, state, result.params["w"], participates, train, key)
         personal = result.params["v"]
-        fields = dict(params=personal, clients=result.client_state(state.clients), round=state.round + 1,
-                      global_model=server)  # fmt: skip
-        extra = {}
-        if adaptive_clip:  # the noised share of global updates within the clip moves it
-            fields["dp_clip"] = next_dp_clip(ctx, clip, participates, norms_sq, jax.random.fold_in(key, 3))
-            extra["dp_clip"] = clip
-        metrics = round_metrics(ctx, participates, finite=all_finite((server, personal)), **extra)
-        return state.replace(**fields), metrics
+        new_state = state.replace(params=personal, clients=result.client_state(state.clients),
+                                  round=state.round + 1, global_model=server, **fields)  # fmt: skip
+        return new_state, round_metrics(ctx, participates, finite=all_finite((server, personal)), **extra)
 
     return Algorithm(init=init, round=round_fn, evaluate=evaluate_own_models(ctx))
 

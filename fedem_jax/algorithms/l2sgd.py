@@ -61,7 +61,11 @@ def make_l2sgd(ctx: Context, hp: L2SGDHyperparams) -> Algorithm:
     )
 
 
+_NO_DP = (
+    "the server averages every client's own model, sampled this round or not (it holds them all), "
+    "not a sampled cohort's updates of one shared model"
+)
 METHODS = (
     Method("L2SGD", make_l2sgd, "loopless local SGD toward the mean model (Hanzely et al., 2020)",
-           L2SGDHyperparams, Capabilities(personal=True)),
+           L2SGDHyperparams, Capabilities(personal=True, no_dp_why=_NO_DP)),
 )  # fmt: skip

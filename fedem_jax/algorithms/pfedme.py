@@ -66,7 +66,11 @@ def make_pfedme(ctx: Context, hp: PFedMeHyperparams) -> Algorithm:
     return Algorithm(init=init, round=round_fn, evaluate=evaluate_own_models(ctx))
 
 
+_NO_DP = (
+    "the server averages every client's own model, sampled this round or not (it holds them all), "
+    "not a sampled cohort's updates of one shared model"
+)
 METHODS = (
     Method("pFedMe", make_pfedme, "the reference's pFedMe: personal models, prox-SGD toward their average",
-           PFedMeHyperparams, Capabilities(personal=True, batch_norm=True, plain_sgd=True)),
+           PFedMeHyperparams, Capabilities(personal=True, batch_norm=True, plain_sgd=True, no_dp_why=_NO_DP)),
 )  # fmt: skip

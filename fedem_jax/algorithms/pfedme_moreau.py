@@ -8,6 +8,8 @@ steps of size ``personal_lr`` (from its current ``theta_i``), then moves the loc
 ``w_i <- w_i - lr * lambda * (w_i - theta_i)``. The server mixes
 ``w <- (1 - beta) w + beta * sum_{i in S} p_i w_i`` (``p_i = n_i / n_S`` over the participants;
 Dinh et al. use the uniform mean). Each client is evaluated with its personalised ``theta_i``.
+Under ``--dp_clip`` the server's step is ``w <- w + beta * (noised sum of clipped updates
+w_i - w)`` with the mechanism's fixed weights; ``theta_i`` never leaves the client.
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ from fedem_jax.algorithms.base import (
     broadcast_to_clients,
     round_metrics,
 )  # fmt: skip
-from fedem_jax.algorithms.common import client_average, evaluate_own_models, init_with_global
+from fedem_jax.algorithms.common import (
+    client_average,
+    evaluate_own_models,
+    global_model_step,
+    init_with_global,
+    with_adaptive_clip,
+)  # fmt: skip
 from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
 from fedem_jax.data.federated import ClientSplit, FederatedData
 from fedem_jax.errors import check
@@ -70,30 +78,42 @@ def make_pfedme_moreau(ctx: Context, hp: MoreauHyperparams) -> Algorithm:
 
     def init(data: FederatedData) -> PersonalGlobalState:
         """Personalised models ``params = theta [C, 1, ...]``, the global model ``w [1, ...]``."""
-        return init_with_global(ctx, data, lambda w: update.direction.init({"w": w, "theta": w}))
+        state = init_with_global(ctx, data, lambda w: update.direction.init({"w": w, "theta": w}))
+        return with_adaptive_clip(ctx, state)
 
     def round_fn(state: PersonalGlobalState, train: ClientSplit):
         key = ctx.round_key(state.round)
         participates = ctx.participants(key, train)
         own = {"w": broadcast_to_clients(state.global_model, participates.shape[0]), "theta": state.params}
         result = update.train(state.clients, train, jax.random.fold_in(key, 1), participates, own=own)
-        counts = jnp.where(participates, train.counts, 0).astype(jnp.float32)
-        weights = counts / jnp.maximum(ctx.layout.client_sum(counts.sum()), 1.0)
-        mean_local = client_average(ctx, result.params["w"], weights)
-        server = jax.tree.map(lambda g, m: (1 - hp.beta) * g + hp.beta * m, state.global_model, mean_local)
+        sent, fields, extra = result.params["w"], {}, {}
+        if ctx.privacy is None:
+            server = mix_participants(state.global_model, sent, participates, train)
+        else:
+            step = global_model_step(ctx, state, sent, participates, train, key, server_lr=hp.beta)
+            server, fields, extra = step
         theta = result.params["theta"]
         new_state = state.replace(
             params=theta,
             clients=result.client_state(state.clients),
             round=state.round + 1,
             global_model=server,
+            **fields,
         )
-        return new_state, round_metrics(ctx, participates, finite=all_finite((server, theta)))
+        return new_state, round_metrics(ctx, participates, finite=all_finite((server, theta)), **extra)
+
+    def mix_participants(global_model, sent, participates, train):
+        """``(1 - beta) w + beta sum_{i in S} (n_i / n_S) w_i``."""
+        counts = jnp.where(participates, train.counts, 0).astype(jnp.float32)
+        weights = counts / jnp.maximum(ctx.layout.client_sum(counts.sum()), 1.0)
+        mean_local = client_average(ctx, sent, weights)
+        return jax.tree.map(lambda g, m: (1 - hp.beta) * g + hp.beta * m, global_model, mean_local)
 
     return Algorithm(init=init, round=round_fn, evaluate=evaluate_own_models(ctx))
 
 
 METHODS = (
     Method("pFedMe-true", make_pfedme_moreau, "pFedMe with Moreau envelopes (Dinh et al., 2020)",
-           MoreauHyperparams, Capabilities(personal=True, batch_norm=False, cohort=True)),
+           MoreauHyperparams,
+           Capabilities(personal=True, batch_norm=False, dp=True, dp_adaptive=True, cohort=True)),
 )  # fmt: skip
