@@ -11,6 +11,11 @@ compile included; the script also reports compile and per-round time apart, and 
 every run of the sweep ends with the metrics of its sequential twin. ``--one_group`` also runs
 the sweep as one program (``--parallel_runs 1``): on CPU the default runs groups of runs at once,
 one thread per core (``fedem_jax.execution.sweep_groups``), and this separates the two gains.
+``--looped`` also runs the sweep with ``--runs_per_chunk 1`` (runs looped, not vmapped): with
+partial participation and clients one at a time, a vmapped sweep computes every client's update
+(who takes part differs between runs) where a looped run skips the clients not sampled.
+
+    python benchmarks/sweep_throughput.py --seeds 5 --rounds 50 --looped --extra --sampling_rate 0.1
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--one_group", action="store_true", help="also the sweep as one program")
+    parser.add_argument("--looped", action="store_true", help="also the sweep with runs looped, not vmapped")
+    parser.add_argument("--tag", default="", help="appended to the result file's name")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more fedem_jax flags")
     args = parser.parse_args()
     seeds = list(range(1, args.seeds + 1))
@@ -77,6 +84,12 @@ def main():
         cfg = resolve([*sweep_flags, "--parallel_runs", "1", "--workdir", "/tmp/fedem_jax_sweep/one_group"])
         one_group = timed_run(cfg, data)
         print(f"sweep as one program: {one_group[0]:.1f} s (compile {one_group[1]['compile_seconds']:.1f} s)")
+
+    looped = None
+    if args.looped:
+        cfg = resolve([*sweep_flags, "--runs_per_chunk", "1", "--workdir", "/tmp/fedem_jax_sweep/looped"])
+        looped = timed_run(cfg, data)
+        print(f"sweep with runs looped: {looped[0]:.1f} s (compile {looped[1]['compile_seconds']:.1f} s)")
 
     gap = max(
         abs(r["test_accuracy"] - s["test_accuracy"]) for r, s in zip(sweep["runs"], sequential, strict=True)
@@ -108,6 +121,18 @@ def main():
         one_group_round = one_group[1]["seconds_per_round"]
         result["one_group_throughput_ratio"] = sequential_seconds / one_group[0]
         result["one_group_steady_round_ratio"] = len(seeds) * sequential_round / one_group_round
+    if looped is not None:
+        result["sweep_looped"] = sweep_side(*looped, work)
+        result["looped_throughput_ratio"] = sequential_seconds / looped[0]
+        looped_round = looped[1]["seconds_per_round"]
+        result["looped_over_default_steady_round_ratio"] = sweep["seconds_per_round"] / looped_round
+        pairs = zip(looped[1]["runs"], sequential, strict=True)
+        gaps = [abs(r["test_accuracy"] - s["test_accuracy"]) for r, s in pairs]
+        result["looped_max_test_accuracy_gap"] = max(gaps)
+        print(
+            f"runs looped: {result['looped_throughput_ratio']:.2f}x the sequential runs; steady rounds "
+            f"{result['looped_over_default_steady_round_ratio']:.2f}x faster than the default sweep's"
+        )
     if one_group is not None:
         print(
             f"as one program: {result['one_group_throughput_ratio']:.2f}x, steady rounds "
@@ -118,7 +143,7 @@ def main():
         f"steady rounds only: {result['steady_round_ratio']:.2f}x; largest test-accuracy gap between a "
         f"sweep run and its sequential twin: {gap:.2e}"
     )
-    print(f"wrote {write_result(f'sweep_throughput_{args.dataset}', result)}")
+    print(f"wrote {write_result(f'sweep_throughput_{args.dataset}' + args.tag, result)}")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,18 @@ def test_training_settings_sweep(tmp_path):
     )  # fmt: skip
 
 
+def test_a_sampled_sweep_with_clients_one_at_a_time_loops_its_runs(tmp_path):
+    """Half the clients a round, clients one at a time: the runs are looped, not vmapped (each
+    skips the clients it did not sample), and every run gives its single run's rows."""
+    data = tiny_binary_data(sizes=(9, 14, 6, 11, 8, 12))
+    _check_runs_match_single_runs(
+        tmp_path, data, lambda n: range(n), seed=[1, 2, 3], sampling_rate=0.5, client_chunk=1,
+        parallel_runs=1, n_rounds=3,
+    )  # fmt: skip
+    with open(tmp_path / "sweep" / "summary.json") as f:
+        assert json.load(f)["layout"]["runs_per_chunk"] == 1
+
+
 def test_groups_of_runs_at_once_give_the_one_program_metrics(tmp_path):
     """Three runs in two groups at once (sizes 2 and 1: two compiled programs, two threads) and
     the same sweep as one program write the same rows, to float rounding."""
