@@ -73,18 +73,21 @@ def adaptive_clip(privacy: dict, workdir: str) -> dict:
             "final_clip": sum(clips) / len(clips) if clips else None}  # fmt: skip
 
 
+def cell_text(c: dict) -> str:
+    return (
+        f"{100 * c['test_accuracy']:.1f} ± {100 * c['test_accuracy_std']:.1f}"
+        + (f" (z {c['noise_multiplier']:.3g})" if c["noise_multiplier"] else "")
+        + (f", C {c['final_clip']:.3g} at the end" if c.get("final_clip") else "")
+    )
+
+
 def table(cells: list[dict], epsilons: list[str]) -> list[str]:
     names = {"inf": "no DP", "clip": "clipped, no noise"}
     lines = ["| method | " + " | ".join(names.get(e, f"ε = {e}") for e in epsilons) + " |"]
     lines.append("|---|" + "---|" * len(epsilons))
     for method in dict.fromkeys(c["method"] for c in cells):
         row = {c["epsilon_target"]: c for c in cells if c["method"] == method}
-        values = [
-            f"{100 * row[e]['test_accuracy']:.1f} ± {100 * row[e]['test_accuracy_std']:.1f}"
-            + (f" (z {row[e]['noise_multiplier']:.3g})" if row[e]["noise_multiplier"] else "")
-            + (f", C {row[e]['final_clip']:.3g} at the end" if row[e].get("final_clip") else "")
-            for e in epsilons
-        ]
+        values = [cell_text(row[e]) if e in row else "–" for e in epsilons]
         lines.append(f"| {method} | " + " | ".join(values) + " |")
     return lines
 
@@ -106,6 +109,7 @@ def main():
     parser.add_argument("--dp_extra", nargs="*", default=[], help="as --extra, for the DP cells only")
     args = parser.parse_args()
     epsilons = args.epsilons.split(",")
+    name = f"privacy_utility_{args.dataset}" + (f"_{args.tag}" if args.tag else "")
     cells = []
     for method in args.methods.split(","):
         for epsilon in epsilons:
@@ -114,15 +118,18 @@ def main():
             accuracy = f"{100 * c['test_accuracy']:.2f} ± {100 * c['test_accuracy_std']:.2f}"
             spent = f"spent {c['epsilon_spent']}, z {c['noise_multiplier']}, {c['seconds']:.0f} s"
             print(f"{method} epsilon {epsilon}: {accuracy} ({spent})", flush=True)
-    lines = table(cells, epsilons)
-    print("\n".join(lines))
-    out = {
+            write_result(name, result(cells))  # the cells so far: nothing lost if stopped
+    print("\n".join(table(cells, epsilons)))
+    print(f"wrote {write_result(name, result(cells))}")
+
+
+def result(cells: list[dict]) -> dict:
+    done = list(dict.fromkeys(c["epsilon_target"] for c in cells))
+    return {
         "command": "python benchmarks/privacy_utility.py " + " ".join(sys.argv[1:]),
         "cells": cells,
-        "table": lines,
+        "table": table(cells, done),
     }
-    name = f"privacy_utility_{args.dataset}" + (f"_{args.tag}" if args.tag else "")
-    print(f"wrote {write_result(name, out)}")
 
 
 if __name__ == "__main__":
