@@ -380,7 +380,8 @@ def _adaptive_round(tmp_path, name, clip, method):
 @pytest.mark.parametrize("method", ["FedEM", "FedRep", "Ditto", "APFL", "pFedMe-true"])
 def test_the_round_counts_the_updates_within_the_clip(tmp_path, method):
     """All 12 clients' updates within a huge clip: ``b = 1``; none within a tiny one: ``b = 0``
-    (FedRep: the body's updates; Ditto, APFL and pFedMe-true: the global model's). Each round reports the clip it used."""
+    (FedRep: the body's updates; Ditto, APFL and pFedMe-true: the global model's). Each round
+    reports the clip it used."""
     big, metrics = _adaptive_round(tmp_path, "big", 1e6, method)
     assert float(big.dp_clip) == pytest.approx(1e6 * math.exp(-0.5 * (1 - 0.25)), rel=1e-5)
     tiny, _ = _adaptive_round(tmp_path, "tiny", 1e-6, method)
