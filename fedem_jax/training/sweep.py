@@ -134,8 +134,13 @@ def build_sweep(cfg: Config, data: FederatedData) -> Experiment:
     requested = cfg.layout.runs_per_chunk if can_vmap else 1
     conv_on_cpu = jax.default_backend() == "cpu" and base.info["model"] in CONV_MODELS
     # Clients one at a time skip those not sampled (a cond); vmapped runs compute every client's
-    # update (who takes part differs between runs), 1 / sampling_rate the work.
-    sampled_one_by_one = base.layout.client_chunk == 1 and cfg.training.sampling_rate <= LOOP_RUNS_BELOW_RATE
+    # update (who takes part differs between runs), 1 / sampling_rate the work. Cohort rounds
+    # compute only the sampled clients either way.
+    sampled_one_by_one = (
+        base.layout.client_chunk == 1
+        and cfg.training.sampling_rate <= LOOP_RUNS_BELOW_RATE
+        and not cfg.training.cohort
+    )
     if requested == 0 and (conv_on_cpu or sampled_one_by_one):  # measured: conv nets on CPU, 0.56x
         requested = 1
     groups = sweep_groups.group_count(cfg.layout.parallel_runs, n_runs, one_run_fills_the_cores=conv_on_cpu)
