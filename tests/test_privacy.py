@@ -287,6 +287,14 @@ def test_a_sweep_of_seeds_with_dp_gives_each_run_its_single_run(tmp_path):
     )  # fmt: skip
 
 
+def test_a_dp_sweep_over_pfedme_true_beta_gives_each_run_its_single_run(tmp_path):
+    """pFedMe-true's private server step scales the noised sum by ``beta``, traced in a sweep."""
+    _check_runs_match_single_runs(
+        tmp_path, tiny_binary_data(), lambda n: range(n), method="pFedMe-true", n_learners=1,
+        beta=[1.0, 0.5], dp_clip=0.3, noise_multiplier=0.8,
+    )  # fmt: skip
+
+
 def test_methods_declare_dp_and_the_others_refuse_it_in_one_line():
     supported = [m for m in registry.methods() if registry.get(m).capabilities.dp]
     shared = {"FedEM", "FedAvg", "FedProx", "FedAdam", "FedYogi", "FedAvg+"}

@@ -117,11 +117,12 @@ def with_adaptive_clip(ctx: Context, state: PersonalGlobalState) -> PersonalGlob
 
 
 def global_model_step(
-    ctx: Context, state: PersonalGlobalState, sent, participates, train: ClientSplit, key, server_lr=1.0
+    ctx: Context, state: PersonalGlobalState, sent, participates, train: ClientSplit, key, server_lr=None
 ):
     """The server's step on the global model of a method with personal models too (Ditto, APFL,
     pFedMe-true): the participants' new global models ``sent`` ``[C, 1, ...]`` averaged as updates
-    with ``ctx.aggregation_weights``, the sum scaled by ``server_lr``. Under ``--dp_clip`` (McMahan
+    with ``ctx.aggregation_weights``, the sum scaled by ``server_lr`` if given (a traced value in a
+    sweep). Under ``--dp_clip`` (McMahan
     et al., ICLR 2018) each update is clipped, the sum noised from ``fold_in(key, 2)``, and with
     ``--dp_clip_quantile`` the clip moved (Andrew et al., NeurIPS 2021) from ``fold_in(key, 3)``.
     Returns the new global model, the state's other changed fields (``dp_clip``) and the round's
@@ -134,7 +135,7 @@ def global_model_step(
     delta = ctx.layout.client_sum(aggregation.weighted_delta_sum(state.global_model, sent, weights))
     if dp is not None:  # noise from the round's key: the same on every device
         delta = dp.privatize(delta, jax.random.fold_in(key, 2), clip)
-    if server_lr != 1.0:
+    if server_lr is not None:
         delta = jax.tree.map(lambda d: server_lr * d, delta)
     server = aggregation.apply_delta(state.global_model, delta)
     if clip is None:

@@ -86,12 +86,13 @@ def make_pfedme_moreau(ctx: Context, hp: MoreauHyperparams) -> Algorithm:
         participates = ctx.participants(key, train)
         own = {"w": broadcast_to_clients(state.global_model, participates.shape[0]), "theta": state.params}
         result = update.train(state.clients, train, jax.random.fold_in(key, 1), participates, own=own)
-        sent, fields, extra = result.params["w"], {}, {}
+        sent = result.params["w"]
         if ctx.privacy is None:
-            server = mix_participants(state.global_model, sent, participates, train)
+            server, fields, extra = mix_participants(state.global_model, sent, participates, train), {}, {}
         else:
-            step = global_model_step(ctx, state, sent, participates, train, key, server_lr=hp.beta)
-            server, fields, extra = step
+            server, fields, extra = global_model_step(
+                ctx, state, sent, participates, train, key, server_lr=hp.beta
+            )
         theta = result.params["theta"]
         new_state = state.replace(
             params=theta,
