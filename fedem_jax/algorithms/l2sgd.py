@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from fedem_jax.algorithms.base import Algorithm, Context, PersonalState, all_finite, round_metrics
 from fedem_jax.algorithms.common import client_average, evaluate_own_models, init_personal
+from fedem_jax.algorithms.pfedme import NO_DP_AVERAGES_OWN_MODELS
 from fedem_jax.algorithms.registry import Capabilities, Method, hyperparam
 from fedem_jax.data.federated import ClientSplit
 from fedem_jax.errors import check
@@ -61,11 +62,7 @@ def make_l2sgd(ctx: Context, hp: L2SGDHyperparams) -> Algorithm:
     )
 
 
-_NO_DP = (
-    "the server averages every client's own model, sampled this round or not (it holds them all), "
-    "not a sampled cohort's updates of one shared model"
-)
 METHODS = (
     Method("L2SGD", make_l2sgd, "loopless local SGD toward the mean model (Hanzely et al., 2020)",
-           L2SGDHyperparams, Capabilities(personal=True, no_dp_why=_NO_DP)),
+           L2SGDHyperparams, Capabilities(personal=True, no_dp_why=NO_DP_AVERAGES_OWN_MODELS)),
 )  # fmt: skip

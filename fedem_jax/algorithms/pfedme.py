@@ -66,11 +66,13 @@ def make_pfedme(ctx: Context, hp: PFedMeHyperparams) -> Algorithm:
     return Algorithm(init=init, round=round_fn, evaluate=evaluate_own_models(ctx))
 
 
-_NO_DP = (
+# pFedMe's and L2SGD's reason to refuse --dp_clip.
+NO_DP_AVERAGES_OWN_MODELS = (
     "the server averages every client's own model, sampled this round or not (it holds them all), "
     "not a sampled cohort's updates of one shared model"
 )
 METHODS = (
     Method("pFedMe", make_pfedme, "the reference's pFedMe: personal models, prox-SGD toward their average",
-           PFedMeHyperparams, Capabilities(personal=True, batch_norm=True, plain_sgd=True, no_dp_why=_NO_DP)),
+           PFedMeHyperparams,
+           Capabilities(personal=True, batch_norm=True, plain_sgd=True, no_dp_why=NO_DP_AVERAGES_OWN_MODELS)),
 )  # fmt: skip
