@@ -252,6 +252,23 @@ def test_accountant_agrees_with_dp_accounting():
     assert accounting.epsilon("rdp", 0.1, 1.0, 0, 1e-5) == 0.0
 
 
+def test_the_accountants_excluded_order_warnings_stay_off_the_terminal(caplog):
+    """At q = 0.1 the RDP accountant logs one "failed to converge" warning per small order it
+    leaves out; a library caller should not get dozens of them. Other absl records still pass."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        z = accounting.calibrate("rdp", 0.1, 200, 8.0, 5.2e-4)
+        assert accounting.epsilon("rdp", 0.1, z, 200, 5.2e-4) <= 8.0 * (1 + 1e-9)
+        logging.getLogger("absl").warning("another absl record")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["another absl record"]
+    raw = dp_accounting.rdp.RdpAccountant()
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        raw.compose(dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(z)))
+    assert any("failed to converge" in r.getMessage() for r in caplog.records)  # the filter is ours
+
+
 @pytest.mark.parametrize("kind", ["rdp", "pld"])
 def test_calibration_meets_the_target_and_no_less_noise_does(kind):
     z = accounting.calibrate(kind, 0.2, 50, 2.0, 1e-5)
