@@ -16,6 +16,8 @@ side on the same CIFAR-10 clients (issue 27).
 - ``same_start``: the same initial tensors, each side shuffling with its own generator.
 - ``seeds``: each side its own draws (fedem_jax ``--init torch``, all seeds as one sweep), over
   ``--seeds``: mean and standard deviation per round, and whether the mean +- std bands overlap.
+  ``--sides_in_parallel`` runs the baseline in a second process meanwhile (on 2 cores, about
+  half the time).
 
 Clients: the first ``--clients`` of the default 80-client split. Both sides: CIFAR10CNN, M = 3,
 lr 0.03 (constant), batch 128, SGD momentum 0.9 kept across rounds, weight decay 5e-4, one local
@@ -27,6 +29,8 @@ prints the table and the largest gap.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -152,24 +156,42 @@ def compare_same_start(args, data, same_batches: bool) -> dict:
     }  # fmt: skip
 
 
-def compare_seeds(args, data) -> dict:
-    """Each side its own draws, one run per seed (fedem_jax's as one sweep)."""
-    seeds = [int(s) for s in args.seeds.split(",")]
-    cfg = fedem_jax_config(args, args.seeds)
-    curves = accuracy_rows(fedem_jax.Session(cfg, data))
-    ours = [curves[i] for i in sorted(curves)]
-    print(f"fedem_jax: {len(ours)} runs done", flush=True)
-    theirs = []
+def reference_curves(cfg, data, seeds, rounds, threads=None) -> list[list[float]]:
+    """Test accuracy per round of the reference-style baseline, one run per seed."""
+    curves = []
     test_sets = reference_datasets(cfg, data.test)
     for seed in seeds:
-        baseline = make_reference(cfg, data, seed=seed)
+        baseline = make_reference(cfg, data, seed=seed, threads=threads)
         curve = [baseline.evaluate(test_sets)]
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             baseline.run_round()
             curve.append(baseline.evaluate(test_sets))
         print(f"reference-style seed {seed}: {[round(100 * a, 1) for a in curve]}", flush=True)
-        theirs.append(curve)
-    return {"fedem_jax": ours, "reference_style": theirs}
+        curves.append(curve)
+    return curves
+
+
+def compare_seeds(args, data) -> dict:
+    """Each side its own draws, one run per seed (fedem_jax's as one sweep); with
+    ``--sides_in_parallel`` the baseline's runs go in a second process (half the cores) while
+    fedem_jax's sweep runs."""
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cfg = fedem_jax_config(args, args.seeds)
+    if not args.sides_in_parallel:
+        ours = run_sweep(cfg, data)
+        return {"fedem_jax": ours, "reference_style": reference_curves(cfg, data, seeds, args.rounds)}
+    spawn = multiprocessing.get_context("spawn")  # a fork of a process running XLA is unsafe
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        threads = max(1, (os.cpu_count() or 2) // 2)
+        theirs = pool.submit(reference_curves, cfg, data, seeds, args.rounds, threads)
+        ours = run_sweep(cfg, data)
+        return {"fedem_jax": ours, "reference_style": theirs.result()}
+
+
+def run_sweep(cfg, data) -> list[list[float]]:
+    curves = accuracy_rows(fedem_jax.Session(cfg, data))
+    print(f"fedem_jax: {len(curves)} runs done", flush=True)
+    return [curves[i] for i in sorted(curves)]
 
 
 def band(curves) -> tuple[np.ndarray, np.ndarray]:
@@ -194,6 +216,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seeds", default="0", help="comma-separated; same_* use the first")
+    parser.add_argument(
+        "--sides_in_parallel", action="store_true",
+        help="seeds: the baseline's runs in a second process beside fedem_jax's sweep",
+    )  # fmt: skip
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more fedem_jax flags")
     args = parser.parse_args()
     data = first_clients(load_dataset(fedem_jax_config(args, "0")), args.clients)

@@ -54,13 +54,14 @@ def reference_datasets(cfg, split):
     return datasets
 
 
-def make_reference(cfg, data, seed=0, batch_order=None):
+def make_reference(cfg, data, seed=0, batch_order=None, threads=None):
     """The reference-style PyTorch FedEM on ``data``'s training clients, with ``cfg``'s settings
-    (``batch_order``: see :class:`torch_reference.ReferenceStyleFedEM`)."""
+    (``batch_order``: see :class:`torch_reference.ReferenceStyleFedEM`; ``threads``: PyTorch's,
+    every core by default)."""
     import torch
     from torch_reference import ReferenceStyleFedEM, TorchCIFAR10CNN, TorchLinear
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     datasets = reference_datasets(cfg, data.train)
     if cfg.data.dataset == "synthetic":
         make_model = lambda: TorchLinear(cfg.data.dim)  # noqa: E731
