@@ -3,6 +3,7 @@ side on the same CIFAR-10 clients (issue 27).
 
     python benchmarks/compare_accuracy.py --compare same_batches --extra --data_dir DIR
     python benchmarks/compare_accuracy.py --compare same_start --extra --data_dir DIR
+    python benchmarks/compare_accuracy.py --compare batch_orders --seeds 0,1,2 --extra --data_dir DIR
     python benchmarks/compare_accuracy.py --compare seeds --seeds 0,1,2,3,4 --extra --data_dir DIR
 
 ``--compare``:
@@ -14,6 +15,9 @@ side on the same CIFAR-10 clients (issue 27).
   round as ``|theta_jax - theta_torch| / |theta_torch(r) - theta_torch(r-1)|`` (the distance
   relative to the round's update, largest over components).
 - ``same_start``: the same initial tensors, each side shuffling with its own generator.
+- ``batch_orders``: the first seed's draw for every run of both sides, each run shuffling with its
+  own seed: over ``--seeds``, how far the batch order alone moves each side's curve (mean, std
+  and band overlap as for ``seeds``).
 - ``seeds``: each side its own draws (fedem_jax ``--init torch``, all seeds as one sweep), over
   ``--seeds``: mean and standard deviation per round, and whether the mean +- std bands overlap.
   ``--sides_in_parallel`` runs the baseline in a second process meanwhile (on 2 cores, about
@@ -113,26 +117,42 @@ def accuracy_rows(session) -> dict[int, list[float]]:
     return curves
 
 
-def compare_same_start(args, data, same_batches: bool) -> dict:
-    """Both sides from one PyTorch draw; with ``same_batches`` also with fedem_jax's batch order."""
+def draw_start(args, data, seed: int):
+    """One draw of PyTorch's default initialisation (one CNN per component, ``torch.manual_seed
+    (seed)``) and a file of the same weights in fedem_jax's layout for ``--init_from``."""
     import torch
-    from torch_reference import TorchCIFAR10CNN, fedem_jax_batch_order
+    from torch_reference import TorchCIFAR10CNN
 
-    seed = int(args.seeds.split(",")[0])
-    probe = fedem_jax_config(args, str(seed))
+    n_learners = fedem_jax_config(args, str(seed)).model.n_learners
     torch.manual_seed(seed)
-    start = [TorchCIFAR10CNN(data.task.num_classes) for _ in range(probe.model.n_learners)]
+    start = [TorchCIFAR10CNN(data.task.num_classes) for _ in range(n_learners)]
     weights = os.path.join(tempfile.mkdtemp(prefix="fedem_jax_start_"), "start.npz")
     save_components(stacked(start), weights)
+    return [learner.state_dict() for learner in start], weights
+
+
+def load_start(baseline, start) -> None:
+    """The baseline's components set to the state dicts ``start``."""
+    import torch
+
+    with torch.no_grad():
+        for learner, state in zip(baseline.global_learners, start, strict=True):
+            learner.load_state_dict(state)
+
+
+def compare_same_start(args, data, same_batches: bool) -> dict:
+    """Both sides from one PyTorch draw; with ``same_batches`` also with fedem_jax's batch order."""
+    from torch_reference import fedem_jax_batch_order
+
+    seed = int(args.seeds.split(",")[0])
+    start, weights = draw_start(args, data, seed)
     cfg = fedem_jax_config(args, str(seed), ["--init_from", weights])
     session = fedem_jax.Session(cfg, data).compile()
     order = None
     if same_batches:
         order = fedem_jax_batch_order(seed, np.asarray(data.train.counts), cfg.training.batch_size)
     baseline = make_reference(cfg, data, seed=seed, batch_order=order)
-    with torch.no_grad():
-        for learner, source in zip(baseline.global_learners, start, strict=True):
-            learner.load_state_dict(source.state_dict())
+    load_start(baseline, start)
     test_sets = reference_datasets(cfg, data.test)
     ours, theirs = [session.evaluate()["test_accuracy"]], [baseline.evaluate(test_sets)]
     to_update, to_params = [], []
@@ -156,12 +176,15 @@ def compare_same_start(args, data, same_batches: bool) -> dict:
     }  # fmt: skip
 
 
-def reference_curves(cfg, data, seeds, rounds, threads=None) -> list[list[float]]:
-    """Test accuracy per round of the reference-style baseline, one run per seed."""
+def reference_curves(cfg, data, seeds, rounds, threads=None, start=None) -> list[list[float]]:
+    """Test accuracy per round of the reference-style baseline, one run per seed (each from the
+    state dicts ``start`` if given, else from its seed's draw)."""
     curves = []
     test_sets = reference_datasets(cfg, data.test)
     for seed in seeds:
         baseline = make_reference(cfg, data, seed=seed, threads=threads)
+        if start is not None:
+            load_start(baseline, start)
         curve = [baseline.evaluate(test_sets)]
         for _ in range(rounds):
             baseline.run_round()
@@ -171,19 +194,25 @@ def reference_curves(cfg, data, seeds, rounds, threads=None) -> list[list[float]
     return curves
 
 
-def compare_seeds(args, data) -> dict:
-    """Each side its own draws, one run per seed (fedem_jax's as one sweep); with
+def compare_seeds(args, data, same_start: bool = False) -> dict:
+    """Each side its own draws, one run per seed (fedem_jax's as one sweep); with ``same_start``
+    every run of both sides from the first seed's draw, so only the batch orders differ. With
     ``--sides_in_parallel`` the baseline's runs go in a second process (half the cores) while
     fedem_jax's sweep runs."""
     seeds = [int(s) for s in args.seeds.split(",")]
-    cfg = fedem_jax_config(args, args.seeds)
+    start, more = None, []
+    if same_start:
+        start, weights = draw_start(args, data, seeds[0])
+        more = ["--init_from", weights]
+    cfg = fedem_jax_config(args, args.seeds, more)
+    baseline = (cfg, data, seeds, args.rounds)
     if not args.sides_in_parallel:
         ours = run_sweep(cfg, data)
-        return {"fedem_jax": ours, "reference_style": reference_curves(cfg, data, seeds, args.rounds)}
+        return {"fedem_jax": ours, "reference_style": reference_curves(*baseline, start=start)}
     spawn = multiprocessing.get_context("spawn")  # a fork of a process running XLA is unsafe
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
         threads = max(1, (os.cpu_count() or 2) // 2)
-        theirs = pool.submit(reference_curves, cfg, data, seeds, args.rounds, threads)
+        theirs = pool.submit(reference_curves, *baseline, threads, start)
         ours = run_sweep(cfg, data)
         return {"fedem_jax": ours, "reference_style": theirs.result()}
 
@@ -212,21 +241,23 @@ def table(result: dict) -> list[str]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--compare", choices=["same_batches", "same_start", "seeds"], default="same_batches")
+    parser.add_argument(
+        "--compare", choices=["same_batches", "same_start", "batch_orders", "seeds"], default="same_batches"
+    )
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seeds", default="0", help="comma-separated; same_* use the first")
     parser.add_argument(
         "--sides_in_parallel", action="store_true",
-        help="seeds: the baseline's runs in a second process beside fedem_jax's sweep",
+        help="seeds, batch_orders: the baseline's runs in a second process beside fedem_jax's sweep",
     )  # fmt: skip
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more fedem_jax flags")
     args = parser.parse_args()
     data = first_clients(load_dataset(fedem_jax_config(args, "0")), args.clients)
     print(data.summary(), flush=True)
     t0 = time.perf_counter()
-    if args.compare == "seeds":
-        result = compare_seeds(args, data)
+    if args.compare in ("seeds", "batch_orders"):
+        result = compare_seeds(args, data, same_start=args.compare == "batch_orders")
     else:
         result = compare_same_start(args, data, same_batches=args.compare == "same_batches")
     (m_ours, s_ours), (m_theirs, s_theirs) = band(result["fedem_jax"]), band(result["reference_style"])
@@ -241,7 +272,7 @@ def main():
     )
     print("\n".join(result["table"]))
     print(f"largest gap of the means: {gaps.max():.2f} points (round {int(np.argmax(gaps))})")
-    if args.compare == "seeds":
+    if args.compare in ("seeds", "batch_orders"):
         overlap = (np.abs(m_ours - m_theirs) <= s_ours + s_theirs).tolist()
         result["bands_overlap"] = overlap
         print(f"mean ± std bands overlap at {sum(overlap)} of {len(overlap)} rounds")
