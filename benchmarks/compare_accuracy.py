@@ -253,6 +253,8 @@ def main():
     )  # fmt: skip
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more fedem_jax flags")
     args = parser.parse_args()
+    if args.sides_in_parallel and args.compare.startswith("same_"):
+        parser.error("--sides_in_parallel: only with --compare seeds or batch_orders")
     data = first_clients(load_dataset(fedem_jax_config(args, "0")), args.clients)
     print(data.summary(), flush=True)
     t0 = time.perf_counter()
