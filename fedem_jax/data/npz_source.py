@@ -67,12 +67,24 @@ def _inputs(x: np.ndarray, path: str, name: str = "x") -> np.ndarray:
             f"{path}: field {name!r} holds integers beyond {FLOAT32_EXACT} ({x.dtype}), which float32 "
             "inputs cannot represent exactly; scale them first"
         )
-    x = x.astype(np.float32)
     bad = ~np.isfinite(x)
     if bad.any():
-        row = int(np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))[0])
-        raise DataError(f"{path}: field {name!r} has {int(bad.sum())} NaN or Inf values (first in row {row})")
+        count, row = int(bad.sum()), _row(bad)
+        raise DataError(f"{path}: field {name!r} has {count} NaN or Inf values (first in row {row})")
+    if x.dtype.kind == "f" and x.dtype.itemsize > 4:  # float64 values that float32 would make Inf
+        too_large = np.abs(x) > np.finfo(np.float32).max
+        if too_large.any():
+            raise DataError(
+                f"{path}: field {name!r} has {int(too_large.sum())} values beyond float32's range "
+                f"(first in row {_row(too_large)}); scale them first"
+            )
+    x = x.astype(np.float32)
     return x[..., None] if x.ndim == 3 else x  # [N, H, W] images get a channel axis
+
+
+def _row(mask: np.ndarray) -> int:
+    """The first sample (row) where ``mask`` holds."""
+    return int(np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))[0])
 
 
 SPARSE_FACTOR = 10  # more class ids than this many times the labels present: refused (or remapped)
